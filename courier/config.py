@@ -1,0 +1,263 @@
+"""One typed config object for every stage.
+
+Loaded from ``conf/base.yaml`` merged with a profile (``conf/local.yaml`` is the
+embedded default) and ``--set section.key=value`` overrides. Unknown keys and
+wrongly typed values are errors that name the offending key: a typo in a
+nightly job's config must fail loudly, not fall back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+from courier.model.config import LossConfig, ModelConfig
+from courier.world.config import WorldConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How to build the SparkSession (see courier.spark)."""
+
+    master: str | None = "local[*]"  # None: leave it to spark-submit --master
+    app_name: str = "courier"
+    # Root of the embedded warehouse: Delta tables and the Derby metastore live here.
+    warehouse_dir: str = "warehouse"
+    # "derby": a persistent Hive metastore on Derby inside warehouse_dir (embedded default);
+    # "external": use the Hive metastore configured in `conf` (cluster); "in-memory": none.
+    catalog: str = "derby"
+    # Folder of Delta JARs resolved by `make setup`; None when spark-submit --packages provides them.
+    jars_dir: str | None = ".jars"
+    shuffle_partitions: int = 8
+    driver_memory: str = "4g"
+    ui_enabled: bool = True
+    log_level: str = "WARN"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """Table names (all Delta, all in one database)."""
+
+    database: str = "courier"
+    raw_items: str = "raw_items"
+    raw_impressions: str = "raw_impressions"
+    item_images: str = "item_images"
+    courier_samples: str = "courier_samples"
+    courier_training_rows: str = "courier_training_rows"
+    rejects: str = "rejects"
+    pipeline_runs: str = "pipeline_runs"
+    eval_item_styles: str = "eval_item_styles"
+    eval_user_preferences: str = "eval_user_preferences"
+
+    def qualified(self, name: str) -> str:
+        """``database.table`` for a table attribute name, e.g. ``qualified("rejects")``."""
+        return f"{self.database}.{getattr(self, name)}"
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    """The sample build (method.md notation)."""
+
+    l_pv: int = 5
+    l_click: int = 5
+    # Fraction of unclicked impressions kept, chosen by a deterministic hash of
+    # (request_id, item_id, sampling_seed): the same input always gives the same sample.
+    negative_keep_rate: float = 0.5
+    sampling_seed: int = 0
+    # Click history may come from before the requested date range, up to this far back.
+    history_lookback_days: int = 60
+    image_size: int = 64
+    jpeg_quality: int = 90
+    # Rows per Parquet row group of courier_training_rows; readers shard by row group.
+    rows_per_row_group: int = 256
+    # Events after this instant are rejected as "future_timestamp"; None = now.
+    max_event_ts: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training run (courier train)."""
+
+    batch_size: int = 64  # rows (page views) per process
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    num_processes: int = 1
+    use_gpu: bool = False
+    mixed_precision: str = "auto"  # "auto" | "bf16" | "fp16" | "off"
+    log_every_steps: int = 10
+    checkpoint_every_steps: int = 100
+    checkpoint_dir: str = "warehouse/checkpoints"
+    loader_workers: int = 2
+    seed: int = 0
+    table_version: int | None = None  # pinned Delta version; None = latest at start
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///warehouse/mlflow.db"
+    artifact_location: str | None = None
+    experiment: str = "courier"
+    registered_model: str = "courier-image-encoder"
+    alias: str = "candidate"
+
+
+@dataclass(frozen=True)
+class CourierConfig:
+    """The whole resolved configuration of one job."""
+
+    profile: str = "local"
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, overrides: Sequence[str]) -> "CourierConfig":
+        """A copy with ``section.key=value`` overrides applied."""
+        data = self.to_dict()
+        for override in overrides:
+            _apply_override(data, override)
+        return from_dict(CourierConfig, data)
+
+
+T = TypeVar("T")
+
+
+def load_config(
+    profile: str = "local",
+    overrides: Sequence[str] = (),
+    conf_dir: Path | str = CONF_DIR,
+) -> CourierConfig:
+    """Load ``base.yaml`` + ``<profile>.yaml`` from ``conf_dir`` and apply overrides.
+
+    ``profile`` may also be a path to a YAML file.
+    """
+    conf_dir = Path(conf_dir)
+    data: dict[str, Any] = {}
+    profile_path = Path(profile) if profile.endswith((".yaml", ".yml")) else conf_dir / f"{profile}.yaml"
+    for path in (conf_dir / "base.yaml", profile_path):
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        _deep_merge(data, loaded)
+    data.setdefault("profile", profile_path.stem)
+    for override in overrides:
+        _apply_override(data, override)
+    return from_dict(CourierConfig, data)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = path or cls.__name__
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{path}: {value!r} matches none of {tp}: {errors}")
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {_coerce(key_tp, k, f"{path}.{k}"): _coerce(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        items = [_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # YAML turns 2026-01-01 into a date and 4g stays a string; keep numbers usable as strings.
+        return str(value)
+    if tp is str and hasattr(value, "isoformat"):
+        return value.isoformat()
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    # Free-form maps (spark.conf) take dotted keys of their own: spark.conf.spark.sql.x=1.
+    if len(keys) > 2 and keys[1] == "conf":
+        keys = keys[:2] + [".".join(keys[2:])]
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {key} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def config_json(cfg: CourierConfig) -> str:
+    """The resolved config as compact JSON (stored with runs)."""
+    return json.dumps(cfg.to_dict(), sort_keys=True, default=str)

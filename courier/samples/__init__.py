@@ -1,0 +1,1 @@
+"""The sample build: raw impressions and items -> COURIER training samples (Delta)."""

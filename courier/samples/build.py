@@ -1,0 +1,264 @@
+"""``courier build-samples``: raw tables -> item_images, courier_samples, courier_training_rows.
+
+The SQL lives in ``sql/samples/``; this module validates inputs, runs the files
+in order, writes the Delta tables idempotently for the requested date range and
+reconciles counts (in = kept + dropped-by-reason + rejected-by-reason), which it
+records in the pipeline_runs table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from delta.tables import DeltaTable
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from courier.config import CourierConfig, config_json
+from courier.samples.images import register_prepare_image_udf
+from courier.sql_files import run_sql_file
+from courier.tables import (
+    RunRecord,
+    SchemaError,
+    date_range_predicate,
+    ensure_table,
+    merge_rejects,
+    replace_where,
+    require_columns,
+    utc_now,
+    write_rejects,
+)
+
+log = logging.getLogger(__name__)
+
+INTEGER_TYPES = ("bigint", "int", "smallint", "tinyint")
+TIMESTAMP_TYPES = ("timestamp", "timestamp_ntz")
+
+RAW_IMPRESSIONS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "request_id": ("string", "bigint", "int"),
+    "user_id": INTEGER_TYPES,
+    "item_id": INTEGER_TYPES,
+    "position": INTEGER_TYPES,
+    "query": ("string",),
+    "event_ts": TIMESTAMP_TYPES,
+    "clicked": INTEGER_TYPES,
+    "dt": ("date",),
+}
+RAW_ITEMS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "item_id": INTEGER_TYPES,
+    "category": ("string",),
+    "updated_at": TIMESTAMP_TYPES,
+}
+ITEM_IMAGES_SCHEMA_DDL = (
+    "item_id BIGINT, category STRING, jpeg BINARY, content_hash STRING, image_size INT, "
+    "source_width INT, source_height INT, source_updated_at TIMESTAMP, prepared_at TIMESTAMP"
+)
+
+
+class ReconciliationError(RuntimeError):
+    """Counts in do not equal counts out + dropped + rejected: a row went missing."""
+
+
+@dataclass
+class SampleBuildResult:
+    items: RunRecord
+    samples: RunRecord
+
+
+def _image_column(spark: SparkSession, raw_items: str) -> tuple[str, bool]:
+    """Which column holds the image: ``image`` (BINARY) or ``image_uri`` (STRING)."""
+    fields = {f.name.lower(): f.dataType.simpleString() for f in spark.table(raw_items).schema.fields}
+    if "image" in fields:
+        if fields["image"] != "binary":
+            raise SchemaError(f"table {raw_items} column 'image' has type {fields['image']}, expected binary")
+        return "image", False
+    if "image_uri" in fields:
+        if fields["image_uri"] != "string":
+            raise SchemaError(f"table {raw_items} column 'image_uri' has type {fields['image_uri']}, expected string")
+        return "image_uri", True
+    raise SchemaError(f"table {raw_items} has neither an 'image' (binary) nor an 'image_uri' (string) column")
+
+
+def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> RunRecord:
+    """Prepare the images of new or changed items and MERGE them into item_images.
+
+    Items whose image cannot be used go to rejects (and leave item_images, so
+    no stale picture outlives a broken update).
+    """
+    t, s = cfg.tables, cfg.samples
+    raw_items = t.qualified("raw_items")
+    item_images = t.qualified("item_images")
+    started = utc_now()
+    require_columns(spark, raw_items, RAW_ITEMS_COLUMNS)
+    image_column, from_uri = _image_column(spark, raw_items)
+    if not spark.catalog.tableExists(item_images):
+        spark.createDataFrame([], ITEM_IMAGES_SCHEMA_DDL).write.format("delta").saveAsTable(item_images)
+
+    args = {"raw_items": raw_items, "item_images": item_images, "image_column": image_column,
+            "image_size": s.image_size}
+    candidates = run_sql_file(spark, "samples/item_images_candidates", args).persist(StorageLevel.MEMORY_AND_DISK)
+    register_prepare_image_udf(spark, s.image_size, s.jpeg_quality, from_uri)
+    prepared = run_sql_file(spark, "samples/item_images_prepared", args).persist(StorageLevel.MEMORY_AND_DISK)
+
+    good = prepared.where("reject_reason IS NULL").drop("reject_reason", "reject_detail")
+    bad_images = prepared.where("reject_reason IS NOT NULL").select(
+        F.col("item_id").alias("key"), F.col("reject_reason").alias("reason"),
+        F.col("reject_detail").alias("detail"), F.to_date("source_updated_at").alias("dt"))
+    bad_rows = candidates.where("reject_reason IS NOT NULL").select(
+        F.coalesce(F.col("item_id").cast("string"), F.lit("NULL")).alias("key"),
+        F.col("reject_reason").alias("reason"),
+        F.concat(F.lit("updated_at="), F.col("updated_at").cast("string")).alias("detail"),
+        F.to_date("updated_at").alias("dt"))
+    rejects = bad_rows.unionByName(bad_images)
+
+    (
+        DeltaTable.forName(spark, item_images).alias("t")
+        .merge(
+            prepared.drop("reject_detail").alias("s"),
+            "t.item_id = s.item_id",
+        )
+        .whenMatchedDelete(condition="s.reject_reason IS NOT NULL")
+        .whenMatchedUpdate(set={c: f"s.{c}" for c in good.columns})
+        .whenNotMatchedInsert(condition="s.reject_reason IS NULL", values={c: f"s.{c}" for c in good.columns})
+        .execute()
+    )
+    merge_rejects(spark, t.qualified("rejects"), rejects, "item_images", run_id)
+
+    counts = _count_by(candidates, "CASE WHEN reject_reason IS NOT NULL THEN concat('rejected.', reject_reason) "
+                                   "WHEN unchanged THEN 'unchanged' ELSE 'to_prepare' END")
+    image_counts = _count_by(prepared, "CASE WHEN reject_reason IS NULL THEN 'prepared' "
+                                       "ELSE concat('rejected.', reject_reason) END")
+    to_prepare = counts.pop("to_prepare", 0)
+    metrics = {"items_in": sum(counts.values()) + to_prepare, **counts, **image_counts}
+    _reconcile("item_images", metrics["items_in"],
+               {k: v for k, v in metrics.items() if k != "items_in"})
+    candidates.unpersist()
+    prepared.unpersist()
+    return RunRecord(run_id, "item_images", None, None, started, metrics, config_json(cfg))
+
+
+def build_samples(
+    spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date, run_id: str | None = None
+) -> SampleBuildResult:
+    """Build item_images, then courier_samples and courier_training_rows for ``[start, end]``.
+
+    Re-running a range replaces exactly its partitions (and its rejects).
+    """
+    if end < start:
+        raise ValueError(f"--end {end} is before --start {start}")
+    run_id = run_id or uuid.uuid4().hex[:12]
+    t, s = cfg.tables, cfg.samples
+    items_record = build_item_images(spark, cfg, run_id)
+    items_record.save(spark, t.qualified("pipeline_runs"))
+
+    started = utc_now()
+    require_columns(spark, t.qualified("raw_impressions"), RAW_IMPRESSIONS_COLUMNS)
+    max_event_ts = dt.datetime.fromisoformat(s.max_event_ts) if s.max_event_ts else started
+    args: dict[str, Any] = {
+        "raw_impressions": t.qualified("raw_impressions"),
+        "raw_items": t.qualified("raw_items"),
+        "item_images": t.qualified("item_images"),
+        "history_start": start - dt.timedelta(days=s.history_lookback_days),
+        "start_dt": start,
+        "end_dt": end,
+        "max_event_ts": max_event_ts,
+        "negative_keep_rate": float(s.negative_keep_rate),
+        "sampling_seed": int(s.sampling_seed),
+        "l_pv": int(s.l_pv),
+        "l_click": int(s.l_click),
+    }
+    in_range = f"dt BETWEEN DATE'{start.isoformat()}' AND DATE'{end.isoformat()}'"
+
+    # Persisted: each is read by several later steps (and the views share the cached plans).
+    checked = run_sql_file(spark, "samples/impressions_checked", args).persist(StorageLevel.MEMORY_AND_DISK)
+    page_views = run_sql_file(spark, "samples/page_views", args).persist(StorageLevel.MEMORY_AND_DISK)
+    run_sql_file(spark, "samples/click_history", args, literals={"l_click_preceding": s.l_click - 1})
+    draft = run_sql_file(spark, "samples/samples_draft", args).persist(StorageLevel.MEMORY_AND_DISK)
+
+    rejects = checked.where(f"reject_reason IS NOT NULL AND ({in_range})").select(
+        F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
+                    F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
+        F.col("reject_reason").alias("reason"),
+        F.col("reject_detail").alias("detail"),
+        "dt",
+    )
+    write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, date_range_predicate(start, end))
+
+    kept = draft.where("drop_reason IS NULL").select(
+        "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids", "n_history", "dt")
+    replace_where(kept, t.qualified("courier_samples"), date_range_predicate(start, end), partition_by=["dt"])
+
+    metrics = _sample_metrics(checked.where(in_range), draft)
+    kept_table = spark.table(t.qualified("courier_samples")).where(in_range)
+    kept_table.createOrReplaceTempView("samples_kept")
+    training = run_sql_file(spark, "samples/training_rows", args)
+    _write_training_rows(spark, training, t.qualified("courier_training_rows"), start, end, s.rows_per_row_group)
+    metrics["training_rows_written"] = spark.table(t.qualified("courier_training_rows")).where(in_range).count()
+    if metrics["training_rows_written"] != metrics["page_views_kept"]:
+        raise ReconciliationError(
+            f"courier_training_rows has {metrics['training_rows_written']} rows for {start}..{end}, "
+            f"courier_samples {metrics['page_views_kept']}: a sample lost its images")
+
+    for df in (checked, page_views, draft):
+        df.unpersist()
+    record = RunRecord(run_id, "build_samples", start, end, started, metrics, config_json(cfg))
+    record.save(spark, t.qualified("pipeline_runs"))
+    return SampleBuildResult(items_record, record)
+
+
+def _sample_metrics(checked_in_range: DataFrame, draft: DataFrame) -> dict[str, int]:
+    """Counts that reconcile impressions and page views; raises if they do not add up."""
+    impressions = _count_by(checked_in_range, "coalesce(concat('impressions_rejected.', reject_reason), 'valid')")
+    valid = impressions.pop("valid", 0)
+    rejected = sum(impressions.values())
+    totals = draft.selectExpr(
+        "count(*) AS page_views_in",
+        "count_if(drop_reason IS NULL) AS page_views_kept",
+        "count_if(drop_reason = 'no_click') AS page_views_dropped_no_click",
+        "count_if(drop_reason = 'no_history') AS page_views_dropped_no_history",
+        "coalesce(sum(CASE WHEN drop_reason IS NULL THEN n_shown END), 0) AS impressions_in_samples",
+        "coalesce(sum(CASE WHEN drop_reason IS NULL THEN n_downsampled END), 0) AS impressions_downsampled",
+        "coalesce(sum(CASE WHEN drop_reason IS NULL THEN n_truncated END), 0) AS impressions_truncated",
+        "coalesce(sum(CASE WHEN drop_reason IS NOT NULL THEN n_impressions END), 0) AS impressions_in_dropped_page_views",
+    ).first().asDict()
+    metrics = {"impressions_in": valid + rejected, "impressions_rejected": rejected, **impressions,
+               "impressions_valid": valid, **{k: int(v) for k, v in totals.items()}}
+    _reconcile("impressions", metrics["impressions_in"], {"rejected": rejected, "valid": valid})
+    _reconcile("valid impressions", valid, {
+        k: metrics[k] for k in ("impressions_in_samples", "impressions_downsampled", "impressions_truncated",
+                                "impressions_in_dropped_page_views")})
+    _reconcile("page views", metrics["page_views_in"], {
+        k: metrics[k] for k in ("page_views_kept", "page_views_dropped_no_click", "page_views_dropped_no_history")})
+    return metrics
+
+
+def _write_training_rows(
+    spark: SparkSession, rows: DataFrame, table: str, start: dt.date, end: dt.date, rows_per_group: int
+) -> None:
+    """Write with one row group of at most ``rows_per_group`` rows per file.
+
+    Petastorm shards by row group, so equal, known-size groups let every rank
+    read the same number of rows.
+    """
+    previous = {k: spark.conf.get(k, None) for k in ("spark.sql.files.maxRecordsPerFile", "parquet.block.size")}
+    spark.conf.set("spark.sql.files.maxRecordsPerFile", str(rows_per_group))
+    spark.conf.set("parquet.block.size", str(1 << 30))  # never split a file into two row groups
+    try:
+        replace_where(rows, table, date_range_predicate(start, end), partition_by=["dt"])
+    finally:
+        for key, value in previous.items():
+            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+
+
+def _count_by(df: DataFrame, key_expr: str) -> dict[str, int]:
+    return {row["k"]: int(row["n"]) for row in df.groupBy(F.expr(key_expr).alias("k")).count()
+            .withColumnRenamed("count", "n").collect()}
+
+
+def _reconcile(what: str, total: int, parts: dict[str, int]) -> None:
+    if total != sum(parts.values()):
+        raise ReconciliationError(f"{what}: {total} in, but {sum(parts.values())} accounted for: {parts}")

@@ -1,0 +1,97 @@
+"""Image preparation for item_images: decode, resize + center-crop, re-encode JPEG, hash.
+
+Runs inside a Spark pandas UDF (``prepare_image_udf``) so decoding scales out
+with the executors; the pure function ``prepare_image`` is what tests call.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+PREPARED_IMAGE_TYPE = T.StructType(
+    [
+        T.StructField("jpeg", T.BinaryType()),
+        T.StructField("content_hash", T.StringType()),
+        T.StructField("source_width", T.IntegerType()),
+        T.StructField("source_height", T.IntegerType()),
+        T.StructField("error", T.StringType()),
+        T.StructField("error_detail", T.StringType()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    jpeg: bytes | None
+    content_hash: str | None
+    source_width: int | None
+    source_height: int | None
+    error: str | None = None  # reject reason: empty_image | undecodable_image | unreadable_image_uri
+    error_detail: str | None = None
+
+
+def prepare_image(data: bytes | None, size: int, quality: int) -> PreparedImage:
+    """Decode ``data``, resize its shorter side to ``size``, center-crop ``size`` x ``size``, encode JPEG.
+
+    The hash is SHA-256 of the source bytes, so identical uploads share it and a
+    changed image is detectable without decoding.
+    """
+    if data is None or len(data) == 0:
+        return PreparedImage(None, None, None, None, "empty_image", "image is null or 0 bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            width, height = img.size
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        return PreparedImage(None, None, None, None, "undecodable_image", f"{type(exc).__name__}: {exc}"[:300])
+    if width == 0 or height == 0:
+        return PreparedImage(None, None, width, height, "empty_image", f"image is {width}x{height}")
+    scale = size / min(width, height)
+    resized = rgb.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    cropped = resized.crop((left, top, left + size, top + size))
+    out = io.BytesIO()
+    cropped.save(out, format="JPEG", quality=quality)
+    return PreparedImage(out.getvalue(), hashlib.sha256(data).hexdigest(), width, height)
+
+
+def read_image_uri(uri: str | None) -> bytes | None:
+    """Bytes behind an image URI (local path, file://, or any fsspec URL), None if absent."""
+    if uri is None or uri == "":
+        return None
+    import fsspec
+
+    with fsspec.open(uri, "rb") as handle:
+        return handle.read()
+
+
+def _prepare_series(images: pd.Series, size: int, quality: int, from_uri: bool) -> pd.DataFrame:
+    rows = []
+    for value in images:
+        if from_uri:
+            try:
+                value = read_image_uri(value)
+            except (OSError, ValueError) as exc:
+                rows.append(PreparedImage(None, None, None, None, "unreadable_image_uri", str(exc)[:300]).__dict__)
+                continue
+        rows.append(prepare_image(value, size, quality).__dict__)
+    return pd.DataFrame(rows, columns=[f.name for f in PREPARED_IMAGE_TYPE.fields])
+
+
+def register_prepare_image_udf(spark: SparkSession, size: int, quality: int, from_uri: bool) -> None:
+    """Register ``courier_prepare_image(image)`` for the SQL files: bytes (or URI) -> PREPARED_IMAGE_TYPE."""
+
+    @F.pandas_udf(PREPARED_IMAGE_TYPE)  # type: ignore[call-overload]
+    def courier_prepare_image(images: pd.Series) -> pd.DataFrame:
+        return _prepare_series(images, size, quality, from_uri)
+
+    spark.udf.register("courier_prepare_image", courier_prepare_image)

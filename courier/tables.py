@@ -1,0 +1,198 @@
+"""Delta table plumbing shared by every stage: schema checks, idempotent writes,
+the rejects table and the per-run metrics table."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+log = logging.getLogger(__name__)
+
+
+class SchemaError(ValueError):
+    """An input table is missing, or lacks a column, or a column has the wrong type."""
+
+
+REJECTS_SCHEMA = T.StructType(
+    [
+        T.StructField("stage", T.StringType(), True),
+        T.StructField("key", T.StringType(), True),
+        T.StructField("reason", T.StringType(), True),
+        T.StructField("detail", T.StringType(), True),
+        T.StructField("dt", T.DateType(), True),
+        T.StructField("run_id", T.StringType(), True),
+    ]
+)
+
+RUNS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), True),
+        T.StructField("stage", T.StringType(), True),
+        T.StructField("start_dt", T.DateType(), True),
+        T.StructField("end_dt", T.DateType(), True),
+        T.StructField("started_at", T.TimestampType(), True),
+        T.StructField("finished_at", T.TimestampType(), True),
+        T.StructField("metrics", T.MapType(T.StringType(), T.LongType()), True),
+        T.StructField("config", T.StringType(), True),
+    ]
+)
+
+
+def utc_now() -> dt.datetime:
+    """Now, in UTC, zone-less (the session time zone is UTC)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def table_exists(spark: SparkSession, qualified_name: str) -> bool:
+    return spark.catalog.tableExists(qualified_name)
+
+
+def require_columns(
+    spark: SparkSession, qualified_name: str, expected: Mapping[str, Iterable[str]]
+) -> DataFrame:
+    """The table as a DataFrame, after checking it has each column with an accepted type.
+
+    ``expected`` maps a column to the Spark SQL type names it may have
+    (``simpleString()`` form: ``bigint``, ``timestamp``...). Raises SchemaError
+    naming the table and column otherwise.
+    """
+    if not table_exists(spark, qualified_name):
+        raise SchemaError(f"table {qualified_name} does not exist")
+    df = spark.table(qualified_name)
+    actual = {f.name.lower(): f.dataType.simpleString() for f in df.schema.fields}
+    for column, accepted in expected.items():
+        accepted = tuple(accepted)
+        if column.lower() not in actual:
+            raise SchemaError(
+                f"table {qualified_name} has no column {column!r} (expected type {' or '.join(accepted)}); "
+                f"it has {sorted(actual)}"
+            )
+        if actual[column.lower()] not in accepted:
+            raise SchemaError(
+                f"table {qualified_name} column {column!r} has type {actual[column.lower()]}, "
+                f"expected {' or '.join(accepted)}"
+            )
+    return df
+
+
+def replace_where(
+    df: DataFrame, qualified_name: str, predicate: str, partition_by: Iterable[str] = ()
+) -> None:
+    """Overwrite exactly the rows matching ``predicate`` with ``df`` (creating the table if needed).
+
+    The idempotency primitive: re-running a date range replaces those partitions,
+    never duplicates them. Delta checks that every written row matches ``predicate``.
+    """
+    writer = df.write.format("delta")
+    spark = df.sparkSession
+    if table_exists(spark, qualified_name):
+        writer.mode("overwrite").option("replaceWhere", predicate).saveAsTable(qualified_name)
+    else:
+        partition_by = list(partition_by)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.mode("error").saveAsTable(qualified_name)
+
+
+def date_range_predicate(start: dt.date, end: dt.date, column: str = "dt") -> str:
+    return f"{column} >= DATE'{start.isoformat()}' AND {column} <= DATE'{end.isoformat()}'"
+
+
+def ensure_table(spark: SparkSession, qualified_name: str, schema: T.StructType) -> None:
+    if not table_exists(spark, qualified_name):
+        spark.createDataFrame([], schema).write.format("delta").saveAsTable(qualified_name)
+
+
+def write_rejects(
+    spark: SparkSession,
+    rejects_table: str,
+    rejects: DataFrame,
+    stage: str,
+    run_id: str,
+    scope_predicate: str,
+) -> None:
+    """Replace the rejects of ``stage`` within ``scope_predicate`` by ``rejects``.
+
+    ``rejects`` has columns key, reason, detail, dt. Scoping by stage and range
+    makes a re-run replace its own rejects instead of adding them again.
+    """
+    ensure_table(spark, rejects_table, REJECTS_SCHEMA)
+    rows = rejects.select(
+        F.lit(stage).alias("stage"),
+        F.col("key").cast("string"),
+        F.col("reason").cast("string"),
+        F.col("detail").cast("string"),
+        F.col("dt").cast("date"),
+        F.lit(run_id).alias("run_id"),
+    )
+    predicate = f"stage = '{stage}' AND ({scope_predicate})"
+    rows.write.format("delta").mode("overwrite").option("replaceWhere", predicate).saveAsTable(rejects_table)
+
+
+def merge_rejects(spark: SparkSession, rejects_table: str, rejects: DataFrame, stage: str, run_id: str) -> None:
+    """Upsert rejects of ``stage`` keyed by ``key`` (for stages that are not date-partitioned)."""
+    ensure_table(spark, rejects_table, REJECTS_SCHEMA)
+    rows = rejects.select(
+        F.lit(stage).alias("stage"),
+        F.col("key").cast("string"),
+        F.col("reason").cast("string"),
+        F.col("detail").cast("string"),
+        F.col("dt").cast("date"),
+        F.lit(run_id).alias("run_id"),
+    )
+    (
+        DeltaTable.forName(spark, rejects_table)
+        .alias("t")
+        .merge(rows.alias("s"), "t.stage = s.stage AND t.key = s.key AND t.reason = s.reason")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+@dataclass
+class RunRecord:
+    """One row of the pipeline_runs table: what a stage did, in counts."""
+
+    run_id: str
+    stage: str
+    start_dt: dt.date | None
+    end_dt: dt.date | None
+    started_at: dt.datetime
+    metrics: dict[str, int] = field(default_factory=dict)
+    config: str | None = None
+
+    def save(self, spark: SparkSession, runs_table: str) -> None:
+        ensure_table(spark, runs_table, RUNS_SCHEMA)
+        row = (
+            self.run_id,
+            self.stage,
+            self.start_dt,
+            self.end_dt,
+            self.started_at,
+            utc_now(),
+            {k: int(v) for k, v in self.metrics.items()},
+            self.config,
+        )
+        spark.createDataFrame([row], RUNS_SCHEMA).write.format("delta").mode("append").saveAsTable(runs_table)
+
+    def summary(self) -> str:
+        width = max((len(k) for k in self.metrics), default=0)
+        lines = [f"{self.stage} run {self.run_id} ({self.start_dt} .. {self.end_dt})"]
+        lines += [f"  {k:<{width}}  {v:>12,}" for k, v in self.metrics.items()]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({"run_id": self.run_id, "stage": self.stage, "metrics": self.metrics}, default=str)
+
+
+def delta_version(spark: SparkSession, qualified_name: str) -> int:
+    """The latest committed version of a Delta table."""
+    return int(DeltaTable.forName(spark, qualified_name).history(1).select("version").first()[0])

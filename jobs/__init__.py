@@ -1,0 +1,1 @@
+"""Thin entry points: parse arguments, load the config, call courier.*."""

@@ -1,0 +1,124 @@
+"""The ``courier`` command: one subcommand per stage.
+
+    courier generate-world                      # synthetic shop -> raw_* tables
+    courier build-samples --start D --end D     # raw_* -> item_images, courier_samples, courier_training_rows
+    courier demo                                # everything above on the embedded default, then a summary
+    courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
+
+Every subcommand takes ``--profile`` (conf/<profile>.yaml or a path) and
+repeatable ``--set section.key=value`` overrides, and logs the resolved config.
+The same functions run under spark-submit through jobs/<stage>.py.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from typing import Callable, Sequence
+
+from courier.config import CourierConfig, load_config
+
+log = logging.getLogger("courier")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from exc
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("py4j", "matplotlib", "PIL", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(args: argparse.Namespace) -> CourierConfig:
+    cfg = load_config(args.profile, args.set)
+    log.info("resolved config (profile %s):\n%s", args.profile, cfg.to_yaml())
+    return cfg
+
+
+def _spark(cfg: CourierConfig):
+    from courier.spark import build_spark_session
+
+    return build_spark_session(cfg.spark, database=cfg.tables.database)
+
+
+def cmd_generate_world(args: argparse.Namespace) -> int:
+    from courier.world_tables import write_world
+
+    cfg = _config(args)
+    record = write_world(_spark(cfg), cfg)
+    print(record.summary())
+    return 0
+
+
+def cmd_build_samples(args: argparse.Namespace) -> int:
+    from courier.samples.build import build_samples
+
+    cfg = _config(args)
+    result = build_samples(_spark(cfg), cfg, args.start, args.end)
+    print(result.items.summary())
+    print(result.samples.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from courier.demo import run_demo
+
+    cfg = _config(args)
+    print(run_demo(_spark(cfg), cfg))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    spark = _spark(cfg)
+    statements = [args.query] if args.query else [s for s in sys.stdin.read().split(";") if s.strip()]
+    for statement in statements:
+        spark.sql(statement).show(args.limit, truncate=args.truncate)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="courier", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default="local", help="conf/<profile>.yaml, or a path to a YAML file")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set samples.l_pv=10 (repeatable)")
+    common.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    add("generate-world", cmd_generate_world, "generate the synthetic shop into the raw_* tables")
+    p = add("build-samples", cmd_build_samples, "build item_images, courier_samples and courier_training_rows")
+    p.add_argument("--start", type=_date, required=True, help="first dt (YYYY-MM-DD)")
+    p.add_argument("--end", type=_date, required=True, help="last dt (YYYY-MM-DD), inclusive")
+    add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
+    p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
+    p.add_argument("query", nargs="?")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--truncate", type=int, default=60)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

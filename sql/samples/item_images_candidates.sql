@@ -1,0 +1,31 @@
+-- raw_items rows whose image must be (re)prepared: items never prepared, items
+-- updated since, or prepared at another resolution. Rows already prepared are
+-- counted as unchanged. An item_id that appears several times keeps its latest
+-- row; the others are duplicates.
+--
+-- Parameters: :raw_items, :item_images (table names), :image_column (column
+-- name: image or image_uri), :image_size (INT).
+WITH ranked AS (
+  SELECT
+    CAST(item_id AS BIGINT) AS item_id,
+    category,
+    CAST(updated_at AS TIMESTAMP) AS updated_at,
+    IDENTIFIER(:image_column) AS image_source,
+    ROW_NUMBER() OVER (
+      PARTITION BY item_id
+      ORDER BY updated_at DESC NULLS LAST, sha2(CAST(IDENTIFIER(:image_column) AS BINARY), 256)
+    ) AS copy_rank
+  FROM IDENTIFIER(:raw_items)
+)
+SELECT
+  r.item_id, r.category, r.updated_at, r.image_source,
+  CASE
+    WHEN r.item_id IS NULL THEN 'null_key'
+    WHEN r.copy_rank > 1 THEN 'duplicate_key'
+  END AS reject_reason,
+  p.item_id IS NOT NULL AS unchanged
+FROM ranked r
+LEFT JOIN IDENTIFIER(:item_images) p
+  ON r.item_id = p.item_id
+  AND r.updated_at <=> p.source_updated_at
+  AND p.image_size = :image_size
