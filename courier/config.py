@@ -219,8 +219,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        # YAML turns 2026-01-01 into a date and 4g stays a string; keep numbers usable as strings.
+    if tp is str and isinstance(value, bool):
+        return str(value).lower()  # Spark conf values: true/false
+    if tp is str and isinstance(value, (int, float)):
         return str(value)
     if tp is str and hasattr(value, "isoformat"):
         return value.isoformat()

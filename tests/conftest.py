@@ -1,14 +1,20 @@
 """Shared fixtures: one real local SparkSession (Delta + Derby catalog) for the whole run."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from courier.config import CourierConfig, SparkConfig, load_config
+from courier.config import CourierConfig, load_config
+
+# Naive datetimes in tests mean UTC, like the Spark session's time zone.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 @pytest.fixture(scope="session")

@@ -100,13 +100,16 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
 
     args = {"raw_items": raw_items, "item_images": item_images, "image_column": image_column,
             "image_size": s.image_size}
-    candidates = run_sql_file(spark, "samples/item_images_candidates", args).persist(StorageLevel.MEMORY_AND_DISK)
+    # Eager local checkpoints: both read item_images, which the MERGE below rewrites; a lazy
+    # cache recomputed after the MERGE would see every item as unchanged.
+    candidates = run_sql_file(spark, "samples/item_images_candidates", args).localCheckpoint(eager=True)
+    candidates.createOrReplaceTempView("item_images_candidates")
     register_prepare_image_udf(spark, s.image_size, s.jpeg_quality, from_uri)
-    prepared = run_sql_file(spark, "samples/item_images_prepared", args).persist(StorageLevel.MEMORY_AND_DISK)
+    prepared = run_sql_file(spark, "samples/item_images_prepared", args).localCheckpoint(eager=True)
 
     good = prepared.where("reject_reason IS NULL").drop("reject_reason", "reject_detail")
     bad_images = prepared.where("reject_reason IS NOT NULL").select(
-        F.col("item_id").alias("key"), F.col("reject_reason").alias("reason"),
+        F.col("item_id").cast("string").alias("key"), F.col("reject_reason").alias("reason"),
         F.col("reject_detail").alias("detail"), F.to_date("source_updated_at").alias("dt"))
     bad_rows = candidates.where("reject_reason IS NOT NULL").select(
         F.coalesce(F.col("item_id").cast("string"), F.lit("NULL")).alias("key"),
@@ -158,10 +161,76 @@ def build_samples(
     started = utc_now()
     require_columns(spark, t.qualified("raw_impressions"), RAW_IMPRESSIONS_COLUMNS)
     max_event_ts = dt.datetime.fromisoformat(s.max_event_ts) if s.max_event_ts else started
+    views = sample_views(
+        spark, cfg, start, end, max_event_ts,
+        raw_impressions=t.qualified("raw_impressions"), raw_items=t.qualified("raw_items"),
+        item_images=t.qualified("item_images"))
+    checked, draft = views.checked, views.draft
+    in_range = date_range_predicate(start, end)
+
+    rejects = checked.where(f"reject_reason IS NOT NULL AND ({in_range})").select(
+        F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
+                    F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
+        F.col("reject_reason").alias("reason"),
+        F.col("reject_detail").alias("detail"),
+        "dt",
+    )
+    write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, in_range)
+
+    kept = draft.where("drop_reason IS NULL").select(
+        "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids", "n_history", "dt")
+    replace_where(kept, t.qualified("courier_samples"), in_range, partition_by=["dt"])
+
+    metrics = _sample_metrics(checked.where(in_range), draft)
+    kept_table = spark.table(t.qualified("courier_samples")).where(in_range)
+    kept_table.createOrReplaceTempView("samples_kept")
+    training = run_sql_file(spark, "samples/training_rows", views.args)
+    _write_training_rows(spark, training, t.qualified("courier_training_rows"), start, end, s.rows_per_row_group)
+    metrics["training_rows_written"] = spark.table(t.qualified("courier_training_rows")).where(in_range).count()
+    if metrics["training_rows_written"] != metrics["page_views_kept"]:
+        raise ReconciliationError(
+            f"courier_training_rows has {metrics['training_rows_written']} rows for {start}..{end}, "
+            f"courier_samples {metrics['page_views_kept']}: a sample lost its images")
+
+    views.unpersist()
+    record = RunRecord(run_id, "build_samples", start, end, started, metrics, config_json(cfg))
+    record.save(spark, t.qualified("pipeline_runs"))
+    return SampleBuildResult(items_record, record)
+
+
+@dataclass
+class SampleViews:
+    """The persisted intermediate views of one sample build."""
+
+    args: dict[str, Any]
+    checked: DataFrame     # impressions_checked: every impression of the window + reject_reason
+    page_views: DataFrame  # page_views: valid page views of the window, down-sampled
+    draft: DataFrame       # samples_draft: page views of the range as samples + drop_reason + counts
+
+    def unpersist(self) -> None:
+        for df in (self.checked, self.page_views, self.draft):
+            df.unpersist()
+
+
+def sample_views(
+    spark: SparkSession,
+    cfg: CourierConfig,
+    start: dt.date,
+    end: dt.date,
+    max_event_ts: dt.datetime,
+    raw_impressions: str,
+    raw_items: str,
+    item_images: str,
+) -> SampleViews:
+    """Run the sample SQL (impressions_checked -> page_views -> click_history -> samples_draft).
+
+    The inputs are table or view names, so tests can run the SQL on temp views.
+    """
+    s = cfg.samples
     args: dict[str, Any] = {
-        "raw_impressions": t.qualified("raw_impressions"),
-        "raw_items": t.qualified("raw_items"),
-        "item_images": t.qualified("item_images"),
+        "raw_impressions": raw_impressions,
+        "raw_items": raw_items,
+        "item_images": item_images,
         "history_start": start - dt.timedelta(days=s.history_lookback_days),
         "start_dt": start,
         "end_dt": end,
@@ -171,43 +240,12 @@ def build_samples(
         "l_pv": int(s.l_pv),
         "l_click": int(s.l_click),
     }
-    in_range = f"dt BETWEEN DATE'{start.isoformat()}' AND DATE'{end.isoformat()}'"
-
     # Persisted: each is read by several later steps (and the views share the cached plans).
     checked = run_sql_file(spark, "samples/impressions_checked", args).persist(StorageLevel.MEMORY_AND_DISK)
     page_views = run_sql_file(spark, "samples/page_views", args).persist(StorageLevel.MEMORY_AND_DISK)
     run_sql_file(spark, "samples/click_history", args, literals={"l_click_preceding": s.l_click - 1})
     draft = run_sql_file(spark, "samples/samples_draft", args).persist(StorageLevel.MEMORY_AND_DISK)
-
-    rejects = checked.where(f"reject_reason IS NOT NULL AND ({in_range})").select(
-        F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
-                    F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
-        F.col("reject_reason").alias("reason"),
-        F.col("reject_detail").alias("detail"),
-        "dt",
-    )
-    write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, date_range_predicate(start, end))
-
-    kept = draft.where("drop_reason IS NULL").select(
-        "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids", "n_history", "dt")
-    replace_where(kept, t.qualified("courier_samples"), date_range_predicate(start, end), partition_by=["dt"])
-
-    metrics = _sample_metrics(checked.where(in_range), draft)
-    kept_table = spark.table(t.qualified("courier_samples")).where(in_range)
-    kept_table.createOrReplaceTempView("samples_kept")
-    training = run_sql_file(spark, "samples/training_rows", args)
-    _write_training_rows(spark, training, t.qualified("courier_training_rows"), start, end, s.rows_per_row_group)
-    metrics["training_rows_written"] = spark.table(t.qualified("courier_training_rows")).where(in_range).count()
-    if metrics["training_rows_written"] != metrics["page_views_kept"]:
-        raise ReconciliationError(
-            f"courier_training_rows has {metrics['training_rows_written']} rows for {start}..{end}, "
-            f"courier_samples {metrics['page_views_kept']}: a sample lost its images")
-
-    for df in (checked, page_views, draft):
-        df.unpersist()
-    record = RunRecord(run_id, "build_samples", start, end, started, metrics, config_json(cfg))
-    record.save(spark, t.qualified("pipeline_runs"))
-    return SampleBuildResult(items_record, record)
+    return SampleViews(args, checked, page_views, draft)
 
 
 def _sample_metrics(checked_in_range: DataFrame, draft: DataFrame) -> dict[str, int]:

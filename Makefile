@@ -1,0 +1,38 @@
+# One-command set-up and the two entry points of the README.
+#   make demo   set everything up (idempotent) and run the end-to-end demo on the embedded default
+#   make test   set everything up (idempotent) and run the test suite
+# Set-up = a venv with the pinned environment (constraints.txt) + the Delta JARs
+# resolved from Maven Central into .jars/. Re-running it is a no-op.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+JARS   := .jars/.resolved-stamp
+
+.PHONY: setup demo test bench clean-warehouse
+
+setup: $(STAMP) $(JARS)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(JARS): build/delta-jars.pom.xml
+	@command -v mvn >/dev/null || { echo "need mvn (Maven) on PATH to resolve the Delta Lake JARs"; exit 1; }
+	mvn -q -f build/delta-jars.pom.xml -Djars.dir=$(CURDIR)/.jars package
+	touch $@
+
+demo: setup
+	$(VENV)/bin/courier demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/sample_build.py
+
+clean-warehouse:
+	rm -rf warehouse

@@ -1,0 +1,117 @@
+"""``CourierModel``: image encoder + COURIER loss on a batch of page-view rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed import ProcessGroup
+
+from courier.model.backbones import ImageEncoder, build_image_encoder
+from courier.model.config import LossConfig, ModelConfig
+from courier.model.distributed import active_group
+from courier.model.losses import ClickHead, LossOutput, courier_loss
+
+
+def _check_batch(batch: Mapping[str, torch.Tensor]) -> None:
+    pv_images, pv_labels = batch["pv_images"], batch["pv_labels"]
+    click_images, click_mask = batch["click_images"], batch["click_mask"]
+    if pv_images.dim() != 5 or click_images.dim() != 5:
+        raise ValueError(
+            "pv_images/click_images must be [B, L, 3, H, W], got "
+            f"{tuple(pv_images.shape)} / {tuple(click_images.shape)}"
+        )
+    if pv_labels.shape != pv_images.shape[:2]:
+        raise ValueError(f"pv_labels {tuple(pv_labels.shape)} != pv_images[:2] {tuple(pv_images.shape[:2])}")
+    if click_mask.shape != click_images.shape[:2]:
+        raise ValueError(f"click_mask {tuple(click_mask.shape)} != click_images[:2] {tuple(click_images.shape[:2])}")
+    if pv_images.shape[0] != click_images.shape[0]:
+        raise ValueError("pv and click tensors disagree on the batch size")
+
+
+class CourierModel(nn.Module):
+    """COURIER pre-training model.
+
+    Args:
+        model_cfg: backbone settings.
+        loss_cfg: loss settings.
+        process_group: data-parallel group for global negatives. ``None`` = the
+            default group when ``torch.distributed`` is initialised with more than
+            one rank, else single process. Wrap the model in DDP (mean gradient
+            reduction, the default); the loss is scaled for it (see ``losses.py``).
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        loss_cfg: LossConfig,
+        process_group: ProcessGroup | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.loss_cfg = loss_cfg
+        self.process_group = process_group
+        self.encoder: ImageEncoder = build_image_encoder(model_cfg)
+        self.click_head: ClickHead | None = (
+            ClickHead(model_cfg.embedding_dim) if loss_cfg.click_bce_weight > 0 else None
+        )
+
+    def encode_batch(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed only the valid images of a batch, in one backbone call.
+
+        Returns:
+            e_pv [B, Lp, d] and e_click [B, Lc, d]; padded slots are zeros.
+        """
+        _check_batch(batch)
+        pv_images, click_images = batch["pv_images"], batch["click_images"]
+        b, l_pv = pv_images.shape[:2]
+        l_click = click_images.shape[1]
+        pv_idx = (batch["pv_labels"] >= 0).reshape(-1).nonzero().squeeze(1)  # [n_pv]
+        click_idx = batch["click_mask"].bool().reshape(-1).nonzero().squeeze(1)  # [n_click]
+        n_pv = pv_idx.numel()
+        if n_pv + click_idx.numel() == 0:
+            raise ValueError("batch holds no valid image (all PV and click slots are padding)")
+        # One call for PV and clicks: BatchNorm statistics see only real images,
+        # and the backbone runs once per step.
+        images = torch.cat(
+            [
+                pv_images.flatten(0, 1).index_select(0, pv_idx),
+                click_images.flatten(0, 1).index_select(0, click_idx),
+            ]
+        )  # [n_pv + n_click, 3, H, W]
+        emb = self.encoder(images)  # [n_pv + n_click, d]
+        d = emb.shape[1]
+        e_pv = emb.new_zeros(b * l_pv, d).index_copy(0, pv_idx, emb[:n_pv]).view(b, l_pv, d)
+        e_click = emb.new_zeros(b * l_click, d).index_copy(0, click_idx, emb[n_pv:]).view(b, l_click, d)
+        return e_pv, e_click
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> LossOutput:
+        """batch: ``pv_images`` [B,Lp,3,H,W], ``pv_labels`` [B,Lp] (1/0/-1 padding),
+        ``click_images`` [B,Lc,3,H,W], ``click_mask`` [B,Lc] bool (left-padded,
+        oldest -> newest). Returns the loss and its logged terms.
+        """
+        e_pv, e_click = self.encode_batch(batch)
+        return courier_loss(
+            e_pv,
+            batch["pv_labels"],
+            e_click,
+            batch["click_mask"].bool(),
+            self.loss_cfg,
+            click_head=self.click_head,
+            group=active_group(self.process_group),
+        )
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Inference embeddings: images [N, 3, H, W] -> [N, d].
+
+        Raw backbone output by default (what the loss sees before its cosine);
+        ``normalize=True`` L2-normalises. Does not change train/eval mode: call
+        ``model.eval()`` first so BatchNorm uses running statistics.
+        """
+        emb = self.encoder(images)
+        if not normalize:
+            return emb
+        return F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=-1)

@@ -1,0 +1,103 @@
+"""End-to-end ``CourierModel`` with the small CNN: images in, loss out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from model_reference import make_batch, reference_loss, single_thread  # noqa: F401 (fixture)
+
+from courier.model import CourierModel, LossConfig, ModelConfig
+
+D = 16
+
+
+def make_model(**loss_kw: object) -> CourierModel:
+    torch.manual_seed(0)
+    return CourierModel(ModelConfig(backbone="small_cnn", embedding_dim=D), LossConfig(**loss_kw)).double()
+
+
+def test_forward_matches_reference_on_per_image_embeddings() -> None:
+    model = make_model().eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+        e_pv, e_click = model.encode_batch(batch)
+        # Each valid image alone through the encoder: the gather/scatter must
+        # put every embedding back in its own slot.
+        for images, emb, valid in (
+            (batch["pv_images"], e_pv, batch["pv_labels"] >= 0),
+            (batch["click_images"], e_click, batch["click_mask"]),
+        ):
+            for i, j in valid.nonzero().tolist():
+                single = model.encoder(images[i, j].unsqueeze(0))[0]
+                assert torch.allclose(emb[i, j], single, rtol=1e-9, atol=1e-10)
+            assert torch.all(emb[~valid] == 0)
+    ref = reference_loss(e_pv, batch["pv_labels"], e_click, batch["click_mask"])
+    assert out.loss.item() == pytest.approx(ref["loss"], rel=1e-9)
+    assert out.loss_pv.item() == pytest.approx(ref["loss_pv"], rel=1e-9)
+    assert out.loss_ucs.item() == pytest.approx(ref["loss_ucs"], rel=1e-9)
+
+
+def test_train_step_has_finite_grads_despite_nan_padding() -> None:
+    model = make_model().train()
+    out = model(make_batch(1))
+    assert math.isfinite(out.loss.item())
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+    metrics = out.metrics()
+    assert metrics["n_pos_pv"] == 7 and metrics["n_ucs"] == 5
+    assert 0 < metrics["attn_entropy"] <= math.log(5)
+
+
+def test_adam_steps_reduce_the_loss() -> None:
+    # Tiny overfit check: the loss is trainable end to end (not a constant).
+    model = make_model(tau=0.2).float().eval()  # eval: fixed BatchNorm statistics
+    batch = {k: v.float() if v.is_floating_point() else v for k, v in make_batch(2).items()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = None
+    for _ in range(5):
+        opt.zero_grad()
+        loss = model(batch).loss
+        first = loss.item() if first is None else first
+        loss.backward()
+        opt.step()
+    assert model(batch).loss.item() < first - 0.05
+
+
+def test_embed() -> None:
+    model = make_model().eval()
+    images = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    raw = model.embed(images)
+    unit = model.embed(images, normalize=True)
+    assert raw.shape == (4, D) and not raw.requires_grad
+    assert torch.allclose(unit.norm(dim=-1), torch.ones(4, dtype=unit.dtype))
+    assert torch.allclose(unit, torch.nn.functional.normalize(raw, dim=-1))
+    assert not model.training
+
+
+def test_click_head_only_when_enabled() -> None:
+    assert make_model().click_head is None
+    model = make_model(click_bce_weight=0.3)
+    assert model.click_head is not None
+    out = model.train()(make_batch())
+    out.loss.backward()
+    assert out.loss_click_bce.item() > 0
+    assert all(p.grad is not None for p in model.click_head.parameters())
+
+
+def test_bad_batches() -> None:
+    model = make_model()
+    batch = make_batch()
+    empty = {
+        **batch,
+        "pv_labels": torch.full_like(batch["pv_labels"], -1),
+        "click_mask": torch.zeros_like(batch["click_mask"]),
+    }
+    with pytest.raises(ValueError, match="no valid image"):
+        model(empty)
+    with pytest.raises(ValueError, match="pv_labels"):
+        model({**batch, "pv_labels": batch["pv_labels"][:, :3]})
