@@ -106,15 +106,28 @@ class TrainConfig:
     loader_workers: int = 2
     seed: int = 0
     table_version: int | None = None  # pinned Delta version; None = latest at start
+    # TorchDistributor: True runs the processes on the driver node, False on the executors.
+    local_mode: bool = True
+    loader_kind: str = "petastorm"  # courier.data.make_batch_source(kind=...)
+    # The latest files of the snapshot (by path, so the latest dt partitions) are held out
+    # from training and used for the end-of-run evaluation; 0 = no evaluation.
+    holdout_fraction: float = 0.1
+    eval_max_rows: int = 2048
+    eval_init_baseline: bool = True  # also evaluate the model at step 0 (same seed)
+    keep_checkpoints: int = 2  # newest step checkpoints kept per run (the final one always)
+    # torch.use_deterministic_algorithms; CPU runs are deterministic without it.
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str = "sqlite:///warehouse/mlflow.db"
+    # None: next to a SQLite store (<db folder>/mlartifacts), else the server's default.
     artifact_location: str | None = None
     experiment: str = "courier"
     registered_model: str = "courier-image-encoder"
     alias: str = "candidate"
+    log_model: bool = True  # log + register the image encoder at the end of `courier train`
 
 
 @dataclass(frozen=True)

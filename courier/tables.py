@@ -139,6 +139,8 @@ def write_rejects(
 def merge_rejects(spark: SparkSession, rejects_table: str, rejects: DataFrame, stage: str, run_id: str) -> None:
     """Upsert rejects of ``stage`` keyed by ``key`` (for stages that are not date-partitioned)."""
     ensure_table(spark, rejects_table, REJECTS_SCHEMA)
+    if rejects.isEmpty():  # a MERGE costs a few Delta jobs even with nothing to merge
+        return
     rows = rejects.select(
         F.lit(stage).alias("stage"),
         F.col("key").cast("string"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,15 @@ ITEM_IMAGES_SCHEMA_DDL = (
 )
 
 
+@contextmanager
+def _timed(metrics: dict[str, int], phase: str):
+    """Record the wall time of a phase in ``metrics['ms.<phase>']`` (kept in pipeline_runs)."""
+    t0 = time.perf_counter()
+    yield
+    metrics[f"ms.{phase}"] = int((time.perf_counter() - t0) * 1000)
+    log.info("%s took %.1fs", phase, metrics[f"ms.{phase}"] / 1000)
+
+
 class ReconciliationError(RuntimeError):
     """Counts in do not equal counts out + dropped + rejected: a row went missing."""
 
@@ -102,10 +113,13 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
             "image_size": s.image_size}
     # Eager local checkpoints: both read item_images, which the MERGE below rewrites; a lazy
     # cache recomputed after the MERGE would see every item as unchanged.
-    candidates = run_sql_file(spark, "samples/item_images_candidates", args).localCheckpoint(eager=True)
-    candidates.createOrReplaceTempView("item_images_candidates")
+    timings: dict[str, int] = {}
+    with _timed(timings, "candidates"):
+        candidates = run_sql_file(spark, "samples/item_images_candidates", args).localCheckpoint(eager=True)
+        candidates.createOrReplaceTempView("item_images_candidates")
     register_prepare_image_udf(spark, s.image_size, s.jpeg_quality, from_uri)
-    prepared = run_sql_file(spark, "samples/item_images_prepared", args).localCheckpoint(eager=True)
+    with _timed(timings, "prepare_images"):
+        prepared = run_sql_file(spark, "samples/item_images_prepared", args).localCheckpoint(eager=True)
 
     good = prepared.where("reject_reason IS NULL").drop("reject_reason", "reject_detail")
     bad_images = prepared.where("reject_reason IS NOT NULL").select(
@@ -118,7 +132,7 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
         F.to_date("updated_at").alias("dt"))
     rejects = bad_rows.unionByName(bad_images)
 
-    (
+    merge = (
         DeltaTable.forName(spark, item_images).alias("t")
         .merge(
             prepared.drop("reject_detail").alias("s"),
@@ -127,9 +141,11 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
         .whenMatchedDelete(condition="s.reject_reason IS NOT NULL")
         .whenMatchedUpdate(set={c: f"s.{c}" for c in good.columns})
         .whenNotMatchedInsert(condition="s.reject_reason IS NULL", values={c: f"s.{c}" for c in good.columns})
-        .execute()
     )
-    merge_rejects(spark, t.qualified("rejects"), rejects, "item_images", run_id)
+    with _timed(timings, "merge_images"):
+        merge.execute()
+    with _timed(timings, "merge_rejects"):
+        merge_rejects(spark, t.qualified("rejects"), rejects, "item_images", run_id)
 
     counts = _count_by(candidates, "CASE WHEN reject_reason IS NOT NULL THEN concat('rejected.', reject_reason) "
                                    "WHEN unchanged THEN 'unchanged' ELSE 'to_prepare' END")
@@ -139,6 +155,7 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
     metrics = {"items_in": sum(counts.values()) + to_prepare, **counts, **image_counts}
     _reconcile("item_images", metrics["items_in"],
                {k: v for k, v in metrics.items() if k != "items_in"})
+    metrics.update(timings)
     candidates.unpersist()
     prepared.unpersist()
     return RunRecord(run_id, "item_images", None, None, started, metrics, config_json(cfg))
@@ -159,38 +176,46 @@ def build_samples(
     items_record.save(spark, t.qualified("pipeline_runs"))
 
     started = utc_now()
+    timings: dict[str, int] = {}
     require_columns(spark, t.qualified("raw_impressions"), RAW_IMPRESSIONS_COLUMNS)
     max_event_ts = dt.datetime.fromisoformat(s.max_event_ts) if s.max_event_ts else started
-    views = sample_views(
-        spark, cfg, start, end, max_event_ts,
-        raw_impressions=t.qualified("raw_impressions"), raw_items=t.qualified("raw_items"),
-        item_images=t.qualified("item_images"))
+    with _timed(timings, "plan_views"):
+        views = sample_views(
+            spark, cfg, start, end, max_event_ts,
+            raw_impressions=t.qualified("raw_impressions"), raw_items=t.qualified("raw_items"),
+            item_images=t.qualified("item_images"))
     checked, draft = views.checked, views.draft
     in_range = date_range_predicate(start, end)
 
-    rejects = checked.where(f"reject_reason IS NOT NULL AND ({in_range})").select(
-        F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
-                    F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
-        F.col("reject_reason").alias("reason"),
-        F.col("reject_detail").alias("detail"),
-        "dt",
-    )
-    write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, in_range)
+    with _timed(timings, "write_rejects"):
+        rejects = checked.where(f"reject_reason IS NOT NULL AND ({in_range})").select(
+            F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
+                        F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
+            F.col("reject_reason").alias("reason"),
+            F.col("reject_detail").alias("detail"),
+            "dt",
+        )
+        write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, in_range)
 
-    kept = draft.where("drop_reason IS NULL").select(
-        "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids", "n_history", "dt")
-    replace_where(kept, t.qualified("courier_samples"), in_range, partition_by=["dt"])
+    with _timed(timings, "write_samples"):
+        kept = draft.where("drop_reason IS NULL").select(
+            "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids",
+            "n_history", "dt")
+        replace_where(kept, t.qualified("courier_samples"), in_range, partition_by=["dt"])
 
-    metrics = _sample_metrics(checked.where(in_range), draft)
-    kept_table = spark.table(t.qualified("courier_samples")).where(in_range)
-    kept_table.createOrReplaceTempView("samples_kept")
-    training = run_sql_file(spark, "samples/training_rows", views.args)
-    _write_training_rows(spark, training, t.qualified("courier_training_rows"), start, end, s.rows_per_row_group)
-    metrics["training_rows_written"] = spark.table(t.qualified("courier_training_rows")).where(in_range).count()
+    with _timed(timings, "reconcile"):
+        metrics = _sample_metrics(checked.where(in_range), draft)
+    with _timed(timings, "write_training_rows"):
+        spark.table(t.qualified("courier_samples")).where(in_range).createOrReplaceTempView("samples_kept")
+        training = run_sql_file(spark, "samples/training_rows", views.args)
+        _write_training_rows(spark, training, t.qualified("courier_training_rows"), start, end,
+                             s.rows_per_row_group)
+        metrics["training_rows_written"] = spark.table(t.qualified("courier_training_rows")).where(in_range).count()
     if metrics["training_rows_written"] != metrics["page_views_kept"]:
         raise ReconciliationError(
             f"courier_training_rows has {metrics['training_rows_written']} rows for {start}..{end}, "
             f"courier_samples {metrics['page_views_kept']}: a sample lost its images")
+    metrics.update(timings)
 
     views.unpersist()
     record = RunRecord(run_id, "build_samples", start, end, started, metrics, config_json(cfg))

@@ -23,19 +23,19 @@ known_items AS (
 imaged_items AS (
   SELECT item_id FROM IDENTIFIER(:item_images)
 ),
--- One window per page view finds both duplicates (same item twice on a page,
--- seen as equal neighbours once sorted by item) and page views whose rows
--- disagree on who saw them or when.
+-- One sorted pass per page view finds both duplicates (same item twice on a
+-- page: equal neighbours once sorted by item) and page views whose rows
+-- disagree on who saw them or when (the whole-page frame shares the sort).
 per_page AS (
   SELECT
     raw.*,
-    item_id = LAG(item_id) OVER w_sorted AS is_duplicate,
+    item_id = LAG(item_id) OVER (PARTITION BY request_id ORDER BY item_id, position, event_ts) AS is_duplicate,
     MIN(user_id) OVER w_page <> MAX(user_id) OVER w_page
       OR MIN(event_ts) OVER w_page <> MAX(event_ts) OVER w_page AS is_inconsistent
   FROM raw
-  WINDOW
-    w_page AS (PARTITION BY request_id),
-    w_sorted AS (PARTITION BY request_id ORDER BY item_id, position, event_ts)
+  WINDOW w_page AS (
+    PARTITION BY request_id ORDER BY item_id, position, event_ts
+    ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
 )
 SELECT
   p.request_id, p.user_id, p.item_id, p.position, p.query, p.event_ts,

@@ -13,7 +13,7 @@ WITH ranked AS (
     IDENTIFIER(:image_column) AS image_source,
     ROW_NUMBER() OVER (
       PARTITION BY item_id
-      ORDER BY updated_at DESC NULLS LAST, sha2(CAST(IDENTIFIER(:image_column) AS BINARY), 256)
+      ORDER BY updated_at DESC NULLS LAST, xxhash64(IDENTIFIER(:image_column))
     ) AS copy_rank
   FROM IDENTIFIER(:raw_items)
 )

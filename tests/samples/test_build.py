@@ -193,7 +193,8 @@ def test_rerun_replaces_exactly_its_partitions(spark, cfg, built):
     again = build_samples(spark, cfg, START, END)
     after = {name: spark.table(t.qualified(name)).count() for name in before}
     assert after == before
-    assert again.samples.metrics == first.samples.metrics
+    counts = lambda m: {k: v for k, v in m.items() if not k.startswith("ms.")}  # noqa: E731  (timings differ)
+    assert counts(again.samples.metrics) == counts(first.samples.metrics)
     assert again.items.metrics["unchanged"] == first.items.metrics["prepared"]  # nothing re-decoded
 
     # One day of the range: only that partition is rewritten.

@@ -1,0 +1,324 @@
+"""``courier train`` on the driver: pin the snapshot, create (or reopen) the MLflow run,
+run the training processes, then log and register the model.
+
+    new run:     pin snapshot (Spark) -> hold out files -> MLflow run -> run.json -> processes
+    resume:      run.json (same snapshot, hold-out, MLflow run) -> processes continue from
+                 the latest checkpoint
+    processes:   TorchDistributor(num_processes, local_mode, use_gpu).run(train_process, job),
+                 or train_process(job) in this process (``distributed=False``, ``--no-spark``)
+    end:         result.json -> encoder from the final checkpoint -> mlflow.pytorch.log_model
+                 -> registered model version -> alias (e.g. "candidate")
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from courier.config import CourierConfig
+from courier.train.checkpoint import load_checkpoint, read_json
+from courier.train.errors import ResumeError, TrainingDataError
+from courier.train.rundir import RESULT, RunManifest, frozen_config_differences, new_run_name
+from courier.train import tracking
+
+log = logging.getLogger("courier.train")
+
+_DATA_ERROR = re.compile(r"courier\.train\.errors\.TrainingDataError: (.+)")
+
+
+@dataclass
+class TrainResult:
+    """What a finished ``courier train`` produced.
+
+    Attributes:
+        run_name / run_dir: the run's name and checkpoint folder.
+        mlflow_run_id: the MLflow run.
+        snapshot: TrainingSnapshot (dict) trained on; holdout: the held-out one or None.
+        result: rank 0's result.json (history, eval metrics, images/s, final checkpoint).
+        model_version: registered model version, or None when not logged.
+    """
+
+    run_name: str
+    run_dir: Path
+    mlflow_run_id: str
+    snapshot: dict[str, Any]
+    holdout: dict[str, Any] | None
+    result: dict[str, Any]
+    model_version: str | None
+
+    @property
+    def final_checkpoint(self) -> Path:
+        return Path(self.result["final_checkpoint"])
+
+    def summary(self) -> str:
+        r = self.result
+        lines = [
+            f"training run {self.run_name} (MLflow run {self.mlflow_run_id})",
+            f"  snapshot        {self.snapshot['table']} v{self.snapshot['version']}, {self.snapshot['total_rows']:,} rows",
+            f"  steps           {r['global_step']:,} ({r['steps_per_epoch']:,} per epoch)",
+            f"  images/s        {r['images_per_s']:,.1f}",
+        ]
+        if r["history"]:
+            first, last = r["history"][0], r["history"][-1]
+            lines.append(f"  loss            {first['loss']:.4f} (step {first['step']:.0f}) -> "
+                         f"{last['loss']:.4f} (step {last['step']:.0f})")
+        for key in ("eval/hit1", "eval_init/hit1", "eval/row_auc", "eval_init/row_auc", "eval/embedding_std"):
+            if key in r["eval"]:
+                lines.append(f"  {key:<15} {r['eval'][key]:.4f}")
+        lines.append(f"  checkpoints     {self.run_dir}")
+        if self.model_version:
+            lines.append(f"  model version   {self.model_version}")
+        return "\n".join(lines)
+
+
+def check_train_config(cfg: CourierConfig) -> None:
+    """Fail before pinning or starting anything on values that cannot work."""
+    from courier.train.precision import MODES
+
+    tc = cfg.train
+    problems = []
+    if tc.mixed_precision not in MODES:
+        problems.append(f"train.mixed_precision must be one of {MODES}, got {tc.mixed_precision!r}")
+    for name in ("batch_size", "epochs", "num_processes", "log_every_steps", "checkpoint_every_steps",
+                 "keep_checkpoints", "eval_max_rows"):
+        if getattr(tc, name) <= 0:
+            problems.append(f"train.{name} must be positive, got {getattr(tc, name)}")
+    if tc.max_steps is not None and tc.max_steps <= 0:
+        problems.append(f"train.max_steps must be positive or null, got {tc.max_steps}")
+    if not 0.0 <= tc.holdout_fraction < 1.0:
+        problems.append(f"train.holdout_fraction must be in [0, 1), got {tc.holdout_fraction}")
+    if "://" in tc.checkpoint_dir:
+        problems.append(f"train.checkpoint_dir must be a filesystem path every training node mounts, "
+                        f"got the URI {tc.checkpoint_dir!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _resolve_dir(path: str) -> Path:
+    from courier.spark import resolve_path
+
+    return Path(resolve_path(path))
+
+
+def resolve_resume(target: str, checkpoint_root: Path, tracking_uri: str) -> Path:
+    """The run directory for ``--resume``: a run folder, a run name under the root, or an MLflow run id."""
+    as_path = Path(target)
+    for candidate in (as_path, checkpoint_root / target):
+        if (candidate / "run.json").is_file():
+            return candidate.resolve()
+    try:
+        run = tracking.client(tracking_uri).get_run(target)
+    except Exception as exc:  # noqa: BLE001 - any lookup failure means "not an MLflow run id"
+        raise ResumeError(f"--resume {target!r}: neither a run folder (with run.json), nor a run name under "
+                          f"{checkpoint_root}, nor an MLflow run id in {tracking_uri} ({exc})") from exc
+    run_dir = run.data.tags.get(tracking.TAG_RUN_DIR)
+    if not run_dir or not (Path(run_dir) / "run.json").is_file():
+        raise ResumeError(f"MLflow run {target} has no checkpoint folder (tag {tracking.TAG_RUN_DIR}={run_dir!r})")
+    return Path(run_dir)
+
+
+def existing_run_dir(cfg: CourierConfig, run_name: str | None, resume: str | None) -> Path | None:
+    """The folder of the run that ``run_name``/``resume`` would continue, or None for a new run.
+
+    Raises ResumeError when ``resume`` names nothing resumable.
+    """
+    checkpoint_root = _resolve_dir(cfg.train.checkpoint_dir)
+    if resume is not None:
+        return resolve_resume(resume, checkpoint_root, tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri))
+    if run_name is not None and (checkpoint_root / run_name / "run.json").is_file():
+        return checkpoint_root / run_name
+    return None
+
+
+def _pin(cfg: CourierConfig, spark: Any, dates: tuple[dt.date, dt.date] | None) -> Any:
+    from courier.data.snapshot import pin_training_snapshot
+
+    if spark is None:
+        raise ValueError("pinning a snapshot needs Spark: pass a SparkSession, a pinned snapshot, or resume a run")
+    from courier.data.snapshot import SnapshotError
+
+    table = cfg.tables.qualified("courier_training_rows")
+    try:
+        return pin_training_snapshot(spark, table, version=cfg.train.table_version, dates=dates)
+    except SnapshotError as exc:  # no rows for the range, missing table or version, vacuumed files
+        raise TrainingDataError(f"cannot pin a training snapshot: {exc}") from exc
+
+
+def _new_run(
+    cfg: CourierConfig,
+    run_name: str,
+    run_dir: Path,
+    tracking_uri: str,
+    snapshot: Any,
+    dates: tuple[dt.date, dt.date] | None,
+) -> RunManifest:
+    from courier.train.holdout import split_holdout
+
+    where = f" for dt {dates[0]}..{dates[1]}" if dates else ""
+    if snapshot.total_rows == 0 or not snapshot.files:
+        raise TrainingDataError(f"{snapshot.table} at Delta version {snapshot.version} holds no rows{where}: "
+                                "nothing to train on (build the samples for that range first)")
+    train, holdout = split_holdout(snapshot, cfg.train.holdout_fraction)
+    experiment_id = tracking.ensure_experiment(tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
+    tags = {
+        tracking.TAG_TABLE: snapshot.table,
+        tracking.TAG_VERSION: str(snapshot.version),
+        tracking.TAG_ROWS: str(snapshot.total_rows),
+        tracking.TAG_TRAIN_ROWS: str(train.total_rows),
+        tracking.TAG_HOLDOUT_ROWS: str(holdout.total_rows if holdout else 0),
+        tracking.TAG_GIT: (rev := tracking.git_revision()),
+        "mlflow.source.git.commit": rev,
+        tracking.TAG_RUN_DIR: str(run_dir),
+        tracking.TAG_RESUMES: "0",
+        "courier.dates": f"{dates[0]}..{dates[1]}" if dates else "all",
+    }
+    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_dict()), tags)
+    manifest = RunManifest(
+        run_name=run_name,
+        mlflow_run_id=run_id,
+        snapshot=train.to_dict(),
+        holdout=holdout.to_dict() if holdout else None,
+        pinned=snapshot.to_dict(),
+        config=cfg.to_dict(),
+    )
+    manifest.save(run_dir)
+    mlc = tracking.client(tracking_uri)
+    mlc.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    mlc.log_dict(run_id, manifest.pinned, "snapshot.json")
+    log.info("new run %s: %s v%d, %d training rows, %d held out; MLflow run %s", run_name, snapshot.table,
+             snapshot.version, train.total_rows, holdout.total_rows if holdout else 0, run_id)
+    return manifest
+
+
+def _reopen_run(cfg: CourierConfig, run_dir: Path, tracking_uri: str, snapshot: Any | None) -> RunManifest:
+    manifest = RunManifest.load(run_dir)
+    if snapshot is not None and snapshot.to_dict() != manifest.pinned:
+        raise ResumeError(f"run {manifest.run_name} trained on {manifest.pinned['table']} "
+                          f"v{manifest.pinned['version']}; the snapshot given now differs")
+    diffs = frozen_config_differences(manifest.config, cfg.to_dict())
+    if diffs:
+        raise ResumeError(f"run {manifest.run_name} cannot resume with a different model/optimiser/data "
+                          f"configuration: {diffs}. Start a new run (another --run-name) instead.")
+    manifest.resumes += 1
+    manifest.save(run_dir)
+    tracking.client(tracking_uri).set_tag(manifest.mlflow_run_id, tracking.TAG_RESUMES, str(manifest.resumes))
+    log.info("resuming run %s (MLflow run %s), resume #%d", manifest.run_name, manifest.mlflow_run_id,
+             manifest.resumes)
+    return manifest
+
+
+def _run_processes(cfg: CourierConfig, job: dict[str, Any], distributed: bool) -> None:
+    from courier.train.loop import train_process
+
+    if not distributed:
+        if cfg.train.num_processes > 1:
+            log.warning("--no-spark runs one process; train.num_processes=%d ignored", cfg.train.num_processes)
+        train_process({**job, "single_process": True})
+        return
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    distributor = TorchDistributor(num_processes=cfg.train.num_processes, local_mode=cfg.train.local_mode,
+                                   use_gpu=cfg.train.use_gpu)
+    try:
+        distributor.run(train_process, job)
+    except RuntimeError as exc:
+        # The processes' traceback arrives as text; surface a data problem as the clear error it is.
+        found = _DATA_ERROR.search(str(exc))
+        if found:
+            raise TrainingDataError(found.group(1).strip()) from exc
+        raise
+
+
+def _export_encoder(cfg: CourierConfig, checkpoint: Path) -> Any:
+    """The trained image encoder, uncompiled and in eval mode, for logging (images [N,3,S,S] -> [N,d])."""
+    from courier.model import CourierModel
+
+    model_cfg = dataclasses.replace(cfg.model, compile=False, gradient_checkpointing=False, pretrained_weights_path=None)
+    model = CourierModel(model_cfg, cfg.loss)
+    model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
+    return model.encoder.eval()
+
+
+def run_training(
+    cfg: CourierConfig,
+    *,
+    spark: Any = None,
+    run_name: str | None = None,
+    resume: str | None = None,
+    snapshot: Any = None,
+    dates: tuple[dt.date, dt.date] | None = None,
+    distributed: bool = True,
+) -> TrainResult:
+    """Run ``courier train``: a new run, or the continuation of a killed one.
+
+    Args:
+        cfg: the resolved config.
+        spark: the driver's SparkSession (pins the snapshot; TorchDistributor needs it).
+        run_name: name of the run (checkpoint folder, MLflow run name). When a run of that name
+            exists under train.checkpoint_dir, it is resumed. None: a new, generated name.
+        resume: a run folder, run name or MLflow run id to resume.
+        snapshot: an already pinned TrainingSnapshot (then ``spark`` is not needed to pin).
+        dates: (start, end) dt range to pin; None = the whole table.
+        distributed: TorchDistributor (True) or one process in this one (False, ``--no-spark``).
+
+    Raises:
+        TrainingDataError: the snapshot holds no rows or an epoch read an unexpected row count.
+        ResumeError: the run to resume cannot be found or would not continue the same run.
+    """
+    check_train_config(cfg)
+    tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    run_dir = existing_run_dir(cfg, run_name, resume)
+    if run_dir is None:
+        run_dir = _resolve_dir(cfg.train.checkpoint_dir) / (run_name or new_run_name())
+    if (run_dir / "run.json").is_file():
+        manifest = _reopen_run(cfg, run_dir, tracking_uri, snapshot)
+    else:
+        if snapshot is None:
+            snapshot = _pin(cfg, spark, dates)
+        manifest = _new_run(cfg, run_dir.name, run_dir, tracking_uri, snapshot, dates)
+
+    mlc = tracking.client(tracking_uri)
+    run_id = manifest.mlflow_run_id
+    try:
+        result_path = run_dir / RESULT
+        result_path.unlink(missing_ok=True)  # a stale result of an earlier attempt must not be read
+        job = {
+            "config": cfg.to_dict(),
+            "snapshot": manifest.snapshot,
+            "holdout": manifest.holdout,
+            "run_dir": str(run_dir),
+            "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
+        }
+        mlc.update_run(run_id, status="RUNNING")
+        _run_processes(cfg, job, distributed)
+        if not result_path.is_file():
+            raise RuntimeError(f"the training processes ended without writing {result_path}")
+        result = read_json(result_path)
+        version = None
+        if cfg.mlflow.log_model:
+            encoder = _export_encoder(cfg, Path(result["final_checkpoint"]))
+            version = tracking.log_encoder(
+                tracking_uri, run_id, encoder, image_size=manifest.snapshot["image_size"],
+                embedding_dim=cfg.model.embedding_dim, registered_model=cfg.mlflow.registered_model,
+                alias=cfg.mlflow.alias)
+            if version is not None:
+                mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
+                log.info("registered %s version %s, alias %r", cfg.mlflow.registered_model, version, cfg.mlflow.alias)
+        mlc.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        # KeyboardInterrupt included: the run is resumable, but MLflow should not show it running.
+        mlc.set_terminated(run_id, "FAILED")
+        raise
+    return TrainResult(
+        run_name=manifest.run_name,
+        run_dir=run_dir,
+        mlflow_run_id=run_id,
+        snapshot=manifest.snapshot,
+        holdout=manifest.holdout,
+        result=result,
+        model_version=version,
+    )

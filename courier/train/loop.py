@@ -1,0 +1,494 @@
+"""One training process: the function TorchDistributor runs under torchrun (or ``--no-spark`` in-process).
+
+Its only argument is a plain dict (the "job", built by ``courier.train.launch``)
+so that it pickles into torchrun subprocesses without dragging driver state
+along::
+
+    config       CourierConfig.to_dict()
+    snapshot     TrainingSnapshot.to_dict() of the training files
+    holdout      the same for the held-out files, or None (no evaluation)
+    run_dir      absolute path of <train.checkpoint_dir>/<run name>
+    mlflow       {"tracking_uri", "run_id"} or None
+    single_process  ignore RANK/WORLD_SIZE from the environment (``--no-spark``)
+
+Rank 0 writes checkpoints, logs metrics to MLflow, evaluates on the held-out
+rows at the end and writes ``result.json`` into the run directory, which the
+driver reads (TorchDistributor's own return value is written by every rank to
+one file, so it is not a reliable way to get rank 0's answer back).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from courier.config import CourierConfig, from_dict
+from courier.model import CourierModel
+from courier.model.checkpointing import CheckpointSequential
+from courier.progress import Progress
+from courier.train.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from courier.train.errors import ResumeError, TrainingDataError
+from courier.train.precision import Precision, resolve_precision
+from courier.train.rundir import RESULT
+from courier.train.tracking import MetricLogger
+
+log = logging.getLogger("courier.train")
+
+CHECKPOINT_FORMAT = 1
+# LossOutput fields averaged over a logging window (all already global across ranks).
+LOGGED_TERMS = ("loss", "loss_pv", "loss_ucs", "loss_click_bce", "attn_entropy", "pv_pos_cos", "ucs_pos_cos")
+
+
+@dataclass(frozen=True)
+class ProcessEnv:
+    """Where this process sits in the data-parallel group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def process_env(use_gpu: bool, single_process: bool) -> ProcessEnv:
+    """Rank and device from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    if single_process:
+        rank, world, local = 0, 1, 0
+    else:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.use_gpu=true but torch sees no CUDA device; set train.use_gpu=false")
+        # TorchDistributor narrows CUDA_VISIBLE_DEVICES to this node's GPUs; LOCAL_RANK indexes them.
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return ProcessEnv(rank, world, local, device)
+
+
+def init_distributed(env: ProcessEnv) -> None:
+    """Join the process group (MASTER_ADDR/PORT from the environment); NCCL on GPU, gloo on CPU."""
+    if env.distributed and not dist.is_initialized():
+        backend = "nccl" if env.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Python/NumPy per rank; torch the same on every rank so all ranks build the same initial model."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: CourierConfig, device: torch.device, seed: int) -> CourierModel:
+    """The CourierModel at its initial weights for ``seed`` (also the "init" evaluation baseline)."""
+    torch.manual_seed(seed)
+    return CourierModel(cfg.model, cfg.loss).to(device)
+
+
+def unwrap(model: nn.Module) -> CourierModel:
+    """The CourierModel inside a DDP wrapper (its state_dict keys carry no ``module.`` prefix)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
+
+
+def describe_setup(model: CourierModel, precision: Precision, env: ProcessEnv) -> dict[str, Any]:
+    """What is actually switched on (logged at start; tests check the config reaches the model)."""
+    encoder = model.encoder
+    conv = next((m for m in encoder.modules() if isinstance(m, nn.Conv2d)), None)
+    checkpointed = [m for m in encoder.modules() if isinstance(m, CheckpointSequential)]
+    return {
+        "device": str(env.device),
+        "world_size": env.world_size,
+        "precision": precision.mode,
+        "grad_scaler": precision.use_scaler,
+        "channels_last": bool(
+            conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last)
+            and not conv.weight.is_contiguous()
+        ),
+        "compiled": getattr(encoder, "_compiled_call_impl", None) is not None,
+        "gradient_checkpointing": bool(checkpointed) and all(m.checkpointing for m in checkpointed),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _all_rng_states(env: ProcessEnv) -> list[dict[str, Any]]:
+    own = _rng_state(env.device)
+    if not env.distributed:
+        return [own]
+    gathered: list[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, own)
+    return gathered
+
+
+def _global_sum(value: float, env: ProcessEnv) -> float:
+    if not env.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _same_on_all_ranks(value: int, env: ProcessEnv) -> tuple[int, int]:
+    if not env.distributed:
+        return value, value
+    lo = torch.tensor([value], dtype=torch.long, device=env.device)
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return int(lo.item()), int(hi.item())
+
+
+def _count_images(batch: dict[str, torch.Tensor]) -> int:
+    """Valid (non-padding) images of a batch: what the backbone actually encodes."""
+    return int((batch["pv_labels"] >= 0).sum()) + int(batch["click_mask"].bool().sum())
+
+
+def _data_batches(source: Any, epoch: int, skip: int, snapshot: Any, env: ProcessEnv) -> Iterator[dict]:
+    """The loader's batches, with its row-count guard re-raised as a TrainingDataError naming the snapshot."""
+    from courier.data.source import EpochRowCountError
+
+    try:
+        with closing(source.batches(epoch, skip=skip)) as batches:
+            yield from batches
+    except EpochRowCountError as exc:
+        raise TrainingDataError(
+            f"training data of {snapshot.table} at Delta version {snapshot.version} "
+            f"(rank {env.rank}, epoch {epoch}): {exc}"
+        ) from exc
+
+
+def _setup_logging(env: ProcessEnv) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format=f"%(asctime)s %(levelname)s [rank {env.rank}] %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
+    # Petastorm reports at INFO on every reader it opens (one per epoch and rank).
+    logging.getLogger("petastorm").setLevel(logging.WARNING)
+    if not env.is_main:
+        # One progress stream is enough; other ranks only speak up on warnings.
+        logging.getLogger("courier").setLevel(logging.WARNING)
+
+
+def train_process(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Train on ``job`` (see the module docstring); returns the result dict on rank 0, else None."""
+    cfg = from_dict(CourierConfig, job["config"])
+    env = process_env(cfg.train.use_gpu, bool(job.get("single_process")))
+    _setup_logging(env)
+    init_distributed(env)
+    try:
+        return _Trainer(cfg, job, env).run()
+    finally:
+        if env.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _Trainer:
+    """State of one process's training loop (split out of train_process for readability)."""
+
+    def __init__(self, cfg: CourierConfig, job: dict[str, Any], env: ProcessEnv) -> None:
+        from courier.data.snapshot import TrainingSnapshot
+
+        self.cfg, self.job, self.env = cfg, job, env
+        self.tc = cfg.train
+        self.run_dir = Path(job["run_dir"])
+        self.snapshot = TrainingSnapshot.from_dict(job["snapshot"])
+        self.holdout = TrainingSnapshot.from_dict(job["holdout"]) if job.get("holdout") else None
+        mlflow_job = job.get("mlflow") or {}
+        self.metrics = MetricLogger(mlflow_job.get("tracking_uri"), mlflow_job.get("run_id")) if env.is_main \
+            else MetricLogger(None, None)
+        self.run_id = mlflow_job.get("run_id")
+
+    # ------------------------------------------------------------------ set-up
+    def _configure_torch(self) -> None:
+        if self.tc.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.env.device.type == "cuda":
+            # Fixed image size: let cuDNN pick the fastest kernels, unless exactness was asked for.
+            torch.backends.cudnn.benchmark = not self.tc.deterministic
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def _build(self) -> None:
+        env, tc = self.env, self.tc
+        seed_everything(tc.seed, env.rank)
+        self.precision = resolve_precision(tc.mixed_precision, env.device)
+        core = build_model(self.cfg, env.device, tc.seed)
+        self.setup = describe_setup(core, self.precision, env)
+        if env.distributed:
+            device_ids = [env.device.index] if env.device.type == "cuda" else None
+            self.model: nn.Module = DistributedDataParallel(core, device_ids=device_ids)
+        else:
+            self.model = core
+        self.optimizer = torch.optim.Adam(core.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision.use_scaler)
+        from courier.data.source import make_batch_source
+
+        try:
+            self.source = make_batch_source(
+                self.snapshot, rank=env.rank, world_size=env.world_size, batch_size=tc.batch_size,
+                seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind,
+            )
+        except ValueError as exc:  # e.g. too few rows for one batch per rank
+            raise TrainingDataError(f"cannot read {self.snapshot.table} v{self.snapshot.version} for "
+                                    f"training: {exc}") from exc
+        spe = self.source.steps_per_epoch()
+        lo, hi = _same_on_all_ranks(spe, env)
+        if lo != hi:
+            raise TrainingDataError(
+                f"ranks disagree on steps per epoch ({lo}..{hi}) for {self.snapshot.table} v{self.snapshot.version}: "
+                "the loader must give every rank the same number of batches")
+        if spe <= 0:
+            raise TrainingDataError(
+                f"{self.snapshot.table} at Delta version {self.snapshot.version} has {self.snapshot.total_rows} "
+                f"training rows in {len(self.snapshot.files)} files: not one batch of {tc.batch_size} rows for each "
+                f"of {env.world_size} process(es). Check the date range, or lower train.batch_size.")
+        self.steps_per_epoch = spe
+        total = tc.epochs * spe
+        self.total_steps = min(total, tc.max_steps) if tc.max_steps is not None else total
+
+    def _resume(self) -> None:
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.history: list[dict[str, float]] = []
+        self.train_seconds, self.images_seen = 0.0, 0.0
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            return
+        state = load_checkpoint(path, map_location="cpu")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ResumeError(f"{path}: unknown checkpoint format {state.get('format')}")
+        if state["world_size"] != self.env.world_size:
+            raise ResumeError(
+                f"{path} was written by {state['world_size']} process(es), this run has {self.env.world_size}: "
+                f"resume with train.num_processes={state['world_size']} (the data order depends on it)")
+        if state["snapshot_version"] != self.snapshot.version:
+            raise ResumeError(f"{path} trained on version {state['snapshot_version']}, job has {self.snapshot.version}")
+        core = unwrap(self.model)
+        core.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.env.device)
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.history = list(state.get("history", []))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.images_seen = float(state.get("images_seen", 0.0))
+        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d",
+                 path.name, self.epoch, self.step_in_epoch, self.global_step)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any] | None:
+        self._configure_torch()
+        self._build()
+        self._resume()
+        env, tc = self.env, self.tc
+        if env.is_main:
+            log.info("training %s v%d: %d rows, %d steps/epoch, %d steps in all; setup %s",
+                     self.snapshot.table, self.snapshot.version, self.snapshot.total_rows,
+                     self.steps_per_epoch, self.total_steps, self.setup)
+        self._loop()
+        final = self._checkpoint(finished=True)
+        result = None
+        if env.is_main:
+            result = self._finish(final)
+        if env.distributed:
+            dist.barrier()  # other ranks wait for rank 0's evaluation before the group goes away
+        return result
+
+    def _loop(self) -> None:
+        env, tc = self.env, self.tc
+        self.model.train()
+        remaining = self.total_steps - self.global_step
+        # A bar on a terminal, else one log line per logging window (spark-submit, Airflow logs).
+        self.interactive = env.is_main and sys.stderr.isatty()
+        progress = Progress("train", remaining, unit="step", every_seconds=float("inf"),
+                            interactive=self.interactive) if env.is_main else None
+        window = torch.zeros(len(LOGGED_TERMS), dtype=torch.float64, device=env.device)
+        window_steps, window_images, window_start = 0, 0, time.perf_counter()
+        loop_start = time.perf_counter()
+        while self.global_step < self.total_steps:
+            for batch in _data_batches(self.source, self.epoch, self.step_in_epoch, self.snapshot, env):
+                window_images += _count_images(batch)
+                out = self._step(batch)
+                window += torch.stack([getattr(out, n).detach().to(torch.float64) for n in LOGGED_TERMS])
+                window_steps += 1
+                self.step_in_epoch += 1
+                self.global_step += 1
+                if progress is not None:
+                    progress.update(1)
+                done = self.global_step >= self.total_steps
+                if self.global_step % tc.log_every_steps == 0 or done:
+                    now = time.perf_counter()
+                    images = _global_sum(float(window_images), env)
+                    self._log_window(window / window_steps, images / max(now - window_start, 1e-9), progress)
+                    self.images_seen += images
+                    window.zero_()
+                    window_steps, window_images, window_start = 0, 0, now
+                if done:
+                    break
+                if self.global_step % tc.checkpoint_every_steps == 0:
+                    self.train_seconds += time.perf_counter() - loop_start
+                    loop_start = time.perf_counter()
+                    self._checkpoint(finished=False)
+            if self.global_step >= self.total_steps:
+                break
+            if self.step_in_epoch < self.steps_per_epoch:
+                raise TrainingDataError(
+                    f"epoch {self.epoch} of {self.snapshot.table} v{self.snapshot.version} ended after "
+                    f"{self.step_in_epoch} of {self.steps_per_epoch} batches (rank {env.rank})")
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.train_seconds += time.perf_counter() - loop_start
+        if progress is not None:
+            progress.close()
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> Any:
+        device = self.env.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast(device.type):
+            out = self.model(batch)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out
+
+    def _log_window(self, means: torch.Tensor, images_per_s: float, progress: Progress | None) -> None:
+        values = dict(zip(LOGGED_TERMS, means.tolist()))
+        if not np.isfinite(values["loss"]):
+            # Every rank holds the same global loss, so every rank stops here together.
+            raise FloatingPointError(f"non-finite loss {values['loss']} at global step {self.global_step}: {values}")
+        if not self.env.is_main:
+            return
+        values.update({"images_per_s": images_per_s, "epoch": float(self.epoch)})
+        self.history.append({"step": float(self.global_step), **values})
+        self.metrics.log(values, step=self.global_step)
+        if progress is not None:
+            extra = (f"loss {values['loss']:.4f} (pv {values['loss_pv']:.4f}, ucs {values['loss_ucs']:.4f}), "
+                     f"{images_per_s:,.0f} images/s, epoch {self.epoch}")
+            if self.interactive:
+                progress.update(0, extra=extra)  # the bar's postfix
+            else:
+                log.info(progress.line(extra))
+
+    # ------------------------------------------------------------------ checkpoints, end
+    def _checkpoint(self, finished: bool) -> Path | None:
+        """All ranks call this (the RNG states are gathered); rank 0 writes."""
+        epoch, step_in_epoch = self.epoch, self.step_in_epoch
+        if step_in_epoch >= self.steps_per_epoch:  # an epoch boundary resumes at the next epoch's start
+            epoch, step_in_epoch = epoch + 1, 0
+        rng = _all_rng_states(self.env)
+        if not self.env.is_main:
+            return None
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "finished": finished,
+            "global_step": self.global_step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "total_steps": self.total_steps,
+            "world_size": self.env.world_size,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "snapshot_table": self.snapshot.table,
+            "snapshot_version": self.snapshot.version,
+            "mlflow_run_id": self.run_id,
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen,
+        }
+        path = save_checkpoint(state, self.run_dir, keep=self.tc.keep_checkpoints)
+        log.info("checkpoint %s (epoch %d, step %d of the epoch)", path, epoch, step_in_epoch)
+        return path
+
+    def _finish(self, final: Path | None) -> dict[str, Any]:
+        evaluation: dict[str, float] = {}
+        if self.holdout is not None:
+            evaluation = self._evaluate()
+            self.metrics.log(evaluation, step=self.global_step)
+        summary = {
+            "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
+            "train_seconds": self.train_seconds,
+            "global_step": float(self.global_step),
+        }
+        self.metrics.log(summary, step=self.global_step)
+        result = {
+            "global_step": self.global_step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "final_checkpoint": str(final),
+            "history": self.history,
+            "eval": evaluation,
+            "setup": self.setup,
+            **summary,
+        }
+        atomic_write_json(self.run_dir / RESULT, result)
+        return result
+
+    def _evaluate(self) -> dict[str, float]:
+        from courier.data.source import make_batch_source
+        from courier.train.evaluate import evaluate_reconstruction
+
+        assert self.holdout is not None
+        tc, device = self.tc, self.env.device
+
+        def source() -> Any:
+            return make_batch_source(self.holdout, rank=0, world_size=1, batch_size=tc.batch_size,
+                                     seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind)
+
+        started = time.perf_counter()
+        metrics = {f"eval/{k}": v for k, v in
+                   evaluate_reconstruction(unwrap(self.model), source(), device, tc.eval_max_rows).items()}
+        if tc.eval_init_baseline:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                init_cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, compile=False))
+                init = build_model(init_cfg, device, tc.seed)
+            metrics.update({f"eval_init/{k}": v for k, v in evaluate_reconstruction(
+                init, source(), device, tc.eval_max_rows, batch_norm_stats="batch").items()})
+            del init
+        log.info("held-out evaluation (%.1f s): %s", time.perf_counter() - started,
+                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
