@@ -1,0 +1,63 @@
+"""The typed config: profiles, overrides, and errors that name the key."""
+from __future__ import annotations
+
+import pytest
+
+from courier.config import CONF_DIR, ConfigError, load_config
+from courier.spark import spark_conf
+
+
+def test_local_profile_loads_with_defaults():
+    cfg = load_config("local")
+    assert cfg.profile == "local"
+    assert cfg.samples.l_pv == 5 and cfg.samples.l_click == 5
+    assert cfg.loss.tau == 0.05
+    assert cfg.spark.catalog == "derby"
+
+
+def test_cluster_example_loads():
+    cfg = load_config(str(CONF_DIR / "cluster.example.yaml"))
+    assert cfg.spark.master is None and cfg.spark.catalog == "external"
+    assert cfg.model.backbone == "swin_t" and cfg.train.use_gpu
+
+
+def test_overrides_are_typed():
+    cfg = load_config("local", ["samples.l_pv=10", "samples.negative_keep_rate=1", "spark.master=local[2]",
+                                "spark.conf.spark.sql.shuffle.partitions=3", "world.start_date=2026-02-01"])
+    assert cfg.samples.l_pv == 10
+    assert cfg.samples.negative_keep_rate == 1.0 and isinstance(cfg.samples.negative_keep_rate, float)
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
+    assert cfg.world.start_date == "2026-02-01"
+    assert cfg.replace(["samples.l_pv=3"]).samples.l_pv == 3 and cfg.samples.l_pv == 10
+
+
+@pytest.mark.parametrize("override,message", [
+    ("samples.l_pvv=3", r"samples: unknown key\(s\) \['l_pvv'\]"),
+    ("samples.l_pv=five", r"samples.l_pv: expected int"),
+    ("spark.ui_enabled=maybe", r"spark.ui_enabled: expected true/false"),
+    ("nonsense", r"must look like section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("local", [override])
+
+
+def test_missing_profile_is_named():
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config("nope")
+
+
+def test_spark_conf_has_delta_and_derby_catalog(tmp_path):
+    cfg = load_config("local", [f"spark.warehouse_dir={tmp_path}"])
+    conf = spark_conf(cfg.spark)
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert conf["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")
+    assert f"databaseName={tmp_path}/metastore_db" in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert any("delta-spark" in jar for jar in conf["spark.jars"].split(","))
+
+
+def test_missing_delta_jars_say_how_to_fix(tmp_path):
+    cfg = load_config("local", [f"spark.jars_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="make setup"):
+        spark_conf(cfg.spark)
