@@ -13,7 +13,6 @@ process, one SparkSession, so they share the machine's state (see BENCHMARKS.md)
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import shutil

@@ -110,6 +110,18 @@ def ensure_table(spark: SparkSession, qualified_name: str, schema: T.StructType)
         spark.createDataFrame([], schema).write.format("delta").saveAsTable(qualified_name)
 
 
+def _reject_rows(rejects: DataFrame, stage: str, run_id: str) -> DataFrame:
+    """``rejects`` (key, reason, detail, dt) in the rejects table's shape."""
+    return rejects.select(
+        F.lit(stage).alias("stage"),
+        F.col("key").cast("string"),
+        F.col("reason").cast("string"),
+        F.col("detail").cast("string"),
+        F.col("dt").cast("date"),
+        F.lit(run_id).alias("run_id"),
+    )
+
+
 def write_rejects(
     spark: SparkSession,
     rejects_table: str,
@@ -124,14 +136,7 @@ def write_rejects(
     makes a re-run replace its own rejects instead of adding them again.
     """
     ensure_table(spark, rejects_table, REJECTS_SCHEMA)
-    rows = rejects.select(
-        F.lit(stage).alias("stage"),
-        F.col("key").cast("string"),
-        F.col("reason").cast("string"),
-        F.col("detail").cast("string"),
-        F.col("dt").cast("date"),
-        F.lit(run_id).alias("run_id"),
-    )
+    rows = _reject_rows(rejects, stage, run_id)
     predicate = f"stage = '{stage}' AND ({scope_predicate})"
     rows.write.format("delta").mode("overwrite").option("replaceWhere", predicate).saveAsTable(rejects_table)
 
@@ -141,14 +146,7 @@ def merge_rejects(spark: SparkSession, rejects_table: str, rejects: DataFrame, s
     ensure_table(spark, rejects_table, REJECTS_SCHEMA)
     if rejects.isEmpty():  # a MERGE costs a few Delta jobs even with nothing to merge
         return
-    rows = rejects.select(
-        F.lit(stage).alias("stage"),
-        F.col("key").cast("string"),
-        F.col("reason").cast("string"),
-        F.col("detail").cast("string"),
-        F.col("dt").cast("date"),
-        F.lit(run_id).alias("run_id"),
-    )
+    rows = _reject_rows(rejects, stage, run_id)
     (
         DeltaTable.forName(spark, rejects_table)
         .alias("t")

@@ -27,7 +27,6 @@ from courier.tables import (
     RunRecord,
     SchemaError,
     date_range_predicate,
-    ensure_table,
     merge_rejects,
     replace_where,
     require_columns,

@@ -42,3 +42,10 @@ EVAL_USER_PREFERENCES = pa.schema([
     pa.field("liked_styles", pa.list_(pa.int32())),
     pa.field("liked_categories", pa.list_(pa.string())),
 ])
+
+# The same raw-table contracts as Spark DDL (for Spark-side fixtures and docs).
+RAW_ITEMS_DDL = "item_id BIGINT, category STRING, title STRING, image BINARY, updated_at TIMESTAMP"
+RAW_IMPRESSIONS_DDL = (
+    "request_id STRING, user_id BIGINT, item_id BIGINT, position INT, query STRING, "
+    "event_ts TIMESTAMP, clicked INT, dt DATE"
+)

@@ -11,12 +11,11 @@ from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
 from courier.samples.build import build_samples
+from courier.world.schema import RAW_IMPRESSIONS_DDL
 from courier.world_tables import write_world
 
 START, END = dt.date(2026, 1, 1), dt.date(2026, 1, 4)
 DB = "courier_build_test"
-IMPRESSION_COLUMNS = "request_id string, user_id bigint, item_id bigint, position int, query string, " \
-                     "event_ts timestamp, clicked int, dt date"
 
 BAD_ITEMS = {  # item_id -> (image bytes, expected reason)
     990001: (b"", "empty_image"),
@@ -63,7 +62,7 @@ def _inject_bad_rows(spark, cfg: CourierConfig) -> dict[str, int]:
         (good["request_id"], good["user_id"], good["item_id"], good["position"], good["query"],
          good["event_ts"], good["clicked"], good["dt"]),                                         # duplicate_key
     ]
-    spark.createDataFrame(rows, IMPRESSION_COLUMNS).write.format("delta").mode("append").saveAsTable(
+    spark.createDataFrame(rows, RAW_IMPRESSIONS_DDL).write.format("delta").mode("append").saveAsTable(
         t.qualified("raw_impressions"))
     return {"null_key": 1, "invalid_label": 1, "future_timestamp": 1, "dt_mismatch": 1, "unknown_item": 1,
             "item_without_image": 1, "inconsistent_page_view": 2, "duplicate_key": 1}

@@ -12,11 +12,9 @@ from courier.config import CourierConfig
 from courier.samples.build import build_item_images, build_samples, sample_views
 from courier.samples.images import prepare_image
 from courier.tables import SchemaError
+from courier.world.schema import RAW_IMPRESSIONS_DDL, RAW_ITEMS_DDL
 
 DB = "courier_inputs_test"
-IMPRESSIONS = ("request_id string, user_id bigint, item_id bigint, position int, query string, "
-               "event_ts timestamp, clicked int, dt date")
-ITEMS = "item_id bigint, category string, title string, image binary, updated_at timestamp"
 
 
 def _png(width: int, height: int, colour=(200, 30, 30)) -> bytes:
@@ -80,7 +78,7 @@ def test_item_images_from_uris(spark, cfg, tmp_path):
 # --- structural errors stop the job, naming table and column -----------------------------------
 
 def _valid_items(spark, cfg) -> None:
-    _write(spark, [(1, "tops", "a", _png(8, 8), dt.datetime(2026, 1, 1))], ITEMS, cfg.tables.qualified("raw_items"))
+    _write(spark, [(1, "tops", "a", _png(8, 8), dt.datetime(2026, 1, 1))], RAW_ITEMS_DDL, cfg.tables.qualified("raw_items"))
     spark.sql(f"DROP TABLE IF EXISTS {cfg.tables.qualified('item_images')}")
 
 
@@ -94,7 +92,7 @@ def test_missing_table_is_named(spark, cfg):
 def test_missing_column_is_named(spark, cfg):
     _valid_items(spark, cfg)
     _write(spark, [("r1", 1, 1, 0, "q", dt.datetime(2026, 1, 1), 1)],
-           IMPRESSIONS.replace(", dt date", ""), cfg.tables.qualified("raw_impressions"))
+           RAW_IMPRESSIONS_DDL.replace(", dt DATE", ""), cfg.tables.qualified("raw_impressions"))
     with pytest.raises(SchemaError, match=f"table {DB}.raw_impressions has no column 'dt'"):
         build_samples(spark, cfg, dt.date(2026, 1, 1), dt.date(2026, 1, 1))
 
@@ -102,7 +100,7 @@ def test_missing_column_is_named(spark, cfg):
 def test_wrong_type_is_named(spark, cfg):
     _valid_items(spark, cfg)
     _write(spark, [("r1", "u1", 1, 0, "q", dt.datetime(2026, 1, 1), 1, dt.date(2026, 1, 1))],
-           IMPRESSIONS.replace("user_id bigint", "user_id string"), cfg.tables.qualified("raw_impressions"))
+           RAW_IMPRESSIONS_DDL.replace("user_id BIGINT", "user_id STRING"), cfg.tables.qualified("raw_impressions"))
     with pytest.raises(SchemaError, match=f"table {DB}.raw_impressions column 'user_id' has type string"):
         build_samples(spark, cfg, dt.date(2026, 1, 1), dt.date(2026, 1, 1))
 
@@ -128,7 +126,7 @@ def _many_negatives(spark) -> None:
         user = r % 40
         for pos in range(10):
             rows.append((f"p{r:04d}", user, pos + 1, pos, "q", ts + dt.timedelta(minutes=r), int(pos == 0), ts.date()))
-    spark.createDataFrame(rows, IMPRESSIONS).createOrReplaceTempView("ds_impressions")
+    spark.createDataFrame(rows, RAW_IMPRESSIONS_DDL).createOrReplaceTempView("ds_impressions")
     spark.createDataFrame([(i,) for i in range(1, 11)], "item_id BIGINT").createOrReplaceTempView("ds_items")
 
 

@@ -12,24 +12,12 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyspark.sql import types as T
 
 from courier.samples.build import sample_views
+from courier.world.schema import RAW_IMPRESSIONS_DDL
 
 START = dt.date(2026, 1, 2)
 END = dt.date(2026, 1, 3)
-IMPRESSIONS_SCHEMA = T.StructType(
-    [
-        T.StructField("request_id", T.StringType()),
-        T.StructField("user_id", T.LongType()),
-        T.StructField("item_id", T.LongType()),
-        T.StructField("position", T.IntegerType()),
-        T.StructField("query", T.StringType()),
-        T.StructField("event_ts", T.TimestampType()),
-        T.StructField("clicked", T.IntegerType()),
-        T.StructField("dt", T.DateType()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -88,7 +76,7 @@ def _register(spark, views: list[PageView]) -> None:
         for v in views
         for pos, (item, c) in enumerate(zip(v.items, v.clicks))
     ]
-    spark.createDataFrame(rows, IMPRESSIONS_SCHEMA).createOrReplaceTempView("pit_impressions")
+    spark.createDataFrame(rows, RAW_IMPRESSIONS_DDL).createOrReplaceTempView("pit_impressions")
     spark.createDataFrame([(i,) for i in range(1, 10)], "item_id BIGINT").createOrReplaceTempView("pit_items")
 
 
