@@ -10,7 +10,15 @@ See docs/TRAINING_DATA.md.
 """
 from __future__ import annotations
 
-from courier.data.decode import BATCH_KEYS, IMAGENET_MEAN, IMAGENET_STD, DecodeError, RowDecoder, decode_jpeg
+from courier.data.decode import (
+    BATCH_KEYS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DecodeError,
+    RowDecoder,
+    decode_jpeg,
+    decode_jpegs,
+)
 from courier.data.snapshot import SnapshotError, TrainingSnapshot, pin_training_snapshot
 from courier.data.source import BatchSource, EpochRowCountError, EpochStats, make_batch_source
 
@@ -26,6 +34,7 @@ __all__ = [
     "SnapshotError",
     "TrainingSnapshot",
     "decode_jpeg",
+    "decode_jpegs",
     "make_batch_source",
     "pin_training_snapshot",
 ]

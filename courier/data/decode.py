@@ -1,18 +1,19 @@
 """Rows of courier_training_rows -> the arrays of a training batch.
 
-JPEG bytes are decoded with Pillow, converted to RGB, normalised with the
-ImageNet mean/std (what the pretrained backbones expect) and laid out
-channels-first. Padding slots (item id -1, empty bytes) become all-zero
-images, so a padded slot never looks like a real (dark) picture.
+JPEG bytes are decoded with torchvision's libjpeg-turbo binding (one call per
+row group; Pillow gives the same pixels but spends ~4x longer per small image
+in Python), forced to RGB, normalised with the ImageNet mean/std (what the
+pretrained backbones expect) and laid out channels-first. Padding slots (item
+id -1, empty bytes) become all-zero images, so a padded slot never looks like a
+real (dark) picture.
 
 This runs inside the reader's workers (Petastorm's TransformSpec, or the
-pyarrow loader's thread pool), so it is written to work on one row group at a
-time and to fail loudly on rows that break the table contract.
+pyarrow loader's thread pool), one row group at a time, and fails loudly on
+rows that break the table contract.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,7 +21,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
+import torch
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_jpeg as _tv_decode_jpeg
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -37,32 +40,59 @@ BATCH_KEYS = ("pv_images", "pv_labels", "click_images", "click_mask", "pv_item_i
 class DecodeError(ValueError):
     """A row breaks the courier_training_rows contract (missing image, wrong size, ragged arrays)."""
 
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index  # which of the images passed to decode_jpegs, when known
+
+
+def _decode_tensors(jpegs: Sequence[bytes], image_size: int) -> list[torch.Tensor]:
+    """JPEG bytes -> uint8 [3, S, S] RGB tensors; DecodeError (with ``index``) unless each is an S x S JPEG."""
+    s = image_size
+    if not jpegs:
+        return []
+    lengths = [len(b) for b in jpegs]
+    if 0 in lengths:
+        raise DecodeError("empty image", index=lengths.index(0))
+    # One writable buffer for all images (torch refuses read-only bytes), split into views.
+    joined = torch.from_numpy(np.frombuffer(b"".join(jpegs), dtype=np.uint8).copy())
+    parts = list(torch.split(joined, lengths))
+    try:
+        images = _tv_decode_jpeg(parts, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        for i, part in enumerate(parts):  # find the culprit for the message
+            try:
+                _tv_decode_jpeg(part, mode=ImageReadMode.RGB)
+            except RuntimeError as exc:
+                raise DecodeError(f"undecodable image: {str(exc).splitlines()[0]}", index=i) from exc
+        raise
+    for i, img in enumerate(images):
+        if tuple(img.shape) != (3, s, s):
+            raise DecodeError(f"image is {img.shape[2]}x{img.shape[1]}, expected {s}x{s}", index=i)
+    return images
+
+
+def decode_jpegs(jpegs: Sequence[bytes], image_size: int) -> np.ndarray:
+    """JPEG bytes -> uint8 [N, 3, S, S] RGB; DecodeError (with ``index``) unless each is an S x S JPEG."""
+    images = _decode_tensors(jpegs, image_size)
+    if not images:
+        return np.zeros((0, 3, image_size, image_size), dtype=np.uint8)
+    return torch.stack(images).numpy()
+
 
 def decode_jpeg(data: bytes, image_size: int) -> np.ndarray:
-    """JPEG bytes -> uint8 [S, S, 3] RGB; DecodeError unless it is an S x S image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.size != (image_size, image_size):
-                raise DecodeError(f"image is {img.size[0]}x{img.size[1]}, expected {image_size}x{image_size}")
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise DecodeError(f"undecodable image: {exc}") from exc
+    """One JPEG -> uint8 [3, S, S] RGB."""
+    return decode_jpegs([data], image_size)[0]
 
 
-def normalise_images(images: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """uint8 [..., S, S, 3] + bool [...] -> float32 [..., 3, S, S], ImageNet-normalised, zeros where not valid."""
-    *lead, s, s2, _ = images.shape
-    flat = images.reshape(-1, s, s2, 3)
-    out = np.empty((flat.shape[0], 3, s, s2), dtype=np.float32)
-    # (x / 255 - mean) / std as one multiply-add per channel, written straight into the channels-first layout.
-    scale = 1.0 / (255.0 * IMAGENET_STD)
-    bias = -IMAGENET_MEAN / IMAGENET_STD
-    for c in range(3):
-        np.multiply(flat[..., c], scale[c], out=out[:, c], casting="unsafe")
-        out[:, c] += bias[c]
-    out[~valid.reshape(-1)] = 0.0
-    return out.reshape(*lead, 3, s, s2)
+_SCALE = (1.0 / (255.0 * IMAGENET_STD)).reshape(3, 1, 1)   # [3, 1, 1]
+_BIAS = (-IMAGENET_MEAN / IMAGENET_STD).reshape(3, 1, 1)    # [3, 1, 1]
+
+
+def normalise_images(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [..., 3, S, S] -> float32 [..., 3, S, S]: (x / 255 - mean) / std per channel (into ``out`` if given)."""
+    out = np.multiply(images, _SCALE, dtype=np.float32, out=out)
+    out += _BIAS
+    return out
 
 
 def request_key(request_id: str) -> int:
@@ -118,9 +148,9 @@ class RowDecoder:
                               f"pv_item_ids {pv_ids[row].tolist()} on padding")
         click_valid = click_ids != -1
         return {
-            "pv_images": normalise_images(self._decode_slots(pv_jpegs, pv_ids, request_ids), pv_valid),
+            "pv_images": self._decode_slots(pv_jpegs, pv_ids, request_ids),
             "pv_labels": pv_labels,
-            "click_images": normalise_images(self._decode_slots(click_jpegs, click_ids, request_ids), click_valid),
+            "click_images": self._decode_slots(click_jpegs, click_ids, request_ids),
             "click_mask": click_valid,
             "pv_item_ids": pv_ids,
             "click_item_ids": click_ids,
@@ -129,20 +159,20 @@ class RowDecoder:
         }
 
     def _decode_slots(self, jpegs: Sequence[bytes], ids: np.ndarray, request_ids: Sequence[str]) -> np.ndarray:
-        """uint8 [n, l, S, S, 3]; padding slots stay zero."""
+        """float32 [n, l, 3, S, S]: normalised images of the real slots, zeros in padding slots."""
         n, length = ids.shape
         s = self.image_size
-        out = np.zeros((n * length, s, s, 3), dtype=np.uint8)
-        for i in np.flatnonzero(ids.reshape(-1) != -1):
-            data = jpegs[i]
-            row, slot = divmod(int(i), length)
-            if not data:
-                raise DecodeError(f"request {request_ids[row]}: item {ids[row, slot]} (slot {slot}) has no image")
-            try:
-                out[i] = decode_jpeg(data, s)
-            except DecodeError as exc:
-                raise DecodeError(f"request {request_ids[row]}: item {ids[row, slot]}: {exc}") from exc
-        return out.reshape(n, length, s, s, 3)
+        real = np.flatnonzero(ids.reshape(-1) != -1)
+        out = np.zeros((n * length, 3, s, s), dtype=np.float32)
+        try:
+            images = _decode_tensors([jpegs[i] for i in real], s)
+        except DecodeError as exc:
+            row, slot = divmod(int(real[exc.index]), length) if exc.index is not None else (0, 0)
+            raise DecodeError(f"request {request_ids[row]}: item {ids[row, slot]} (slot {slot}): {exc}") from exc
+        # Normalised straight into the slot: no stacked uint8 copy, no float temporary.
+        for slot, image in zip(real, images):
+            normalise_images(image.numpy(), out=out[slot])
+        return out.reshape(n, length, 3, s, s)
 
     @staticmethod
     def _frame_matrix(frame: pd.DataFrame, column: str, length: int, dtype: type) -> np.ndarray:

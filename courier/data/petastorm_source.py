@@ -41,33 +41,44 @@ def _quiet_petastorm() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*pyarrow\.localfs is deprecated.*")
 
 
+def _list_column(values: np.ndarray) -> pd.arrays.ArrowExtensionArray:
+    """[n, ...] array -> an Arrow-backed column of n flat lists, built without copying per cell."""
+    n = len(values)
+    width = int(np.prod(values.shape[1:]))
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1))))
+
+
 class DecodeTransform:
-    """The TransformSpec function: a row group's frame -> decoded batch columns (one cell per row)."""
+    """The TransformSpec function: a row group's frame -> decoded batch columns (one flat list per row).
+
+    Multi-dimensional fields travel flattened and Arrow-backed: Petastorm would
+    otherwise ravel every cell and convert the frame back to Arrow element by
+    element (slower than decoding the JPEGs). ``row_shapes`` restores them.
+    """
 
     def __init__(self, decoder: RowDecoder) -> None:
         self.decoder = decoder
+        d, s = decoder, decoder.image_size
+        self.row_shapes: dict[str, tuple[int, ...]] = {
+            "pv_images": (d.l_pv, 3, s, s), "pv_labels": (d.l_pv,),
+            "click_images": (d.l_click, 3, s, s), "click_mask": (d.l_click,),
+            "pv_item_ids": (d.l_pv,), "click_item_ids": (d.l_click,), "request_keys": (),
+        }
+        assert set(self.row_shapes) == set(BATCH_KEYS)
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         decoded = self.decoder.decode_frame(frame)
-        # Petastorm wants multi-dimensional fields as one C-contiguous array per row (it ravels and reshapes).
-        out = pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in decoded.items()})
+        out = pd.DataFrame({k: _list_column(v) if v.ndim > 1 else v for k, v in decoded.items()})
         out[SOURCE_FIELD] = ""  # stamped by _TaggingWorker after the transform
         return out
 
     def spec(self) -> TransformSpec:
-        d = self.decoder
-        s = d.image_size
-        fields = [
-            ("pv_images", np.float32, (d.l_pv, 3, s, s), False),
-            ("pv_labels", np.int64, (d.l_pv,), False),
-            ("click_images", np.float32, (d.l_click, 3, s, s), False),
-            ("click_mask", np.bool_, (d.l_click,), False),
-            ("pv_item_ids", np.int64, (d.l_pv,), False),
-            ("click_item_ids", np.int64, (d.l_click,), False),
-            ("request_keys", np.int64, (), False),
-            (SOURCE_FIELD, np.str_, (), False),
-        ]
-        assert {f[0] for f in fields} == {*BATCH_KEYS, SOURCE_FIELD}
+        """edit_fields: each decoded field with its dtype and (flattened) per-row shape."""
+        dtypes = {"pv_images": np.float32, "click_images": np.float32, "click_mask": np.bool_}
+        fields = [(k, dtypes.get(k, np.int64), (int(np.prod(shape)),) if shape else (), False)
+                  for k, shape in self.row_shapes.items()]
+        fields.append((SOURCE_FIELD, np.str_, (), False))
         return TransformSpec(self, edit_fields=fields, selected_fields=[f[0] for f in fields])
 
 
@@ -106,13 +117,15 @@ class PetastormBatchSource(ShardedBatchSource):
             is_batched_reader=True,
         )
         try:
-            yield from self._in_plan_order(reader, index_of, [self.snapshot.file_rows[i] for i in plan.files])
+            yield from self._in_plan_order(reader, index_of, [self.snapshot.file_rows[i] for i in plan.files],
+                                           self._transform.row_shapes)
         finally:
             reader.stop()
             reader.join()
 
     @staticmethod
-    def _in_plan_order(reader: Reader, index_of: dict[str, int], file_rows: list[int]) -> Iterator[FileChunk]:
+    def _in_plan_order(reader: Reader, index_of: dict[str, int], file_rows: list[int],
+                       row_shapes: dict[str, tuple[int, ...]]) -> Iterator[FileChunk]:
         """Reorder row groups from completion order into plan order; a file is out once all its rows are in."""
         pending: dict[int, dict[int, Columns]] = {}  # file index -> row group -> columns
         rows_in: dict[int, int] = {}
@@ -132,8 +145,10 @@ class PetastormBatchSource(ShardedBatchSource):
             if path not in index_of:
                 raise RuntimeError(f"petastorm returned rows of {path}, which is not in this epoch's plan")
             index = index_of[path]
-            pending.setdefault(index, {})[int(row_group)] = {k: columns[k] for k in BATCH_KEYS}
-            rows_in[index] = rows_in.get(index, 0) + len(columns["request_keys"])
+            n = len(columns["request_keys"])
+            shaped = {k: columns[k].reshape(n, *row_shapes[k]) for k in BATCH_KEYS}
+            pending.setdefault(index, {})[int(row_group)] = shaped
+            rows_in[index] = rows_in.get(index, 0) + n
             # A file longer than recorded is handed over at once so the row-count check fails fast.
             while next_index in pending and rows_in[next_index] >= file_rows[next_index]:
                 yield take(next_index)

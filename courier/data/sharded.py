@@ -48,6 +48,30 @@ def _concat(parts: list[Columns]) -> Columns:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+class _Window:
+    """The rows of a few files, addressed 0..n-1 across them without concatenating (a copy of MBs of pixels)."""
+
+    def __init__(self, parts: list[Columns]) -> None:
+        self.parts = parts
+        self.ends = np.cumsum([len(p["request_keys"]) for p in parts])
+        self.rows = int(self.ends[-1]) if len(parts) else 0
+
+    def take(self, idx: np.ndarray) -> Columns:
+        """Rows ``idx`` (in that order) as fresh arrays."""
+        if len(self.parts) == 1:
+            return _take(self.parts[0], idx)
+        part = np.searchsorted(self.ends, idx, side="right")
+        local = idx - np.concatenate([[0], self.ends[:-1]])[part]
+        first = self.parts[0]
+        out = {k: np.empty((len(idx), *v.shape[1:]), dtype=v.dtype) for k, v in first.items()}
+        # Row by row: one memcpy per row and key, no fancy-index temporaries.
+        for j, (p, r) in enumerate(zip(part.tolist(), local.tolist())):
+            source = self.parts[p]
+            for k, column in out.items():
+                column[j] = source[k][r]
+        return out
+
+
 def _to_tensors(columns: Columns) -> dict[str, torch.Tensor]:
     # Fancy indexing and concatenation return fresh contiguous arrays: zero-copy into torch.
     return {k: torch.from_numpy(np.ascontiguousarray(columns[k])) for k in BATCH_KEYS}
@@ -96,7 +120,7 @@ class ShardedBatchSource(ABC):
         return self._steps
 
     def memory_estimate_bytes(self) -> int:
-        """Upper bound of decoded data held at once: in-flight reads + the shuffle window + one batch."""
+        """Rough upper bound of decoded bytes held at once: in-flight files, the shuffle window, two batches."""
         s = self.snapshot
         row_bytes = (s.l_pv + s.l_click) * 3 * s.image_size ** 2 * 4
         max_file_rows = max(s.file_rows) if s.file_rows else 0
@@ -131,14 +155,14 @@ class ShardedBatchSource(ABC):
 
     # -- batching ------------------------------------------------------------------------------
 
-    def _cut(self, window: Columns, order: np.ndarray, carry: list[Columns]) -> Iterator[Columns]:
+    def _cut(self, window: _Window, order: np.ndarray, carry: list[Columns]) -> Iterator[Columns]:
         """Full batches of (carry, then ``window`` rows in ``order``); leaves the tail in ``carry``."""
         b = self.batch_size
         have = sum(len(c["request_keys"]) for c in carry)
         start = 0
         if carry:
             need = b - have
-            carry.append(_take(window, order[:need]))
+            carry.append(window.take(order[:need]))
             start = min(need, len(order))
             if have + start < b:
                 return
@@ -146,10 +170,10 @@ class ShardedBatchSource(ABC):
             carry.clear()
             yield batch
         while start + b <= len(order):
-            yield _take(window, order[start:start + b])
+            yield window.take(order[start:start + b])
             start += b
         if start < len(order):
-            carry.append(_take(window, order[start:]))
+            carry.append(window.take(order[start:]))
 
     def _error(self, plan: EpochPlan, expected: int, read: int, detail: str) -> EpochRowCountError:
         s = self.snapshot
@@ -189,8 +213,8 @@ class ShardedBatchSource(ABC):
                 parts.append(chunk.columns)
             if held is not None:
                 continue  # every batch is out: the rest of the epoch is only read and counted
-            window = _concat(parts)
-            order = plan.window_rng(self.seed, w).permutation(len(window["request_keys"]))
+            window = _Window(parts)
+            order = plan.window_rng(self.seed, w).permutation(window.rows)
             if w == 0:
                 order = order[plan.skip_rows:]
             for batch in self._cut(window, order, carry):

@@ -1,0 +1,42 @@
+"""One small built shop for the loader tests (database courier_data_test), built once per session."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pytest
+
+from courier.config import CourierConfig
+from courier.data import TrainingSnapshot, pin_training_snapshot
+from courier.samples.build import build_samples
+from courier.world_tables import write_world
+
+DB = "courier_data_test"
+START, END = dt.date(2026, 1, 1), dt.date(2026, 1, 3)
+ROWS_PER_GROUP = 16
+
+
+@dataclass(frozen=True)
+class Shop:
+    cfg: CourierConfig
+    db: str
+    rows_per_group: int
+    table: str          # qualified courier_training_rows
+    snapshot: TrainingSnapshot  # its version after the build
+
+
+@pytest.fixture(scope="session")
+def shop(spark, base_config: CourierConfig) -> Shop:
+    cfg = base_config.replace([
+        f"tables.database={DB}",
+        "world.n_items=100", "world.n_users=60", "world.n_page_views=500", "world.days=3",
+        "world.start_date=2026-01-01", "world.image_size=32",
+        "samples.image_size=32", f"samples.rows_per_row_group={ROWS_PER_GROUP}",
+        "samples.max_event_ts=2026-06-01T00:00:00",
+    ])
+    spark.sql(f"DROP DATABASE IF EXISTS {DB} CASCADE")
+    spark.sql(f"CREATE DATABASE {DB}")
+    write_world(spark, cfg)
+    build_samples(spark, cfg, START, END)
+    table = cfg.tables.qualified("courier_training_rows")
+    return Shop(cfg, DB, ROWS_PER_GROUP, table, pin_training_snapshot(spark, table))

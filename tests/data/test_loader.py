@@ -1,0 +1,158 @@
+"""The training loader on a built shop: batch contract, sharding, determinism, resume, row-count guard."""
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from courier.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EpochRowCountError,
+    TrainingSnapshot,
+    make_batch_source,
+)
+from courier.data.decode import request_key
+
+B = 8
+
+
+def _epoch(snapshot: TrainingSnapshot, epoch: int = 0, skip: int = 0, **kwargs) -> list[dict[str, torch.Tensor]]:
+    kwargs = {"rank": 0, "world_size": 1, "batch_size": B, "seed": 11, **kwargs}
+    return list(make_batch_source(snapshot, **kwargs).batches(epoch, skip))
+
+
+def _same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> bool:
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+                                    for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def epoch0(shop) -> list[dict[str, torch.Tensor]]:
+    return _epoch(shop.snapshot)
+
+
+@pytest.fixture(scope="module")
+def item_jpegs(spark, shop) -> dict[int, bytes]:
+    rows = spark.table(shop.cfg.tables.qualified("item_images")).select("item_id", "jpeg").collect()
+    return {r["item_id"]: bytes(r["jpeg"]) for r in rows}
+
+
+def test_batches_have_the_model_contract(shop, epoch0):
+    snap = shop.snapshot
+    lp, lc, s = snap.l_pv, snap.l_click, snap.image_size
+    source = make_batch_source(snap, 0, 1, B, seed=11)
+    assert len(epoch0) == source.steps_per_epoch() == snap.total_rows // B
+    expected = {
+        "pv_images": ((B, lp, 3, s, s), torch.float32), "pv_labels": ((B, lp), torch.int64),
+        "click_images": ((B, lc, 3, s, s), torch.float32), "click_mask": ((B, lc), torch.bool),
+        "pv_item_ids": ((B, lp), torch.int64), "click_item_ids": ((B, lc), torch.int64),
+        "request_keys": ((B,), torch.int64),
+    }
+    for batch in epoch0:
+        assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
+        assert torch.equal(batch["click_mask"], batch["click_item_ids"] != -1)
+        assert torch.equal(batch["pv_labels"] >= 0, batch["pv_item_ids"] != -1)
+        assert set(batch["pv_labels"].unique().tolist()) <= {-1, 0, 1}
+
+
+def test_padding_slots_are_zero_and_real_slots_are_normalised_jpegs(epoch0, item_jpegs):
+    pv_pad = click_pad = checked = 0
+    for batch in epoch0:
+        pv_pad += int((batch["pv_labels"] == -1).sum())
+        click_pad += int((~batch["click_mask"]).sum())
+        assert not batch["pv_images"][batch["pv_labels"] == -1].any()
+        assert not batch["click_images"][~batch["click_mask"]].any()
+        for kind in ("pv", "click"):
+            images, ids = batch[f"{kind}_images"], batch[f"{kind}_item_ids"]
+            row, slot = (ids != -1).nonzero()[0].tolist()  # spot check one real slot per batch and kind
+            with Image.open(io.BytesIO(item_jpegs[int(ids[row, slot])])) as img:
+                pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # [S, S, 3]
+            want = torch.from_numpy(((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+            torch.testing.assert_close(images[row, slot], want, rtol=0, atol=1e-5)
+            checked += 1
+    assert pv_pad > 0 and click_pad > 0, "the shop should have padded slots to check"
+    assert checked == 2 * len(epoch0)
+
+
+def test_two_ranks_read_disjoint_rows_that_cover_the_table(spark, shop):
+    snap = shop.snapshot
+    sources = [make_batch_source(snap, rank, 2, B, seed=11) for rank in (0, 1)]
+    assert sources[0].steps_per_epoch() == sources[1].steps_per_epoch() > 0
+    keys = []
+    for source in sources:
+        batches = list(source.batches(0))
+        assert len(batches) == source.steps_per_epoch()
+        keys.append([int(k) for b in batches for k in b["request_keys"]])
+        stats = source.last_epoch_stats
+        assert stats.rows_read == stats.rows_expected == source.rank_rows[source.rank]
+        assert stats.rows_in_batches + stats.rows_left_over == stats.rows_read
+    left_over = sum(s.last_epoch_stats.rows_left_over for s in sources)
+    all_keys = {request_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()}
+    assert not set(keys[0]) & set(keys[1])
+    assert len(set(keys[0]) | set(keys[1])) == len(keys[0]) + len(keys[1]) == len(all_keys) - left_over
+    assert set(keys[0]) | set(keys[1]) <= all_keys
+    assert sum(sources[0].rank_rows) == snap.total_rows
+
+
+def test_an_epoch_is_the_same_every_time_and_resumes_where_it_stopped(shop, epoch0):
+    snap = shop.snapshot
+    assert _same(epoch0, _epoch(snap))
+    # Completion order of a bigger pool and the other reader do not change the batches.
+    assert _same(epoch0, _epoch(snap, workers=2))
+    assert _same(epoch0, _epoch(snap, kind="pyarrow", workers=2))
+    epoch1 = _epoch(snap, epoch=1)
+    assert len(epoch1) == len(epoch0) and not _same(epoch0, epoch1)
+    other_seed = _epoch(snap, seed=12)
+    assert not torch.equal(other_seed[0]["request_keys"], epoch0[0]["request_keys"])
+    for skip in (1, len(epoch0) // 2, len(epoch0) - 1, len(epoch0)):
+        assert _same(_epoch(snap, skip=skip), epoch0[skip:])
+
+
+def _tampered(snap: TrainingSnapshot, index: int, delta: int) -> TrainingSnapshot:
+    rows = list(snap.file_rows)
+    rows[index] += delta
+    return dataclasses.replace(snap, file_rows=tuple(rows), total_rows=sum(rows))
+
+
+@pytest.mark.parametrize("kind", ["petastorm", "pyarrow"])
+@pytest.mark.parametrize("delta", [3, -3])
+def test_files_with_other_row_counts_than_recorded_fail_the_epoch(shop, kind, delta):
+    snap = _tampered(shop.snapshot, 0, delta)
+    with pytest.raises(EpochRowCountError) as info:
+        _epoch(snap, kind=kind)
+    err = info.value
+    assert (err.table, err.version, err.rank, err.epoch) == (snap.table, snap.version, 0, 0)
+    assert err.expected != err.read
+    message = str(err)
+    assert f"{snap.table} version {snap.version}, rank 0/1, epoch 0" in message
+    assert f"{snap.file_rows[0] - delta} rows, the snapshot records {snap.file_rows[0]}" in message
+
+
+@pytest.mark.parametrize("kind", ["petastorm", "pyarrow"])
+def test_an_epoch_that_reads_nothing_fails_at_once(shop, tmp_path, kind):
+    snap = shop.snapshot
+    empty = tmp_path / "empty.parquet"
+    source_path = urlparse(snap.files[0]).path
+    pq.write_table(pq.read_table(source_path).slice(0, 0), empty)
+    hollow = dataclasses.replace(snap, files=(f"file:{empty}",), file_rows=(snap.file_rows[0],),
+                                 total_rows=snap.file_rows[0])
+    batches = make_batch_source(hollow, 0, 1, batch_size=2, seed=0, kind=kind).batches(0)
+    with pytest.raises(EpochRowCountError, match=r"expected \d+ rows, read 0: "):
+        next(batches)
+    assert Path(source_path).exists()
+
+
+def test_too_few_rows_for_every_rank_is_refused_up_front(shop):
+    snap = shop.snapshot
+    with pytest.raises(ValueError, match="cannot fill a batch|not every one of"):
+        make_batch_source(snap, 0, 2, batch_size=snap.total_rows, seed=0)
+    with pytest.raises(ValueError, match="kind"):
+        make_batch_source(snap, 0, 1, batch_size=2, seed=0, kind="tfrecord")
