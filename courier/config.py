@@ -232,6 +232,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
     if tp is str and isinstance(value, bool):
         return str(value).lower()  # Spark conf values: true/false
     if tp is str and isinstance(value, (int, float)):

@@ -7,7 +7,11 @@ from pyspark.sql import SparkSession
 
 from courier.config import CourierConfig
 from courier.samples.build import build_samples
+from courier.train.launch import run_training
 from courier.world_tables import write_world
+
+# A demo trains for a few minutes on CPU, not an epoch; set train.max_steps to change it.
+DEMO_TRAIN_STEPS = 120
 
 
 def world_date_range(cfg: CourierConfig) -> tuple[dt.date, dt.date]:
@@ -30,10 +34,12 @@ def describe_tables(spark: SparkSession, cfg: CourierConfig) -> str:
 
 
 def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
-    """Generate the synthetic shop, build the samples for its whole date range, summarise."""
+    """Generate the synthetic shop, build the samples for its whole date range, train briefly, summarise."""
     world = write_world(spark, cfg)
     start, end = world_date_range(cfg)
     built = build_samples(spark, cfg, start, end)
+    train_cfg = cfg if cfg.train.max_steps is not None else cfg.replace([f"train.max_steps={DEMO_TRAIN_STEPS}"])
+    trained = run_training(train_cfg, spark=spark)
     example = (
         spark.table(cfg.tables.qualified("courier_samples"))
         .orderBy("event_ts", "request_id")
@@ -44,6 +50,7 @@ def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
         world.summary(),
         built.items.summary(),
         built.samples.summary(),
+        trained.summary(),
         "tables:\n" + describe_tables(spark, cfg),
         f"example sample: {example.asDict() if example else None}",
         "query them: .venv/bin/courier sql \"SELECT * FROM "

@@ -22,6 +22,9 @@ class Step:
 NIGHTLY_STEPS: tuple[Step, ...] = (
     Step("build_samples", "build_samples",
          ("--profile", "{{ params.profile }}", "--start", "{{ ds }}", "--end", "{{ ds }}")),
+    Step("train", "train",
+         ("--profile", "{{ params.profile }}", "--run-name", "courier-{{ ds }}"),
+         upstream=("build_samples",)),
 )
 
 

@@ -2,6 +2,8 @@
 
     courier generate-world                      # synthetic shop -> raw_* tables
     courier build-samples --start D --end D     # raw_* -> item_images, courier_samples, courier_training_rows
+    courier train [--run-name N] [--start D --end D] [--no-spark] [--resume RUN]
+                                                # COURIER pre-training on a pinned courier_training_rows snapshot
     courier demo                                # everything above on the embedded default, then a summary
     courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
 
@@ -70,6 +72,36 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from courier.train import TrainingError
+    from courier.train.launch import existing_run_dir, run_training
+
+    cfg = _config(args)
+    if (args.start is None) != (args.end is None):
+        raise SystemExit("courier train: --start and --end go together")
+    dates = (args.start, args.end) if args.start else None
+    snapshot = None
+    try:
+        if args.snapshot:
+            from courier.data.snapshot import TrainingSnapshot
+
+            snapshot = TrainingSnapshot.from_dict(json.loads(Path(args.snapshot).read_text()))
+        # Spark is needed to pin a new snapshot, and by TorchDistributor; not to resume with --no-spark.
+        needs_pin = snapshot is None and existing_run_dir(cfg, args.run_name, args.resume) is None
+        spark = _spark(cfg) if (needs_pin or not args.no_spark) else None
+        result = run_training(cfg, spark=spark, run_name=args.run_name, resume=args.resume, snapshot=snapshot,
+                              dates=dates, distributed=not args.no_spark)
+    except TrainingError as exc:
+        log.error("%s", exc)
+        print(f"courier train: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from courier.demo import run_demo
 
@@ -106,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("build-samples", cmd_build_samples, "build item_images, courier_samples and courier_training_rows")
     p.add_argument("--start", type=_date, required=True, help="first dt (YYYY-MM-DD)")
     p.add_argument("--end", type=_date, required=True, help="last dt (YYYY-MM-DD), inclusive")
+    p = add("train", cmd_train, "train the COURIER image encoder (TorchDistributor + DDP), log and register it in MLflow")
+    p.add_argument("--run-name", help="checkpoint folder / MLflow run name; an existing run of that name is resumed")
+    p.add_argument("--resume", metavar="RUN", help="resume a run: its folder, its name or its MLflow run id")
+    p.add_argument("--start", type=_date, help="first dt of courier_training_rows to train on (default: all)")
+    p.add_argument("--end", type=_date, help="last dt, inclusive")
+    p.add_argument("--snapshot", metavar="JSON", help="a pinned TrainingSnapshot (to_dict() as JSON) instead of pinning")
+    p.add_argument("--no-spark", action="store_true",
+                   help="train in this process without TorchDistributor (Spark only to pin a new snapshot)")
     add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
     p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
     p.add_argument("query", nargs="?")

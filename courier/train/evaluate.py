@@ -18,6 +18,7 @@ Reported (all over rows with >= 1 clicked and >= 1 unclicked item):
     inbatch_top1    the training objective held out: for a clicked item's R, is its own
                     image the nearest of all shown items of the evaluation batch
     inbatch_top1_chance           mean 1 / (valid items in the batch)
+    inbatch_rank    normalised rank of the clicked item's own image among them; 0.5 = chance
     loss, loss_pv, loss_ucs       COURIER loss on the held-out batches (single process)
     alignment, uniformity, embedding_std, attention_entropy  (courier.model.health)
 """
@@ -59,6 +60,7 @@ class _Totals:
     cos_unclicked: float = 0.0
     inbatch_top1: float = 0.0
     inbatch_chance: float = 0.0
+    inbatch_rank: float = 0.0
     inbatch_queries: int = 0
     loss: float = 0.0
     loss_pv: float = 0.0
@@ -116,6 +118,7 @@ def _in_batch(e_items: torch.Tensor, recon: torch.Tensor, valid: torch.Tensor, q
     greater = (sims > own_sim).sum(1).float()
     ties = (sims == own_sim).sum(1).float() - 1  # minus itself
     t.inbatch_top1 += ((greater == 0).float() / (1 + ties)).sum().item()
+    t.inbatch_rank += ((greater + 0.5 * ties) / (items.shape[0] - 1)).sum().item()
     t.inbatch_chance += q.shape[0] / items.shape[0]
     t.inbatch_queries += q.shape[0]
 
@@ -228,6 +231,7 @@ def _finish(t: _Totals) -> dict[str, float]:
         "cos_unclicked": t.cos_unclicked / max(1, t.n_unclicked),
         "inbatch_top1": t.inbatch_top1 / max(1, t.inbatch_queries),
         "inbatch_top1_chance": t.inbatch_chance / max(1, t.inbatch_queries),
+        "inbatch_rank": t.inbatch_rank / max(1, t.inbatch_queries),
         "loss": t.loss / max(1, t.batches),
         "loss_pv": t.loss_pv / max(1, t.batches),
         "loss_ucs": t.loss_ucs / max(1, t.batches),

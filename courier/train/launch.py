@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from courier.train.rundir import RESULT, RunManifest, frozen_config_differences,
 from courier.train import tracking
 
 log = logging.getLogger("courier.train")
-
-_DATA_ERROR = re.compile(r"courier\.train\.errors\.TrainingDataError: (.+)")
 
 
 @dataclass
@@ -77,10 +74,13 @@ class TrainResult:
 
 def check_train_config(cfg: CourierConfig) -> None:
     """Fail before pinning or starting anything on values that cannot work."""
+    from courier.data.source import KINDS
     from courier.train.precision import MODES
 
     tc = cfg.train
     problems = []
+    if tc.loader_kind not in KINDS:
+        problems.append(f"train.loader_kind must be one of {KINDS}, got {tc.loader_kind!r}")
     if tc.mixed_precision not in MODES:
         problems.append(f"train.mixed_precision must be one of {MODES}, got {tc.mixed_precision!r}")
     for name in ("batch_size", "epochs", "num_processes", "log_every_steps", "checkpoint_every_steps",
@@ -199,13 +199,24 @@ def _reopen_run(cfg: CourierConfig, run_dir: Path, tracking_uri: str, snapshot: 
     if snapshot is not None and snapshot.to_dict() != manifest.pinned:
         raise ResumeError(f"run {manifest.run_name} trained on {manifest.pinned['table']} "
                           f"v{manifest.pinned['version']}; the snapshot given now differs")
+    mlc = tracking.client(tracking_uri)
+    status = mlc.get_run(manifest.mlflow_run_id).info.status
+    if status == "FINISHED":
+        raise ResumeError(f"run {manifest.run_name} (MLflow run {manifest.mlflow_run_id}) already finished; "
+                          "choose a new --run-name to train again")
     diffs = frozen_config_differences(manifest.config, cfg.to_dict())
     if diffs:
         raise ResumeError(f"run {manifest.run_name} cannot resume with a different model/optimiser/data "
                           f"configuration: {diffs}. Start a new run (another --run-name) instead.")
     manifest.resumes += 1
     manifest.save(run_dir)
-    tracking.client(tracking_uri).set_tag(manifest.mlflow_run_id, tracking.TAG_RESUMES, str(manifest.resumes))
+    # Params are immutable in MLflow: what this attempt changed (e.g. max_steps) goes into a tag.
+    before, now = tracking.flatten(manifest.config), tracking.flatten(cfg.to_dict())
+    changed = {k: now.get(k) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
+    mlc.set_tag(manifest.mlflow_run_id, tracking.TAG_RESUMES, str(manifest.resumes))
+    if changed:
+        mlc.set_tag(manifest.mlflow_run_id, f"courier.resume_{manifest.resumes}_changes",
+                    ", ".join(f"{k}={v}" for k, v in changed.items())[:5000])
     log.info("resuming run %s (MLflow run %s), resume #%d", manifest.run_name, manifest.mlflow_run_id,
              manifest.resumes)
     return manifest
@@ -226,11 +237,27 @@ def _run_processes(cfg: CourierConfig, job: dict[str, Any], distributed: bool) -
     try:
         distributor.run(train_process, job)
     except RuntimeError as exc:
-        # The processes' traceback arrives as text; surface a data problem as the clear error it is.
-        found = _DATA_ERROR.search(str(exc))
-        if found:
-            raise TrainingDataError(found.group(1).strip()) from exc
-        raise
+        # TorchDistributor only says "failed"; the processes left their errors in the run folder.
+        failure = _process_failure(Path(job["run_dir"]), cfg.train.num_processes)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _process_failure(run_dir: Path, world_size: int) -> BaseException | None:
+    """The first recorded process error, re-created as its own type when it is one of ours."""
+    from courier.train.loop import failure_path
+
+    types = {cls.__name__: cls for cls in (TrainingDataError, ResumeError, FloatingPointError)}
+    for rank in range(world_size):
+        path = failure_path(run_dir, rank)
+        if path.is_file():
+            failure = read_json(path)
+            cls = types.get(failure["type"])
+            if cls is not None:
+                return cls(failure["message"])
+            return RuntimeError(f"training process rank {rank} failed: {failure['type']}: {failure['message']}")
+    return None
 
 
 def _export_encoder(cfg: CourierConfig, checkpoint: Path) -> Any:
@@ -285,7 +312,9 @@ def run_training(
     run_id = manifest.mlflow_run_id
     try:
         result_path = run_dir / RESULT
-        result_path.unlink(missing_ok=True)  # a stale result of an earlier attempt must not be read
+        # Stale results and errors of an earlier attempt must not be read as this one's.
+        for stale in [result_path, *run_dir.glob("failed-rank*.json")]:
+            stale.unlink(missing_ok=True)
         job = {
             "config": cfg.to_dict(),
             "snapshot": manifest.snapshot,
@@ -303,7 +332,7 @@ def run_training(
             encoder = _export_encoder(cfg, Path(result["final_checkpoint"]))
             version = tracking.log_encoder(
                 tracking_uri, run_id, encoder, image_size=manifest.snapshot["image_size"],
-                embedding_dim=cfg.model.embedding_dim, registered_model=cfg.mlflow.registered_model,
+                embedding_dim=cfg.model.embedding_dim, registered_model=cfg.mlflow.registered_model or None,
                 alias=cfg.mlflow.alias)
             if version is not None:
                 mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)

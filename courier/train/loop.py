@@ -183,18 +183,16 @@ def _count_images(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["pv_labels"] >= 0).sum()) + int(batch["click_mask"].bool().sum())
 
 
-def _data_batches(source: Any, epoch: int, skip: int, snapshot: Any, env: ProcessEnv) -> Iterator[dict]:
-    """The loader's batches, with its row-count guard re-raised as a TrainingDataError naming the snapshot."""
+def _data_batches(source: Any, epoch: int, skip: int) -> Iterator[dict]:
+    """The loader's batches, with its row-count guard re-raised as a TrainingDataError."""
     from courier.data.source import EpochRowCountError
 
     try:
         with closing(source.batches(epoch, skip=skip)) as batches:
             yield from batches
     except EpochRowCountError as exc:
-        raise TrainingDataError(
-            f"training data of {snapshot.table} at Delta version {snapshot.version} "
-            f"(rank {env.rank}, epoch {epoch}): {exc}"
-        ) from exc
+        # The loader's message already names table, version, rank, epoch and the file.
+        raise TrainingDataError(f"training stopped, the data is not what was pinned: {exc}") from exc
 
 
 def _setup_logging(env: ProcessEnv) -> None:
@@ -216,12 +214,28 @@ def train_process(job: dict[str, Any]) -> dict[str, Any] | None:
     cfg = from_dict(CourierConfig, job["config"])
     env = process_env(cfg.train.use_gpu, bool(job.get("single_process")))
     _setup_logging(env)
-    init_distributed(env)
     try:
+        init_distributed(env)
         return _Trainer(cfg, job, env).run()
+    except BaseException as exc:
+        _record_failure(Path(job["run_dir"]), env.rank, exc)
+        raise
     finally:
         if env.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def failure_path(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / f"failed-rank{rank}.json"
+
+
+def _record_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
+    """Leave the error for the driver: TorchDistributor returns only "failed", the text goes to stdout."""
+    try:
+        atomic_write_json(failure_path(run_dir, rank),
+                          {"rank": rank, "type": type(exc).__name__, "message": str(exc)})
+    except OSError:
+        log.exception("could not record the failure in %s", run_dir)
 
 
 class _Trainer:
@@ -323,7 +337,7 @@ class _Trainer:
         self._configure_torch()
         self._build()
         self._resume()
-        env, tc = self.env, self.tc
+        env = self.env
         if env.is_main:
             log.info("training %s v%d: %d rows, %d steps/epoch, %d steps in all; setup %s",
                      self.snapshot.table, self.snapshot.version, self.snapshot.total_rows,
@@ -349,7 +363,7 @@ class _Trainer:
         window_steps, window_images, window_start = 0, 0, time.perf_counter()
         loop_start = time.perf_counter()
         while self.global_step < self.total_steps:
-            for batch in _data_batches(self.source, self.epoch, self.step_in_epoch, self.snapshot, env):
+            for batch in _data_batches(self.source, self.epoch, self.step_in_epoch):
                 window_images += _count_images(batch)
                 out = self._step(batch)
                 window += torch.stack([getattr(out, n).detach().to(torch.float64) for n in LOGGED_TERMS])
@@ -449,12 +463,10 @@ class _Trainer:
         if self.holdout is not None:
             evaluation = self._evaluate()
             self.metrics.log(evaluation, step=self.global_step)
-        summary = {
-            "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
-            "train_seconds": self.train_seconds,
-            "global_step": float(self.global_step),
-        }
-        self.metrics.log(summary, step=self.global_step)
+        images_per_s = self.images_seen / max(self.train_seconds, 1e-9)
+        # Whole-run figures under their own names: "images_per_s" is the per-window curve.
+        self.metrics.log({"run/images_per_s": images_per_s, "run/train_seconds": self.train_seconds},
+                         step=self.global_step)
         result = {
             "global_step": self.global_step,
             "total_steps": self.total_steps,
@@ -463,7 +475,8 @@ class _Trainer:
             "history": self.history,
             "eval": evaluation,
             "setup": self.setup,
-            **summary,
+            "images_per_s": images_per_s,
+            "train_seconds": self.train_seconds,
         }
         atomic_write_json(self.run_dir / RESULT, result)
         return result

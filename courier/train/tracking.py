@@ -151,8 +151,9 @@ def log_encoder(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, image_size, image_size))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedding_dim))]),
     )
-    # One ImageNet-normalised-like image: enough to show the layout, small as an artefact.
-    example = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
+    # Two images: torch.export (MLflow's default "pt2" format) would freeze a batch dimension
+    # of size 1 into the saved program; with 2 it stays dynamic.
+    example = np.random.default_rng(0).standard_normal((2, 3, image_size, image_size)).astype(np.float32)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
@@ -162,6 +163,8 @@ def log_encoder(
             signature=signature,
             input_example=example,
             registered_model_name=registered_model,
+            # torch.export's program: loading it needs torch only, not this package (Spark UDFs).
+            serialization_format="pt2",
         )
     if registered_model is None:
         return None

@@ -29,6 +29,7 @@ def test_overrides_are_typed():
     assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
     assert cfg.world.start_date == "2026-02-01"
     assert cfg.replace(["samples.l_pv=3"]).samples.l_pv == 3 and cfg.samples.l_pv == 10
+    assert cfg.replace(["train.lr=1e-3"]).train.lr == 0.001
 
 
 @pytest.mark.parametrize("override,message", [
