@@ -313,7 +313,10 @@ def _write_training_rows(
         replace_where(rows, table, date_range_predicate(start, end), partition_by=["dt"])
     finally:
         for key, value in previous.items():
-            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def _count_by(df: DataFrame, key_expr: str) -> dict[str, int]:
