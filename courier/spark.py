@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Mapping
 
 from pyspark.sql import SparkSession
 
@@ -101,3 +103,19 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
     log.info("spark %s, master %s, warehouse %s", spark.version, spark.sparkContext.master,
              spark.conf.get("spark.sql.warehouse.dir"))
     return spark
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set runtime SQL settings for the duration of a block, then restore what was there."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

@@ -1,9 +1,11 @@
 """``courier build-samples``: raw tables -> item_images, courier_samples, courier_training_rows.
 
 The SQL lives in ``sql/samples/``; this module validates inputs, runs the files
-in order, writes the Delta tables idempotently for the requested date range and
-reconciles counts (in = kept + dropped-by-reason + rejected-by-reason), which it
-records in the pipeline_runs table.
+in order, attaches the images to the samples (``training_rows.py``: a lookup
+that SQL could only do by explode, join and regroup), writes the Delta tables
+idempotently for the requested date range and reconciles counts
+(in = kept + dropped-by-reason + rejected-by-reason), which it records in the
+pipeline_runs table.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from pyspark.sql import functions as F
 
 from courier.config import CourierConfig, config_json
 from courier.samples.images import register_prepare_image_udf
+from courier.samples.training_rows import training_rows
+from courier.spark import session_conf
 from courier.sql_files import run_sql_file
 from courier.tables import (
     RunRecord,
@@ -58,6 +62,11 @@ ITEM_IMAGES_SCHEMA_DDL = (
     "item_id BIGINT, category STRING, jpeg BINARY, content_hash STRING, image_size INT, "
     "source_width INT, source_height INT, source_updated_at TIMESTAMP, prepared_at TIMESTAMP"
 )
+
+# page_views groups the cached checked view, which the per-page window left clustered and
+# sorted by request_id: a sort aggregate streams it as it is, where the default object hash
+# aggregate (collect_list) falls back to sorting it again after 128 pages per task.
+SORT_AGGREGATE = {"spark.sql.execution.useObjectHashAggregateExec": "false"}
 
 
 @contextmanager
@@ -196,7 +205,7 @@ def build_samples(
         )
         write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, in_range)
 
-    with _timed(timings, "write_samples"):
+    with _timed(timings, "write_samples"), session_conf(spark, SORT_AGGREGATE):
         kept = draft.where("drop_reason IS NULL").select(
             "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids",
             "n_history", "dt")
@@ -204,19 +213,15 @@ def build_samples(
 
     with _timed(timings, "reconcile"):
         metrics = _sample_metrics(checked.where(in_range), draft)
+    views.unpersist()  # frees the cached impressions before the image-heavy write
     with _timed(timings, "write_training_rows"):
-        spark.table(t.qualified("courier_samples")).where(in_range).createOrReplaceTempView("samples_kept")
-        training = run_sql_file(spark, "samples/training_rows", views.args)
-        _write_training_rows(spark, training, t.qualified("courier_training_rows"), start, end,
-                             s.rows_per_row_group)
+        _write_training_rows(spark, cfg, start, end)
         metrics["training_rows_written"] = spark.table(t.qualified("courier_training_rows")).where(in_range).count()
     if metrics["training_rows_written"] != metrics["page_views_kept"]:
         raise ReconciliationError(
             f"courier_training_rows has {metrics['training_rows_written']} rows for {start}..{end}, "
             f"courier_samples {metrics['page_views_kept']}: a sample lost its images")
     metrics.update(timings)
-
-    views.unpersist()
     record = RunRecord(run_id, "build_samples", start, end, started, metrics, config_json(cfg))
     record.save(spark, t.qualified("pipeline_runs"))
     return SampleBuildResult(items_record, record)
@@ -298,25 +303,38 @@ def _sample_metrics(checked_in_range: DataFrame, draft: DataFrame) -> dict[str, 
     return metrics
 
 
-def _write_training_rows(
-    spark: SparkSession, rows: DataFrame, table: str, start: dt.date, end: dt.date, rows_per_group: int
-) -> None:
-    """Write with one row group of at most ``rows_per_group`` rows per file.
+def _write_training_rows(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date) -> None:
+    """courier_samples of ``[start, end]`` + their images -> courier_training_rows (replacing the range)."""
+    t, s = cfg.tables, cfg.samples
+    in_range = date_range_predicate(start, end)
+    built = training_rows(
+        spark.table(t.qualified("courier_samples")).where(in_range), spark.table(t.qualified("item_images")),
+        t.qualified("item_images"), num_partitions=cfg.spark.shuffle_partitions,
+        images_per_row=s.l_pv + s.l_click)
+    try:
+        with session_conf(spark, training_rows_writer_settings(cfg, start, end, built.arrow_batch_rows)):
+            replace_where(built.rows, t.qualified("courier_training_rows"), in_range, partition_by=["dt"])
+    finally:
+        built.release()
 
+
+def training_rows_writer_settings(cfg: CourierConfig, start: dt.date, end: dt.date,
+                                  arrow_batch_rows: int) -> dict[str, str]:
+    """Spark settings for writing courier_training_rows (bench/training_rows_write.py varies them).
+
+    Each file holds one row group of at most ``rows_per_row_group`` rows:
     Petastorm shards by row group, so equal, known-size groups let every rank
     read the same number of rows.
     """
-    previous = {k: spark.conf.get(k, None) for k in ("spark.sql.files.maxRecordsPerFile", "parquet.block.size")}
-    spark.conf.set("spark.sql.files.maxRecordsPerFile", str(rows_per_group))
-    spark.conf.set("parquet.block.size", str(1 << 30))  # never split a file into two row groups
-    try:
-        replace_where(rows, table, date_range_predicate(start, end), partition_by=["dt"])
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
+    return {
+        "spark.sql.files.maxRecordsPerFile": str(cfg.samples.rows_per_row_group),
+        "parquet.block.size": str(1 << 30),  # never split a file into two row groups
+        # JPEGs barely repeat within a file: dictionary pages cost CPU and end up discarded.
+        "parquet.enable.dictionary": "false",
+        # One open writer per dt instead of a sort of the image rows by dt before writing.
+        "spark.sql.maxConcurrentOutputFileWriters": str(max(16, (end - start).days + 2)),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(arrow_batch_rows),
+    }
 
 
 def _count_by(df: DataFrame, key_expr: str) -> dict[str, int]:

@@ -159,16 +159,21 @@ def test_samples_contract(spark, cfg, built):
 
 def test_training_rows_hold_the_images_of_their_items(spark, cfg, built):
     t = cfg.tables
+    samples = spark.table(t.qualified("courier_samples")).select(
+        "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids", "dt")
     rows = spark.table(t.qualified("courier_training_rows"))
+    # Row for row the samples, nothing lost or duplicated.
+    assert rows.count() == samples.count()
+    assert rows.select(*samples.columns).exceptAll(samples).isEmpty()
     images = {r["item_id"]: bytes(r["jpeg"]) for r in spark.table(t.qualified("item_images")).collect()}
     checked = 0
-    for row in rows.limit(40).collect():
+    for row in rows.collect():
         for ids, blobs in ((row["pv_item_ids"], row["pv_images"]), (row["click_item_ids"], row["click_images"])):
             assert len(ids) == len(blobs)
             for item_id, blob in zip(ids, blobs):
                 assert bytes(blob) == (images[item_id] if item_id != -1 else b"")
                 checked += 1
-    assert checked == 40 * (cfg.samples.l_pv + cfg.samples.l_click)
+    assert checked == samples.count() * (cfg.samples.l_pv + cfg.samples.l_click)
 
 
 def test_training_rows_are_written_in_bounded_row_groups(spark, cfg, built):

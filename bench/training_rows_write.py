@@ -1,0 +1,90 @@
+"""Writing courier_training_rows: the build's writer settings against the alternatives, in one process.
+
+    .venv/bin/python bench/training_rows_write.py --page-views 250000   # 2.5M impressions
+
+Builds one synthetic shop (not timed), then writes its training rows for the
+whole range once per variant, alternating the variants over --repeats rounds
+(the machine is shared: compare within a round). Every variant attaches the
+images the same way (courier/samples/training_rows.py) and changes one writer
+setting from what build_samples uses:
+
+- as built: no dictionary, one concurrent writer per dt, Arrow batches of ~128 MB;
+- sort by dt: Spark's default of sorting the image rows by dt before writing;
+- dictionary: Parquet dictionary encoding on (the Parquet default);
+- 512-row batches: small Arrow batches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from courier.config import load_config
+from courier.demo import world_date_range
+from courier.samples.build import build_samples, training_rows_writer_settings
+from courier.samples.training_rows import training_rows
+from courier.spark import build_spark_session, session_conf
+from courier.tables import date_range_predicate
+from courier.world_tables import write_world
+
+VARIANTS = {
+    "as built": {},
+    "sort by dt": {"spark.sql.maxConcurrentOutputFileWriters": "0"},
+    "dictionary": {"parquet.enable.dictionary": "true"},
+    "512-row batches": {"spark.sql.execution.arrow.maxRecordsPerBatch": "512"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--page-views", type=int, default=250_000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default="bench/out/training_rows_write.json")
+    args = parser.parse_args()
+
+    warehouse = Path(tempfile.mkdtemp(prefix="courier-bench-"))
+    pvs = args.page_views
+    cfg = load_config("local", [
+        f"spark.warehouse_dir={warehouse}", "spark.master=local[2]", "spark.ui_enabled=false",
+        "spark.shuffle_partitions=8", "spark.driver_memory=8g", "tables.database=bench_rows",
+        f"world.n_page_views={pvs}", f"world.n_users={max(2000, pvs // 10)}",
+        f"world.n_items={max(3000, pvs // 50)}", "world.days=14",
+    ])
+    spark = build_spark_session(cfg.spark, database=cfg.tables.database)
+    results: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    try:
+        write_world(spark, cfg)
+        start, end = world_date_range(cfg)
+        built = build_samples(spark, cfg, start, end)  # also the warm-up
+        samples = spark.table(cfg.tables.qualified("courier_samples")).where(date_range_predicate(start, end))
+        n_rows = built.samples.metrics["page_views_kept"]
+        for round_ in range(args.repeats):
+            for name, change in VARIANTS.items():
+                rows = training_rows(samples, spark.table(cfg.tables.qualified("item_images")),
+                                     cfg.tables.qualified("item_images"), cfg.spark.shuffle_partitions,
+                                     cfg.samples.l_pv + cfg.samples.l_click)
+                settings = {**training_rows_writer_settings(cfg, start, end, rows.arrow_batch_rows), **change}
+                t0 = time.perf_counter()
+                with session_conf(spark, settings):
+                    rows.rows.write.format("delta").mode("overwrite").partitionBy("dt").save(
+                        str(warehouse / "variant"))
+                seconds = time.perf_counter() - t0
+                rows.release()
+                results[name].append(round(seconds, 1))
+                print(f"round {round_ + 1} {name:<16} {seconds:6.1f} s  {n_rows / seconds:8,.0f} rows/s", flush=True)
+    finally:
+        spark.stop()
+        shutil.rmtree(warehouse, ignore_errors=True)
+    base = min(results["as built"])
+    print(f"{n_rows:,} training rows ({cfg.samples.l_pv + cfg.samples.l_click} images each)")
+    for name, seconds in results.items():
+        print(f"{name:<16} best {min(seconds):6.1f} s  ratio to as built {min(seconds) / base:4.2f}  all {seconds}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"rows": n_rows, "seconds": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
