@@ -128,8 +128,9 @@ class TrainingRows:
         self.images.destroy()
 
 
-# Measured at 10M impressions (64x64 JPEGs, ~13 KB a row): 512-row batches took 1.6x the
-# time of 10,000-row ones. Size batches by bytes so 224x224 images do not make them huge.
+# Spark's default Arrow batch (10,000 rows) is ~130 MB at 64 px but over 1 GB at 224 px
+# (~100 KB a row): size batches by bytes instead. Speed hardly depends on it
+# (docs/BENCHMARKS.md, bench/training_rows_write.py).
 ARROW_BATCH_BYTES = 128 << 20
 
 
