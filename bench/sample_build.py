@@ -25,6 +25,7 @@ from courier.demo import world_date_range
 from courier.samples.build import SORT_AGGREGATE, build_samples
 from courier.spark import build_spark_session, session_conf
 from courier.world_tables import write_world
+from shops import session_overrides, shop_overrides
 
 
 def main() -> None:
@@ -39,11 +40,8 @@ def main() -> None:
     args = parser.parse_args()
 
     warehouse = Path(tempfile.mkdtemp(prefix="courier-bench-"))
-    base = load_config("local", [
-        f"spark.warehouse_dir={warehouse}", f"spark.master={args.master}", "spark.ui_enabled=false",
-        f"spark.shuffle_partitions={args.shuffle_partitions}", f"spark.driver_memory={args.driver_memory}",
-        f"mlflow.tracking_uri=sqlite:///{warehouse}/mlflow.db",
-    ])
+    base = load_config("local", session_overrides(warehouse, args.master, args.shuffle_partitions,
+                                                  args.driver_memory))
     spark = build_spark_session(base.spark, database=base.tables.database)
     results = []
     try:
@@ -55,13 +53,7 @@ def main() -> None:
         build_samples(spark, warm, *world_date_range(warm))
         for scale in args.scales:
             pvs = args.base_page_views * scale
-            cfg = base.replace([
-                f"tables.database=bench_x{scale}",
-                f"world.n_page_views={pvs}",
-                f"world.n_users={max(2000, pvs // 10)}",
-                f"world.n_items={max(3000, pvs // 50)}",
-                "world.days=14",
-            ])
+            cfg = base.replace(shop_overrides(f"bench_x{scale}", pvs))
             spark.sql(f"CREATE DATABASE IF NOT EXISTS {cfg.tables.database}")
             t0 = time.perf_counter()
             world = write_world(spark, cfg)

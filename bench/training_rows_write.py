@@ -24,11 +24,12 @@ from pathlib import Path
 
 from courier.config import load_config
 from courier.demo import world_date_range
-from courier.samples.build import build_samples, training_rows_writer_settings
+from courier.samples.build import build_samples
 from courier.samples.training_rows import training_rows
 from courier.spark import build_spark_session, session_conf
 from courier.tables import date_range_predicate
 from courier.world_tables import write_world
+from shops import session_overrides, shop_overrides
 
 VARIANTS = {
     "as built": {},
@@ -46,13 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     warehouse = Path(tempfile.mkdtemp(prefix="courier-bench-"))
-    pvs = args.page_views
-    cfg = load_config("local", [
-        f"spark.warehouse_dir={warehouse}", "spark.master=local[2]", "spark.ui_enabled=false",
-        "spark.shuffle_partitions=8", "spark.driver_memory=8g", "tables.database=bench_rows",
-        f"world.n_page_views={pvs}", f"world.n_users={max(2000, pvs // 10)}",
-        f"world.n_items={max(3000, pvs // 50)}", "world.days=14",
-    ])
+    cfg = load_config("local", session_overrides(warehouse) + shop_overrides("bench_rows", args.page_views))
     spark = build_spark_session(cfg.spark, database=cfg.tables.database)
     results: dict[str, list[float]] = {name: [] for name in VARIANTS}
     try:
@@ -66,16 +61,18 @@ def main() -> None:
                 rows = training_rows(samples, spark.table(cfg.tables.qualified("item_images")),
                                      cfg.tables.qualified("item_images"), cfg.spark.shuffle_partitions,
                                      cfg.samples.l_pv + cfg.samples.l_click)
-                settings = {**training_rows_writer_settings(cfg, start, end, rows.arrow_batch_rows), **change}
+                settings = {**rows.writer_settings(cfg.samples.rows_per_row_group, (end - start).days + 1), **change}
                 target = warehouse / "variant"
                 t0 = time.perf_counter()
                 with session_conf(spark, settings):
                     rows.rows.write.format("delta").mode("overwrite").partitionBy("dt").save(str(target))
                 seconds = time.perf_counter() - t0
                 rows.release()
+                written_gb = sum(f.stat().st_size for f in target.rglob("*.parquet")) / 1e9
                 shutil.rmtree(target)  # an overwrite keeps the old files: 5 GB a variant at 10M impressions
                 results[name].append(round(seconds, 1))
-                print(f"round {round_ + 1} {name:<16} {seconds:6.1f} s  {n_rows / seconds:8,.0f} rows/s", flush=True)
+                print(f"round {round_ + 1} {name:<16} {seconds:6.1f} s  {n_rows / seconds:8,.0f} rows/s  "
+                      f"{written_gb:.2f} GB of Parquet", flush=True)
     finally:
         spark.stop()
         shutil.rmtree(warehouse, ignore_errors=True)

@@ -48,3 +48,21 @@ def spark(base_config: CourierConfig):
     session = build_spark_session(base_config.spark, database=base_config.tables.database)
     yield session
     session.stop()
+
+
+def _tiny_shop(database: str, *, items: int, users: int, page_views: int, days: int,
+               rows_per_row_group: int) -> list[str]:
+    """Overrides for a small 32 px shop starting 2026-01-01, with nothing rejected as future."""
+    return [
+        f"tables.database={database}",
+        f"world.n_items={items}", f"world.n_users={users}", f"world.n_page_views={page_views}",
+        f"world.days={days}", "world.start_date=2026-01-01", "world.image_size=32",
+        "samples.image_size=32", f"samples.rows_per_row_group={rows_per_row_group}",
+        "samples.max_event_ts=2026-06-01T00:00:00",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_shop_overrides():
+    """``tiny_shop_overrides(database, items=, users=, page_views=, days=, rows_per_row_group=)``."""
+    return _tiny_shop

@@ -312,29 +312,10 @@ def _write_training_rows(spark: SparkSession, cfg: CourierConfig, start: dt.date
         t.qualified("item_images"), num_partitions=cfg.spark.shuffle_partitions,
         images_per_row=s.l_pv + s.l_click)
     try:
-        with session_conf(spark, training_rows_writer_settings(cfg, start, end, built.arrow_batch_rows)):
+        with session_conf(spark, built.writer_settings(s.rows_per_row_group, (end - start).days + 1)):
             replace_where(built.rows, t.qualified("courier_training_rows"), in_range, partition_by=["dt"])
     finally:
         built.release()
-
-
-def training_rows_writer_settings(cfg: CourierConfig, start: dt.date, end: dt.date,
-                                  arrow_batch_rows: int) -> dict[str, str]:
-    """Spark settings for writing courier_training_rows (bench/training_rows_write.py varies them).
-
-    Each file holds one row group of at most ``rows_per_row_group`` rows:
-    Petastorm shards by row group, so equal, known-size groups let every rank
-    read the same number of rows.
-    """
-    return {
-        "spark.sql.files.maxRecordsPerFile": str(cfg.samples.rows_per_row_group),
-        "parquet.block.size": str(1 << 30),  # never split a file into two row groups
-        # JPEGs barely repeat within a file: dictionary pages cost CPU and end up discarded.
-        "parquet.enable.dictionary": "false",
-        # One open writer per dt instead of a sort of the image rows by dt before writing.
-        "spark.sql.maxConcurrentOutputFileWriters": str(max(16, (end - start).days + 2)),
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(arrow_batch_rows),
-    }
 
 
 def _count_by(df: DataFrame, key_expr: str) -> dict[str, int]:

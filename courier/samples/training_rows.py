@@ -124,6 +124,23 @@ class TrainingRows:
     images: Broadcast      # (item_id, jpeg) table the rows were built from; destroy once written
     arrow_batch_rows: int  # rows per Arrow batch that keep one batch near ARROW_BATCH_BYTES
 
+    def writer_settings(self, rows_per_row_group: int, n_dates: int) -> dict[str, str]:
+        """Spark settings to write ``rows`` (bench/training_rows_write.py varies them).
+
+        Each file holds one row group of at most ``rows_per_row_group`` rows:
+        Petastorm shards by row group, so equal, known-size groups let every
+        rank read the same number of rows.
+        """
+        return {
+            "spark.sql.files.maxRecordsPerFile": str(rows_per_row_group),
+            "parquet.block.size": str(1 << 30),  # never split a file into two row groups
+            # JPEGs barely repeat within a file: dictionary pages cost CPU and end up discarded.
+            "parquet.enable.dictionary": "false",
+            # One open writer per dt instead of a sort of the image rows by dt before writing.
+            "spark.sql.maxConcurrentOutputFileWriters": str(max(16, n_dates + 1)),
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(self.arrow_batch_rows),
+        }
+
     def release(self) -> None:
         self.images.destroy()
 

@@ -26,14 +26,9 @@ class Shop:
 
 
 @pytest.fixture(scope="session")
-def shop(spark, base_config: CourierConfig) -> Shop:
-    cfg = base_config.replace([
-        f"tables.database={DB}",
-        "world.n_items=100", "world.n_users=60", "world.n_page_views=500", "world.days=3",
-        "world.start_date=2026-01-01", "world.image_size=32",
-        "samples.image_size=32", f"samples.rows_per_row_group={ROWS_PER_GROUP}",
-        "samples.max_event_ts=2026-06-01T00:00:00",
-    ])
+def shop(spark, base_config: CourierConfig, tiny_shop_overrides) -> Shop:
+    cfg = base_config.replace(
+        tiny_shop_overrides(DB, items=100, users=60, page_views=500, days=3, rows_per_row_group=ROWS_PER_GROUP))
     spark.sql(f"DROP DATABASE IF EXISTS {DB} CASCADE")
     spark.sql(f"CREATE DATABASE {DB}")
     write_world(spark, cfg)

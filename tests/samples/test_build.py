@@ -24,14 +24,9 @@ BAD_ITEMS = {  # item_id -> (image bytes, expected reason)
 
 
 @pytest.fixture(scope="module")
-def cfg(base_config: CourierConfig) -> CourierConfig:
-    return base_config.replace([
-        f"tables.database={DB}",
-        "world.n_items=240", "world.n_users=150", "world.n_page_views=1500", "world.days=4",
-        "world.start_date=2026-01-01", "world.image_size=32",
-        "samples.image_size=32", "samples.rows_per_row_group=64",
-        "samples.max_event_ts=2026-06-01T00:00:00",
-    ])
+def cfg(base_config: CourierConfig, tiny_shop_overrides) -> CourierConfig:
+    return base_config.replace(
+        tiny_shop_overrides(DB, items=240, users=150, page_views=1500, days=4, rows_per_row_group=64))
 
 
 def _inject_bad_rows(spark, cfg: CourierConfig) -> dict[str, int]:

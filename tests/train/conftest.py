@@ -17,15 +17,13 @@ START, END = dt.date(2026, 1, 1), dt.date(2026, 1, 4)
 
 
 @pytest.fixture(scope="session")
-def shop_config(base_config: CourierConfig, tmp_path_factory: pytest.TempPathFactory) -> CourierConfig:
+def shop_config(base_config: CourierConfig, tmp_path_factory: pytest.TempPathFactory,
+                tiny_shop_overrides) -> CourierConfig:
     """The shop plus training settings sized for a 2-core CPU; MLflow and checkpoints in a tmp folder."""
     tmp = tmp_path_factory.mktemp("train")
+    shop = tiny_shop_overrides(DB, items=240, users=150, page_views=2000, days=4, rows_per_row_group=64)
     return base_config.replace([
-        f"tables.database={DB}",
-        "world.n_items=240", "world.n_users=150", "world.n_page_views=2000", "world.days=4",
-        "world.start_date=2026-01-01", "world.image_size=32",
-        "samples.image_size=32", "samples.rows_per_row_group=64",
-        "samples.max_event_ts=2026-06-01T00:00:00",
+        *shop,
         f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
         "mlflow.experiment=courier-train-test",
         "mlflow.registered_model=courier-train-test-encoder",
