@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from courier.features.config import AssignConfig, ClusterConfig, EmbedConfig, ReportConfig
 from courier.model.config import LossConfig, ModelConfig
 from courier.world.config import WorldConfig
 
@@ -62,6 +63,14 @@ class TablesConfig:
     pipeline_runs: str = "pipeline_runs"
     eval_item_styles: str = "eval_item_styles"
     eval_user_preferences: str = "eval_user_preferences"
+    item_embeddings: str = "item_embeddings"
+    cluster_centroids: str = "cluster_centroids"
+    item_image_features: str = "item_image_features"
+    # Analyst views over the feature tables (sql/features/<view>.sql).
+    item_clusters_current: str = "item_clusters_current"
+    cluster_summary: str = "cluster_summary"
+    category_clusters: str = "category_clusters"
+    cluster_click_share_daily: str = "cluster_click_share_daily"
 
     def qualified(self, name: str) -> str:
         """``database.table`` for a table attribute name, e.g. ``qualified("rejects")``."""
@@ -143,6 +152,10 @@ class CourierConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,8 +4,14 @@ from __future__ import annotations
 import datetime as dt
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
+from courier.features.assign import assign_items
+from courier.features.cluster import cluster_embeddings
+from courier.features.embed import embed_items
+from courier.features.report import write_report
+from courier.features.views import FEATURE_VIEWS
 from courier.samples.build import build_samples
 from courier.train.launch import run_training
 from courier.world_tables import write_world
@@ -23,6 +29,7 @@ def describe_tables(spark: SparkSession, cfg: CourierConfig) -> str:
     """Where each table lives, its Delta version and row count."""
     lines = [f"{'table':<36} {'rows':>10} {'version':>8}  location"]
     for attr in ("raw_items", "raw_impressions", "item_images", "courier_samples", "courier_training_rows",
+                 "item_embeddings", "cluster_centroids", "item_image_features",
                  "rejects", "pipeline_runs", "eval_item_styles", "eval_user_preferences"):
         name = cfg.tables.qualified(attr)
         if not spark.catalog.tableExists(name):
@@ -33,27 +40,54 @@ def describe_tables(spark: SparkSession, cfg: CourierConfig) -> str:
     return "\n".join(lines)
 
 
+def describe_views(spark: SparkSession, cfg: CourierConfig) -> str:
+    """Each analyst view with its row count, and a peek at the cluster summary."""
+    lines = [f"{'view':<36} {'rows':>10}"]
+    for view in FEATURE_VIEWS:
+        name = cfg.tables.qualified(view)
+        lines.append(f"{name:<36} {spark.table(name).count():>10,}")
+    summary = (spark.table(cfg.tables.qualified("cluster_summary"))
+               .orderBy(F.col("items").desc()).limit(5)
+               .select("image_cluster_id", "items", "top_category", "top_category_share", "mean_similarity").collect())
+    lines.append("largest clusters (id: items, top category and its share, mean cosine to the centroid):")
+    lines += [f"  {r['image_cluster_id']:>5}: {r['items']:>5} items, {r['top_category']} {r['top_category_share']:.0%}, "
+              f"{r['mean_similarity']:.3f}" for r in summary]
+    return "\n".join(lines)
+
+
 def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
-    """Generate the synthetic shop, build the samples for its whole date range, train briefly, summarise."""
+    """Generate the shop, build its samples, train briefly, embed -> cluster -> assign, report, summarise."""
     world = write_world(spark, cfg)
     start, end = world_date_range(cfg)
     built = build_samples(spark, cfg, start, end)
     train_cfg = cfg if cfg.train.max_steps is not None else cfg.replace([f"train.max_steps={DEMO_TRAIN_STEPS}"])
     trained = run_training(train_cfg, spark=spark)
+    embedded = embed_items(spark, cfg)
+    clustered = cluster_embeddings(spark, cfg)
+    assigned = assign_items(spark, cfg)
+    report = write_report(spark, cfg)
     example = (
         spark.table(cfg.tables.qualified("courier_samples"))
         .orderBy("event_ts", "request_id")
         .select("request_id", "user_id", "event_ts", "pv_item_ids", "pv_labels", "click_item_ids")
         .first()
     )
+    q = cfg.tables.qualified
     parts = [
         world.summary(),
         built.items.summary(),
         built.samples.summary(),
         trained.summary(),
+        embedded.summary(),
+        clustered.summary(),
+        assigned.summary(),
         "tables:\n" + describe_tables(spark, cfg),
+        "views:\n" + describe_views(spark, cfg),
+        report.summary(),
         f"example sample: {example.asDict() if example else None}",
-        "query them: .venv/bin/courier sql \"SELECT * FROM "
-        f"{cfg.tables.qualified('courier_samples')} LIMIT 5\"",
+        "query them:\n"
+        f"  .venv/bin/courier sql \"SELECT * FROM {q('courier_samples')} LIMIT 5\"\n"
+        f"  .venv/bin/courier sql \"SELECT * FROM {q('cluster_summary')} ORDER BY items DESC\"\n"
+        f"  .venv/bin/courier sql \"SELECT * FROM {q('category_clusters')} WHERE category = 'bags'\"",
     ]
     return "\n\n".join(parts)

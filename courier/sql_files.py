@@ -8,6 +8,7 @@ later files refer to it.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,3 +47,29 @@ def run_sql_file(
     df = spark.sql(text, args=dict(args))  # Spark ignores names a file does not use
     df.createOrReplaceTempView(Path(relative_path).stem)
     return df
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def quote_identifier(name: str) -> str:
+    """``db.table`` -> ```db`.`table```, refusing anything but plain identifier parts.
+
+    For the one place parameters cannot go: the body of a persistent view, which
+    Spark stores as text and so must name its tables literally.
+    """
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 3 or not all(_PLAIN_NAME.match(p) for p in parts):
+        raise ValueError(f"not a plain table name (letters, digits, _; up to catalog.db.table): {name!r}")
+    return ".".join(f"`{p}`" for p in parts)
+
+
+def create_view(spark: SparkSession, relative_path: str, view: str, tables: Mapping[str, str]) -> None:
+    """``CREATE OR REPLACE VIEW view AS`` the SELECT of ``sql/<relative_path>.sql``.
+
+    A view body takes no parameter markers, so the file names its tables
+    ``${courier.table.<key>}`` and each is set, validated and quoted, from ``tables``.
+    """
+    for key, name in tables.items():
+        spark.conf.set(f"courier.table.{key}", quote_identifier(name))
+    spark.sql(f"CREATE OR REPLACE VIEW {quote_identifier(view)} AS\n{sql_text(relative_path)}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -18,6 +20,31 @@ log = logging.getLogger(__name__)
 
 class SchemaError(ValueError):
     """An input table is missing, or lacks a column, or a column has the wrong type."""
+
+
+class ReconciliationError(RuntimeError):
+    """Counts in do not equal counts out + dropped + rejected: a row went missing."""
+
+
+@contextmanager
+def timed(metrics: dict[str, int], phase: str) -> Iterator[None]:
+    """Record the wall time of a phase in ``metrics['ms.<phase>']`` (kept in pipeline_runs)."""
+    t0 = time.perf_counter()
+    yield
+    metrics[f"ms.{phase}"] = int((time.perf_counter() - t0) * 1000)
+    log.info("%s took %.1fs", phase, metrics[f"ms.{phase}"] / 1000)
+
+
+def count_by(df: DataFrame, key_expr: str) -> dict[str, int]:
+    """``{key: rows}`` of ``df`` grouped by the SQL expression ``key_expr``."""
+    return {row["k"]: int(row["n"]) for row in df.groupBy(F.expr(key_expr).alias("k")).count()
+            .withColumnRenamed("count", "n").collect()}
+
+
+def reconcile(what: str, total: int, parts: Mapping[str, int]) -> None:
+    """Raise ReconciliationError unless ``parts`` add up to ``total`` (in = out + dropped + rejected)."""
+    if total != sum(parts.values()):
+        raise ReconciliationError(f"{what}: {total} in, but {sum(parts.values())} accounted for: {dict(parts)}")
 
 
 REJECTS_SCHEMA = T.StructType(
@@ -90,15 +117,26 @@ def replace_where(
     The idempotency primitive: re-running a date range replaces those partitions,
     never duplicates them. Delta checks that every written row matches ``predicate``.
     """
-    writer = df.write.format("delta")
     spark = df.sparkSession
     if table_exists(spark, qualified_name):
-        writer.mode("overwrite").option("replaceWhere", predicate).saveAsTable(qualified_name)
-    else:
-        partition_by = list(partition_by)
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        writer.mode("error").saveAsTable(qualified_name)
+        _overwrite_where(df, qualified_name, predicate)
+        return
+    writer = df.write.format("delta")
+    partition_by = list(partition_by)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.mode("error").saveAsTable(qualified_name)
+
+
+def _overwrite_where(df: DataFrame, qualified_name: str, predicate: str) -> None:
+    """Delta's replaceWhere through DataFrameWriterV2 (an overwrite by expression).
+
+    Not ``saveAsTable(mode=overwrite)``: that path re-registers the table's schema in
+    the Hive metastore on every write, which fails (logged as an ERROR with a long
+    trace by Hive) whenever the written schema differs in nullability from the
+    catalog's, as literal columns do.
+    """
+    df.writeTo(qualified_name).overwrite(F.expr(predicate))
 
 
 def date_range_predicate(start: dt.date, end: dt.date, column: str = "dt") -> str:
@@ -138,7 +176,7 @@ def write_rejects(
     ensure_table(spark, rejects_table, REJECTS_SCHEMA)
     rows = _reject_rows(rejects, stage, run_id)
     predicate = f"stage = '{stage}' AND ({scope_predicate})"
-    rows.write.format("delta").mode("overwrite").option("replaceWhere", predicate).saveAsTable(rejects_table)
+    _overwrite_where(rows, rejects_table, predicate)
 
 
 def merge_rejects(spark: SparkSession, rejects_table: str, rejects: DataFrame, stage: str, run_id: str) -> None:

@@ -4,6 +4,11 @@
     courier build-samples --start D --end D     # raw_* -> item_images, courier_samples, courier_training_rows
     courier train [--run-name N] [--start D --end D] [--no-spark] [--resume RUN]
                                                 # COURIER pre-training on a pinned courier_training_rows snapshot
+    courier embed [--model URI] [--full]        # item_images -> item_embeddings (new or changed images only)
+    courier cluster                             # item_embeddings -> a new cluster_version (faiss k-means)
+    courier assign [--cluster-version V]        # every item -> its nearest centroid: item_image_features + views
+    courier report [--out DIR]                  # cluster image grid and embedding map (PNGs)
+    courier export-features --format mmrec OUT  # image_feat.npy + i_id_mapping.csv for MMRec
     courier demo                                # everything above on the embedded default, then a summary
     courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
 
@@ -102,6 +107,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from courier.features.embed import embed_items
+
+    cfg = _config(args)
+    print(embed_items(_spark(cfg), cfg, model_uri=args.model, full=args.full).summary())
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from courier.features.cluster import cluster_embeddings
+
+    cfg = _config(args)
+    print(cluster_embeddings(_spark(cfg), cfg).summary())
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    from courier.features.assign import assign_items
+
+    cfg = _config(args)
+    print(assign_items(_spark(cfg), cfg, cluster_version=args.cluster_version).summary())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from courier.features.report import write_report
+
+    cfg = _config(args)
+    print(write_report(_spark(cfg), cfg, args.out).summary())
+    return 0
+
+
+def cmd_export_features(args: argparse.Namespace) -> int:
+    from courier.features.export import export_mmrec
+
+    cfg = _config(args)
+    print(export_mmrec(_spark(cfg), cfg, args.out_dir, model_version=args.model_version).summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from courier.demo import run_demo
 
@@ -146,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", metavar="JSON", help="a pinned TrainingSnapshot (to_dict() as JSON) instead of pinning")
     p.add_argument("--no-spark", action="store_true",
                    help="train in this process without TorchDistributor (Spark only to pin a new snapshot)")
+    p = add("embed", cmd_embed, "embed new or changed item images with the registered encoder (Spark UDF)")
+    p.add_argument("--model", metavar="URI",
+                   help="MLflow model URI (default: models:/<mlflow.registered_model>@<mlflow.alias>)")
+    p.add_argument("--full", action="store_true", help="re-embed every item, not only new images or a new model")
+    add("cluster", cmd_cluster, "fit a new cluster version over the item embeddings (faiss spherical k-means)")
+    p = add("assign", cmd_assign, "assign every item to its nearest centroid and publish item_image_features")
+    p.add_argument("--cluster-version", type=int, help="the cluster version (default: assign.cluster_version or newest)")
+    p = add("report", cmd_report, "write the cluster image grid and the embedding map (PNGs)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: report.out_dir)")
+    p = add("export-features", cmd_export_features, "export the item embeddings for another toolbox")
+    p.add_argument("--format", choices=("mmrec",), required=True)
+    p.add_argument("--model-version", help="model version to export (default: the newest embedded)")
+    p.add_argument("out_dir", metavar="OUT")
     add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
     p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
     p.add_argument("query", nargs="?")
@@ -154,10 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that name what is wrong (a table, column, key, model): printed as one line, no trace."""
+    from courier.config import ConfigError
+    from courier.features.cluster import ClusteringError
+    from courier.features.model_ref import ModelResolutionError
+    from courier.tables import ReconciliationError, SchemaError
+
+    return ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        log.error("%s", exc)
+        print(f"courier {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

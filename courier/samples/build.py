@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +26,16 @@ from courier.samples.training_rows import training_rows
 from courier.spark import session_conf
 from courier.sql_files import run_sql_file
 from courier.tables import (
+    ReconciliationError,
     RunRecord,
     SchemaError,
+    count_by,
     date_range_predicate,
     merge_rejects,
+    reconcile,
     replace_where,
     require_columns,
+    timed,
     utc_now,
     write_rejects,
 )
@@ -67,19 +69,6 @@ ITEM_IMAGES_SCHEMA_DDL = (
 # sorted by request_id: a sort aggregate streams it as it is, where the default object hash
 # aggregate (collect_list) falls back to sorting it again after 128 pages per task.
 SORT_AGGREGATE = {"spark.sql.execution.useObjectHashAggregateExec": "false"}
-
-
-@contextmanager
-def _timed(metrics: dict[str, int], phase: str):
-    """Record the wall time of a phase in ``metrics['ms.<phase>']`` (kept in pipeline_runs)."""
-    t0 = time.perf_counter()
-    yield
-    metrics[f"ms.{phase}"] = int((time.perf_counter() - t0) * 1000)
-    log.info("%s took %.1fs", phase, metrics[f"ms.{phase}"] / 1000)
-
-
-class ReconciliationError(RuntimeError):
-    """Counts in do not equal counts out + dropped + rejected: a row went missing."""
 
 
 @dataclass
@@ -122,11 +111,11 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
     # Eager local checkpoints: both read item_images, which the MERGE below rewrites; a lazy
     # cache recomputed after the MERGE would see every item as unchanged.
     timings: dict[str, int] = {}
-    with _timed(timings, "candidates"):
+    with timed(timings, "candidates"):
         candidates = run_sql_file(spark, "samples/item_images_candidates", args).localCheckpoint(eager=True)
         candidates.createOrReplaceTempView("item_images_candidates")
     register_prepare_image_udf(spark, s.image_size, s.jpeg_quality, from_uri)
-    with _timed(timings, "prepare_images"):
+    with timed(timings, "prepare_images"):
         prepared = run_sql_file(spark, "samples/item_images_prepared", args).localCheckpoint(eager=True)
 
     good = prepared.where("reject_reason IS NULL").drop("reject_reason", "reject_detail")
@@ -150,18 +139,18 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
         .whenMatchedUpdate(set={c: f"s.{c}" for c in good.columns})
         .whenNotMatchedInsert(condition="s.reject_reason IS NULL", values={c: f"s.{c}" for c in good.columns})
     )
-    with _timed(timings, "merge_images"):
+    with timed(timings, "merge_images"):
         merge.execute()
-    with _timed(timings, "merge_rejects"):
+    with timed(timings, "merge_rejects"):
         merge_rejects(spark, t.qualified("rejects"), rejects, "item_images", run_id)
 
-    counts = _count_by(candidates, "CASE WHEN reject_reason IS NOT NULL THEN concat('rejected.', reject_reason) "
+    counts = count_by(candidates, "CASE WHEN reject_reason IS NOT NULL THEN concat('rejected.', reject_reason) "
                                    "WHEN unchanged THEN 'unchanged' ELSE 'to_prepare' END")
-    image_counts = _count_by(prepared, "CASE WHEN reject_reason IS NULL THEN 'prepared' "
+    image_counts = count_by(prepared, "CASE WHEN reject_reason IS NULL THEN 'prepared' "
                                        "ELSE concat('rejected.', reject_reason) END")
     to_prepare = counts.pop("to_prepare", 0)
     metrics = {"items_in": sum(counts.values()) + to_prepare, **counts, **image_counts}
-    _reconcile("item_images", metrics["items_in"],
+    reconcile("item_images", metrics["items_in"],
                {k: v for k, v in metrics.items() if k != "items_in"})
     metrics.update(timings)
     candidates.unpersist()
@@ -187,7 +176,7 @@ def build_samples(
     timings: dict[str, int] = {}
     require_columns(spark, t.qualified("raw_impressions"), RAW_IMPRESSIONS_COLUMNS)
     max_event_ts = dt.datetime.fromisoformat(s.max_event_ts) if s.max_event_ts else started
-    with _timed(timings, "plan_views"):
+    with timed(timings, "plan_views"):
         views = sample_views(
             spark, cfg, start, end, max_event_ts,
             raw_impressions=t.qualified("raw_impressions"), raw_items=t.qualified("raw_items"),
@@ -195,7 +184,7 @@ def build_samples(
     checked, draft = views.checked, views.draft
     in_range = date_range_predicate(start, end)
 
-    with _timed(timings, "write_rejects"):
+    with timed(timings, "write_rejects"):
         rejects = checked.where(f"reject_reason IS NOT NULL AND ({in_range})").select(
             F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
                         F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
@@ -205,16 +194,16 @@ def build_samples(
         )
         write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, in_range)
 
-    with _timed(timings, "write_samples"), session_conf(spark, SORT_AGGREGATE):
+    with timed(timings, "write_samples"), session_conf(spark, SORT_AGGREGATE):
         kept = draft.where("drop_reason IS NULL").select(
             "request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids",
             "n_history", "dt")
         replace_where(kept, t.qualified("courier_samples"), in_range, partition_by=["dt"])
 
-    with _timed(timings, "reconcile"):
+    with timed(timings, "reconcile"):
         metrics = _sample_metrics(checked.where(in_range), draft)
     views.unpersist()  # frees the cached impressions before the image-heavy write
-    with _timed(timings, "write_training_rows"):
+    with timed(timings, "write_training_rows"):
         _write_training_rows(spark, cfg, start, end)
         metrics["training_rows_written"] = spark.table(t.qualified("courier_training_rows")).where(in_range).count()
     if metrics["training_rows_written"] != metrics["page_views_kept"]:
@@ -279,7 +268,7 @@ def sample_views(
 
 def _sample_metrics(checked_in_range: DataFrame, draft: DataFrame) -> dict[str, int]:
     """Counts that reconcile impressions and page views; raises if they do not add up."""
-    impressions = _count_by(checked_in_range, "coalesce(concat('impressions_rejected.', reject_reason), 'valid')")
+    impressions = count_by(checked_in_range, "coalesce(concat('impressions_rejected.', reject_reason), 'valid')")
     valid = impressions.pop("valid", 0)
     rejected = sum(impressions.values())
     totals = draft.selectExpr(
@@ -294,11 +283,11 @@ def _sample_metrics(checked_in_range: DataFrame, draft: DataFrame) -> dict[str, 
     ).first().asDict()
     metrics = {"impressions_in": valid + rejected, "impressions_rejected": rejected, **impressions,
                "impressions_valid": valid, **{k: int(v) for k, v in totals.items()}}
-    _reconcile("impressions", metrics["impressions_in"], {"rejected": rejected, "valid": valid})
-    _reconcile("valid impressions", valid, {
+    reconcile("impressions", metrics["impressions_in"], {"rejected": rejected, "valid": valid})
+    reconcile("valid impressions", valid, {
         k: metrics[k] for k in ("impressions_in_samples", "impressions_downsampled", "impressions_truncated",
                                 "impressions_in_dropped_page_views")})
-    _reconcile("page views", metrics["page_views_in"], {
+    reconcile("page views", metrics["page_views_in"], {
         k: metrics[k] for k in ("page_views_kept", "page_views_dropped_no_click", "page_views_dropped_no_history")})
     return metrics
 
@@ -317,12 +306,3 @@ def _write_training_rows(spark: SparkSession, cfg: CourierConfig, start: dt.date
     finally:
         built.release()
 
-
-def _count_by(df: DataFrame, key_expr: str) -> dict[str, int]:
-    return {row["k"]: int(row["n"]) for row in df.groupBy(F.expr(key_expr).alias("k")).count()
-            .withColumnRenamed("count", "n").collect()}
-
-
-def _reconcile(what: str, total: int, parts: dict[str, int]) -> None:
-    if total != sum(parts.values()):
-        raise ReconciliationError(f"{what}: {total} in, but {sum(parts.values())} accounted for: {parts}")

@@ -260,14 +260,21 @@ def _process_failure(run_dir: Path, world_size: int) -> BaseException | None:
     return None
 
 
-def _export_encoder(cfg: CourierConfig, checkpoint: Path) -> Any:
-    """The trained image encoder, uncompiled and in eval mode, for logging (images [N,3,S,S] -> [N,d])."""
+def _export_encoder(cfg: CourierConfig, checkpoint: Path, image_size: int) -> Any:
+    """The trained encoder with its preprocessing, uncompiled and in eval mode, for logging.
+
+    An EmbeddingModel: uint8 images [N,3,S,S] -> L2-normalised [N,d], normalised with
+    the training loader's own mean/std.
+    """
+    from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
     from courier.model import CourierModel
+    from courier.model.serving import EmbeddingModel, PreprocessingSpec
 
     model_cfg = dataclasses.replace(cfg.model, compile=False, gradient_checkpointing=False, pretrained_weights_path=None)
     model = CourierModel(model_cfg, cfg.loss)
     model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
-    return model.encoder.eval()
+    spec = PreprocessingSpec(image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD)))
+    return EmbeddingModel(model.encoder, spec).eval()
 
 
 def run_training(
@@ -329,9 +336,9 @@ def run_training(
         result = read_json(result_path)
         version = None
         if cfg.mlflow.log_model:
-            encoder = _export_encoder(cfg, Path(result["final_checkpoint"]))
+            exported = _export_encoder(cfg, Path(result["final_checkpoint"]), manifest.snapshot["image_size"])
             version = tracking.log_encoder(
-                tracking_uri, run_id, encoder, image_size=manifest.snapshot["image_size"],
+                tracking_uri, run_id, exported, exported.spec,
                 embedding_dim=cfg.model.embedding_dim, registered_model=cfg.mlflow.registered_model or None,
                 alias=cfg.mlflow.alias)
             if version is not None:

@@ -130,15 +130,17 @@ class MetricLogger:
 def log_encoder(
     tracking_uri: str,
     run_id: str,
-    encoder: Any,
-    image_size: int,
+    model: Any,
+    spec: Any,
     embedding_dim: int,
     registered_model: str | None,
     alias: str | None,
 ) -> str | None:
-    """Log ``encoder`` (images [N,3,S,S] -> [N,d]) with a signature and an input example; register it.
+    """Log ``model`` (an EmbeddingModel: uint8 images [N,3,S,S] -> unit embeddings [N,d]) and register it.
 
-    Returns the registered model version (None when ``registered_model`` is None).
+    The signature, an input example and ``spec`` (its PreprocessingSpec, as model
+    metadata) make the logged model self-describing. Returns the registered model
+    version (None when ``registered_model`` is None).
     """
     import mlflow
     import mlflow.pytorch
@@ -146,23 +148,25 @@ def log_encoder(
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    size = spec.image_size
     signature = ModelSignature(
         # Unnamed tensors: the pytorch flavour takes and returns one plain ndarray.
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, image_size, image_size))]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, size, size))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedding_dim))]),
     )
     # Two images: torch.export (MLflow's default "pt2" format) would freeze a batch dimension
     # of size 1 into the saved program; with 2 it stays dynamic.
-    example = np.random.default_rng(0).standard_normal((2, 3, image_size, image_size)).astype(np.float32)
+    example = np.random.default_rng(0).integers(0, 256, (2, 3, size, size), dtype=np.uint8)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
-            encoder,
+            model,
             name="image_encoder",
             signature=signature,
             input_example=example,
             registered_model_name=registered_model,
+            metadata=spec.to_metadata(),
             # torch.export's program: loading it needs torch only, not this package (Spark UDFs).
             serialization_format="pt2",
         )

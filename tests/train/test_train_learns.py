@@ -109,16 +109,28 @@ def test_registered_model_is_reachable_by_alias_and_embeds(trained):
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    encoder = mlflow.pytorch.load_model(f"models:/{cfg.mlflow.registered_model}@candidate")
-    images = torch.randn(5, 3, 32, 32)  # a batch size other than the input example's
+    model_uri = f"models:/{cfg.mlflow.registered_model}@candidate"
+    encoder = mlflow.pytorch.load_model(model_uri)
+    # Self-describing: decoded uint8 images in, its own size and normalisation in the metadata.
+    from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
+    from courier.model.serving import PreprocessingSpec
+
+    spec = PreprocessingSpec.from_metadata(mlflow.models.get_model_info(model_uri).metadata, model_uri)
+    assert spec.image_size == 32
+    np.testing.assert_allclose(spec.mean, IMAGENET_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(spec.std, IMAGENET_STD, rtol=1e-6)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)  # a batch size other than the example's
     emb = encoder(images)
     assert emb.shape == (5, cfg.model.embedding_dim)
     assert torch.isfinite(emb).all()
-    # The same weights as the final checkpoint, in eval mode.
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(5), rtol=0, atol=1e-5)
+    # The same weights as the final checkpoint, in eval mode, after the loader's normalisation.
+    from courier.data.decode import normalise_images
     from courier.train.launch import _export_encoder
 
-    expected = _export_encoder(cfg, result.final_checkpoint)(images)
-    torch.testing.assert_close(emb, expected, rtol=1e-4, atol=1e-5)
+    exported = _export_encoder(cfg, result.final_checkpoint, 32)
+    raw = exported.encoder(torch.from_numpy(normalise_images(images.numpy())))
+    torch.testing.assert_close(emb, torch.nn.functional.normalize(raw, dim=-1), rtol=1e-4, atol=1e-5)
 
 
 def test_a_finished_run_is_not_trained_again(trained):

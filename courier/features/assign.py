@@ -1,0 +1,162 @@
+"""``courier assign``: every item onto the nearest centroid of one cluster version.
+
+    read the cluster version (driver) -> broadcast its centroids -> mapInArrow with a
+    faiss inner-product index per Python worker (nearest id + cosine) -> stage the changed
+    rows (sql/features/assign_changes.sql) -> ONE MERGE into item_image_features
+    -> refresh the analyst views
+
+New items go to the existing centroids: nothing is re-fit. The MERGE is a single
+Delta commit (a killed run publishes nothing) that touches only changed rows, with
+Change Data Feed on, and keeps the history (valid_from / valid_to) that an as-of
+join reads. A re-run with nothing new stages nothing and commits nothing.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from courier.config import CourierConfig, config_json
+from courier.features.cluster import CentroidVersion, ClusteringError, read_centroid_version
+from courier.sql_files import run_sql_file
+from courier.tables import RunRecord, count_by, reconcile, timed, utc_now
+
+log = logging.getLogger(__name__)
+
+STAGE = "assign"
+ITEM_IMAGE_FEATURES_DDL = (
+    "item_id BIGINT, image_cluster_id INT, cluster_similarity FLOAT, model_version STRING, "
+    "cluster_version INT, valid_from TIMESTAMP, valid_to TIMESTAMP, updated_at TIMESTAMP"
+)
+ASSIGNMENT_SCHEMA = "item_id BIGINT, image_cluster_id INT, cluster_similarity FLOAT"
+
+
+def nearest_centroids(embeddings: np.ndarray, centroids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster id [n], cosine [n]) of the nearest of ``centroids`` [k, d] to each unit vector [n, d]."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    sims, nearest = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), 1)  # [n, 1] each
+    return ids[nearest[:, 0]].astype(np.int32), sims[:, 0].astype(np.float32)
+
+
+def _assign_batches(centroids_bc, ids_bc):
+    """mapInArrow function: batches of (item_id, embedding) -> (item_id, image_cluster_id, cluster_similarity)."""
+
+    def assign(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import faiss
+
+        centroids, ids = centroids_bc.value, ids_bc.value
+        index = faiss.IndexFlatIP(centroids.shape[1])  # one per task, reused for all its batches
+        index.add(centroids)
+        d = centroids.shape[1]
+        for batch in batches:
+            emb = batch.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            sims, nearest = index.search(emb.reshape(batch.num_rows, d), 1)  # [n, 1]
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(0), pa.array(ids[nearest[:, 0]].astype(np.int32)), pa.array(sims[:, 0])],
+                names=["item_id", "image_cluster_id", "cluster_similarity"])
+
+    return assign
+
+
+def assign_embeddings(spark: SparkSession, embeddings: DataFrame, version: CentroidVersion) -> DataFrame:
+    """(item_id, image_cluster_id, cluster_similarity) for each row of ``embeddings`` (item_id, embedding)."""
+    sc = spark.sparkContext
+    centroids_bc = sc.broadcast(np.ascontiguousarray(version.centroids, dtype=np.float32))
+    ids_bc = sc.broadcast(version.ids)
+    return embeddings.select("item_id", "embedding").mapInArrow(_assign_batches(centroids_bc, ids_bc),
+                                                               ASSIGNMENT_SCHEMA)
+
+
+@dataclass
+class AssignResult:
+    record: RunRecord
+    version: CentroidVersion
+
+    def summary(self) -> str:
+        m = self.record.metrics
+        return (f"assign: {m['items_in']:,} items onto cluster version {self.version.cluster_version} "
+                f"(model version {self.version.model_version}): {m['new_items']:,} new, {m['changed']:,} changed, "
+                f"{m['unchanged']:,} unchanged\n" + self.record.summary())
+
+
+def _ensure_features_table(spark: SparkSession, table: str) -> None:
+    if not spark.catalog.tableExists(table):
+        (spark.createDataFrame([], ITEM_IMAGE_FEATURES_DDL).write.format("delta")
+         .option("delta.enableChangeDataFeed", "true").saveAsTable(table))
+
+
+def assign_items(spark: SparkSession, cfg: CourierConfig, cluster_version: int | None = None,
+                 run_id: str | None = None) -> AssignResult:
+    """Assign every embedded item (of the version's model) and publish the changes in one MERGE.
+
+    Raises:
+        ClusteringError: no cluster version, or the requested one does not exist.
+    """
+    from courier.features.views import create_feature_views
+
+    t = cfg.tables
+    run_id = run_id or uuid.uuid4().hex[:12]
+    started = utc_now()
+    timings: dict[str, int] = {}
+    centroids_table, features = t.qualified("cluster_centroids"), t.qualified("item_image_features")
+    version = read_centroid_version(spark, centroids_table, cluster_version or cfg.assign.cluster_version)
+    if version is None:
+        raise ClusteringError(f"table {centroids_table} holds no cluster version: run `courier cluster` first")
+    embeddings = spark.table(t.qualified("item_embeddings")).where(F.col("model_version") == version.model_version)
+    _ensure_features_table(spark, features)
+
+    with timed(timings, "assign"):
+        assigned = (assign_embeddings(spark, embeddings, version)
+                    .withColumn("model_version", F.lit(version.model_version))
+                    .withColumn("cluster_version", F.lit(version.cluster_version))
+                    .localCheckpoint(eager=True))
+    assigned.createOrReplaceTempView("item_assignments")
+    published_at = utc_now()
+    with timed(timings, "stage_changes"):
+        staged = run_sql_file(spark, "features/assign_changes", {
+            "assignments": "item_assignments", "item_image_features": features,
+            "published_at": published_at, "first_valid_from": cfg.assign.first_valid_from_ts,
+        }).localCheckpoint(eager=True)
+    counts = count_by(staged.where("merge_key IS NULL"), "CASE WHEN has_current THEN 'changed' ELSE 'new_items' END")
+    items_in = assigned.count()
+    metrics = {"items_in": items_in, "new_items": counts.get("new_items", 0), "changed": counts.get("changed", 0)}
+    metrics["unchanged"] = items_in - metrics["new_items"] - metrics["changed"]
+    if metrics["new_items"] + metrics["changed"]:
+        with timed(timings, "merge"):
+            _merge(spark, features, staged, published_at)
+    else:
+        log.info("assign: nothing changed; %s is left as it is (no commit)", features)
+    reconcile("assign items", items_in, {k: metrics[k] for k in ("new_items", "changed", "unchanged")})
+    with timed(timings, "views"):
+        create_feature_views(spark, cfg)
+    metrics.update({"cluster_version": version.cluster_version, **timings})
+    record = RunRecord(run_id, STAGE, None, None, started, metrics, config_json(cfg))
+    record.save(spark, t.qualified("pipeline_runs"))
+    assigned.unpersist()
+    staged.unpersist()
+    return AssignResult(record, version)
+
+
+def _merge(spark: SparkSession, table: str, staged: DataFrame, published_at) -> None:
+    """Close the changed items' current rows and insert their new ones: one commit."""
+    insert = {c: f"s.{c}" for c in ("item_id", "image_cluster_id", "cluster_similarity", "model_version",
+                                    "cluster_version", "valid_from")}
+    insert.update({"valid_to": "CAST(NULL AS TIMESTAMP)", "updated_at": "s.updated_at"})
+    source = staged.withColumn("updated_at", F.lit(published_at).cast("timestamp"))
+    (
+        DeltaTable.forName(spark, table).alias("t")
+        .merge(source.alias("s"), "t.item_id = s.merge_key AND t.valid_to IS NULL")
+        .whenMatchedUpdate(set={"valid_to": "s.updated_at", "updated_at": "s.updated_at"})
+        .whenNotMatchedInsert(values=insert)
+        .execute()
+    )

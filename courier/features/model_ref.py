@@ -1,0 +1,97 @@
+"""Which model a feature run uses: resolved ONCE, on the driver, to a concrete version.
+
+``models:/name@alias`` moves when someone promotes a model. Resolving it here,
+before any task starts, and writing the concrete version on every row means
+one run can never mix two models, and a later reader knows exactly which
+model produced each embedding.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from courier.model.serving import PreprocessingSpec
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+class ModelResolutionError(LookupError):
+    """The requested model, alias or version does not exist in the registry (the message names it)."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model pinned for one run.
+
+    Attributes:
+        requested_uri: what was asked for (an alias URI, a version URI, ``runs:/...``).
+        uri: the immutable URI the UDF loads (``models:/name/version`` for registry models).
+        model_version: what every output row records (the registry version, or the URI itself
+            for a model outside the registry).
+        spec: the model's own preprocessing (input size, mean, std).
+        embedding_dim: ``d`` of its output.
+    """
+
+    requested_uri: str
+    uri: str
+    model_version: str
+    spec: PreprocessingSpec
+    embedding_dim: int
+
+
+def default_model_uri(registered_model: str, alias: str) -> str:
+    return f"models:/{registered_model}@{alias}"
+
+
+def _registry_version(client, uri: str, tracking_uri: str) -> tuple[str, str]:
+    """(concrete URI, version) of a registry URI; ModelResolutionError naming what is missing."""
+    if match := _ALIAS_URI.match(uri):
+        name, alias = match["name"], match["alias"]
+        try:
+            version = client.get_model_version_by_alias(name, alias).version
+        except Exception as exc:  # noqa: BLE001 - MlflowException of several kinds: all mean "not there"
+            raise ModelResolutionError(
+                f"model {uri}: registered model {name!r} has no alias {alias!r} in the registry at "
+                f"{tracking_uri} ({str(exc).splitlines()[0]}). Train one (`courier train`) or pass --model URI."
+            ) from exc
+        return f"models:/{name}/{version}", str(version)
+    if match := _VERSION_URI.match(uri):
+        name, version = match["name"], match["version"]
+        try:
+            client.get_model_version(name, version)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelResolutionError(
+                f"model {uri}: registered model {name!r} has no version {version} in the registry at "
+                f"{tracking_uri} ({str(exc).splitlines()[0]})") from exc
+        return uri, version
+    raise ModelResolutionError(f"model {uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def resolve_model(tracking_uri: str, uri: str) -> ResolvedModel:
+    """Pin ``uri`` to a concrete model and read its preprocessing and output size.
+
+    Raises:
+        ModelResolutionError: the alias, version or model does not exist.
+        ValueError: the model does not describe its preprocessing (logged by an older courier).
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    if uri.startswith("models:/"):
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        concrete, version = _registry_version(client, uri, tracking_uri)
+    else:
+        concrete, version = uri, uri
+    try:
+        info = mlflow.models.get_model_info(concrete)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelResolutionError(f"model {concrete}: cannot read its MLflow model ({str(exc).splitlines()[0]})") from exc
+    spec = PreprocessingSpec.from_metadata(info.metadata, f"model {concrete}")
+    outputs = info.signature.outputs.inputs if info.signature and info.signature.outputs else []
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        raise ValueError(f"model {concrete}: expected one [N, d] output in its signature, got {outputs}")
+    return ResolvedModel(requested_uri=uri, uri=concrete, model_version=version, spec=spec,
+                         embedding_dim=int(outputs[0].shape[1]))
