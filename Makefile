@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 JARS   := .jars/.resolved-stamp
 
-.PHONY: setup demo test bench clean-warehouse
+.PHONY: setup setup-gpu demo test bench clean-warehouse
 
 setup: $(STAMP) $(JARS)
 
@@ -24,6 +24,13 @@ $(JARS): build/delta-jars.pom.xml
 	@command -v mvn >/dev/null || { echo "need mvn (Maven) on PATH to resolve the Delta Lake JARs"; exit 1; }
 	mvn -q -f build/delta-jars.pom.xml -Djars.dir=$(CURDIR)/.jars package
 	touch $@
+
+# A GPU machine: faiss-gpu REPLACES faiss-cpu (both install the module `faiss`; never both).
+# faiss-gpu-cu12 1.12.0 is the newest of its wheels that accepts numpy < 2 (1.13+ require numpy 2).
+FAISS_GPU := faiss-gpu-cu12==1.12.0
+setup-gpu: setup
+	$(PY) -m pip uninstall -q -y faiss-cpu
+	$(PY) -m pip install -q -c constraints.txt '$(FAISS_GPU)'
 
 demo: setup
 	$(VENV)/bin/courier demo

@@ -46,6 +46,8 @@ class SparkConfig:
     driver_memory: str = "4g"
     ui_enabled: bool = True
     log_level: str = "WARN"
+    # JVM log4j2 configuration (project-relative or absolute); None = Spark's or the cluster's own.
+    log4j_config: str | None = "conf/log4j2.properties"
     conf: dict[str, str] = field(default_factory=dict)
 
 

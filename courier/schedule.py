@@ -25,6 +25,9 @@ NIGHTLY_STEPS: tuple[Step, ...] = (
     Step("train", "train",
          ("--profile", "{{ params.profile }}", "--run-name", "courier-{{ ds }}"),
          upstream=("build_samples",)),
+    # New or changed item images only; then new items onto the current centroids (no re-fit).
+    Step("embed", "embed", ("--profile", "{{ params.profile }}"), upstream=("train",)),
+    Step("assign", "assign", ("--profile", "{{ params.profile }}"), upstream=("embed",)),
 )
 
 

@@ -58,6 +58,9 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         # Delta's own defaults are sized for clusters; 50 snapshot partitions dominate small jobs.
         "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.shuffle_partitions)),
     }
+    java_options = [f"-Dlog4j2.configurationFile=file:{resolve_path(cfg.log4j_config)}"] if cfg.log4j_config else []
+    if java_options:
+        conf["spark.driver.extraJavaOptions"] = " ".join(java_options)
     if cfg.master:
         conf["spark.master"] = cfg.master
     if cfg.jars_dir:
@@ -73,7 +76,7 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
                     f"jdbc:derby:;databaseName={warehouse}/metastore_db;create=true"
                 ),
                 # Keeps derby.log inside the warehouse instead of the working directory.
-                "spark.driver.extraJavaOptions": f"-Dderby.system.home={warehouse}",
+                "spark.driver.extraJavaOptions": " ".join([f"-Dderby.system.home={warehouse}", *java_options]),
                 "spark.hadoop.hive.metastore.warehouse.dir": warehouse,
             }
         )

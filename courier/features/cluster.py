@@ -163,6 +163,12 @@ def cluster_embeddings(spark: SparkSession, cfg: CourierConfig, run_id: str | No
         raise ClusteringError(f"cluster.k={c.k} is larger than the {n_items} items with embeddings of model version "
                               f"{model_version} in {embeddings}: lower cluster.k")
     previous = read_centroid_version(spark, centroids_table) if c.warm_start else None
+    if previous is not None and previous.model_version != model_version:
+        # Another model's centroids live in another embedding space: neither a useful start nor
+        # a meaningful id match. A new model starts a fresh id space (ids 0..k-1).
+        log.info("cluster version %d clustered model version %s, not %s: fitting from scratch",
+                 previous.cluster_version, previous.model_version, model_version)
+        previous = None
     init = _initial_centroids(previous, c.k, x, c.seed)
     gpu = c.use_gpu == "yes" or (c.use_gpu == "auto" and gpu_available())
     with timed(timings, "fit"):

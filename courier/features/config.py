@@ -60,8 +60,9 @@ class ClusterConfig:
         min_points_per_centroid: faiss warns below this many points per centroid.
         model_version: the encoder version whose embeddings are clustered; None = the
             newest version present in item_embeddings.
-        warm_start: initialise from the newest cluster version (of any model) and match
-            the new clusters to its ids, so ids stay stable across re-fits.
+        warm_start: initialise from the newest cluster version and match the new clusters
+            to its ids, so ids stay stable across re-fits. Only when that version clustered
+            the same model version: another model's embedding space starts fresh ids.
         use_gpu: ``auto`` uses faiss-gpu when it is installed and sees a GPU.
     """
 

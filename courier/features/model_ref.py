@@ -72,8 +72,8 @@ def resolve_model(tracking_uri: str, uri: str) -> ResolvedModel:
     """Pin ``uri`` to a concrete model and read its preprocessing and output size.
 
     Raises:
-        ModelResolutionError: the alias, version or model does not exist.
-        ValueError: the model does not describe its preprocessing (logged by an older courier).
+        ModelResolutionError: the alias, version or model does not exist, or the model does not
+            describe its preprocessing (logged by an older courier).
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -89,9 +89,12 @@ def resolve_model(tracking_uri: str, uri: str) -> ResolvedModel:
         info = mlflow.models.get_model_info(concrete)
     except Exception as exc:  # noqa: BLE001
         raise ModelResolutionError(f"model {concrete}: cannot read its MLflow model ({str(exc).splitlines()[0]})") from exc
-    spec = PreprocessingSpec.from_metadata(info.metadata, f"model {concrete}")
+    try:
+        spec = PreprocessingSpec.from_metadata(info.metadata, f"model {concrete}")
+    except ValueError as exc:
+        raise ModelResolutionError(str(exc)) from exc
     outputs = info.signature.outputs.inputs if info.signature and info.signature.outputs else []
     if len(outputs) != 1 or len(outputs[0].shape) != 2:
-        raise ValueError(f"model {concrete}: expected one [N, d] output in its signature, got {outputs}")
+        raise ModelResolutionError(f"model {concrete}: expected one [N, d] output in its signature, got {outputs}")
     return ResolvedModel(requested_uri=uri, uri=concrete, model_version=version, spec=spec,
                          embedding_dim=int(outputs[0].shape[1]))

@@ -9,6 +9,7 @@ from pyspark.sql import SparkSession
 
 from courier.config import CourierConfig
 from courier.sql_files import create_view
+from courier.tables import SchemaError
 
 # In creation order: later views read earlier ones.
 FEATURE_VIEWS: tuple[str, ...] = (
@@ -24,6 +25,10 @@ def create_feature_views(spark: SparkSession, cfg: CourierConfig) -> list[str]:
     t = cfg.tables
     tables = {name: t.qualified(name) for name in ("item_image_features", "item_images", "raw_impressions",
                                                    *FEATURE_VIEWS)}
+    for source in ("item_image_features", "item_images", "raw_impressions"):
+        if not spark.catalog.tableExists(tables[source]):
+            raise SchemaError(f"table {tables[source]} does not exist: the feature views read it "
+                              f"({', '.join(FEATURE_VIEWS)})")
     created = []
     for view in FEATURE_VIEWS:
         create_view(spark, f"features/{view}", tables[view], tables)

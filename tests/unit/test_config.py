@@ -19,6 +19,19 @@ def test_cluster_example_loads():
     cfg = load_config(str(CONF_DIR / "cluster.example.yaml"))
     assert cfg.spark.master is None and cfg.spark.catalog == "external"
     assert cfg.model.backbone == "swin_t" and cfg.train.use_gpu
+    assert cfg.cluster.k == 100_000 and cfg.embed.device == "auto" and cfg.spark.log4j_config is None
+
+
+@pytest.mark.parametrize("override,message", [
+    ("cluster.k=1", r"cluster.k must be >= 2, got 1"),
+    ("embed.device=tpu", r"embed.device must be one of"),
+    ("embed.arrow_batch_rows=0", r"embed.arrow_batch_rows must be positive"),
+    ("assign.first_valid_from=yesterday", r"assign.first_valid_from must be an ISO timestamp"),
+    ("cluster.min_points_per_centroid=500", r"min_points_per_centroid must be in 1..max_points_per_centroid"),
+])
+def test_feature_sections_are_validated_where_defined(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("local", [override])
 
 
 def test_overrides_are_typed():
@@ -56,6 +69,10 @@ def test_spark_conf_has_delta_and_derby_catalog(tmp_path):
     assert f"databaseName={tmp_path}/metastore_db" in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert any("delta-spark" in jar for jar in conf["spark.jars"].split(","))
+    # Both JVM options survive: derby.log in the warehouse, and the quiet log4j2 configuration.
+    java = conf["spark.driver.extraJavaOptions"]
+    assert f"-Dderby.system.home={tmp_path}" in java
+    assert "-Dlog4j2.configurationFile=file:" in java and java.endswith("conf/log4j2.properties")
 
 
 def test_missing_delta_jars_say_how_to_fix(tmp_path):
