@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -99,16 +99,24 @@ def read_centroid_version(spark: SparkSession, table: str, version: int | None =
         version = df.agg(F.max("cluster_version")).first()[0]
         if version is None:
             return None
-    rows = df.where(F.col("cluster_version") == version).orderBy("cluster_id").collect()
-    if not rows:
+    rows = df.where(F.col("cluster_version") == version)
+    model_version = rows.select("model_version").first()
+    if model_version is None:
         known = [r[0] for r in df.select("cluster_version").distinct().orderBy("cluster_version").collect()]
         raise ClusteringError(f"cluster version {version} is not in table {table} (versions: {known})")
-    return CentroidVersion(
-        cluster_version=int(version),
-        model_version=rows[0]["model_version"],
-        ids=np.array([r["cluster_id"] for r in rows], dtype=np.int64),
-        centroids=np.array([r["centroid"] for r in rows], dtype=np.float32),
-    )
+    ids, centroids = vectors(rows.orderBy("cluster_id"), "cluster_id", "centroid")
+    return CentroidVersion(cluster_version=int(version), model_version=model_version[0],
+                           ids=ids.astype(np.int64), centroids=centroids)
+
+
+def vectors(df: DataFrame, key: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys [n], float32 [n, d]) of an ARRAY<FLOAT> column, through Arrow (1e5 centroids or a
+    2.56e7-row sample would crawl through Row objects)."""
+    table = df.select(key, column).toArrow()
+    flat = table.column(column).combine_chunks()
+    d = len(flat[0]) if len(flat) else 0
+    x = flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(flat), d)
+    return table.column(key).to_numpy(), x
 
 
 def sample_embeddings(spark: SparkSession, table: str, model_version: str, k: int,
@@ -127,10 +135,7 @@ def sample_embeddings(spark: SparkSession, table: str, model_version: str, k: in
     if n > budget:
         # 5% headroom so the Bernoulli sample rarely falls short of the budget.
         df = df.sample(fraction=min(1.0, 1.05 * budget / n), seed=seed)
-    table_arrow = df.select("item_id", "embedding").orderBy("item_id").toArrow()
-    flat = table_arrow.column("embedding").combine_chunks()
-    d = len(flat[0]) if len(flat) else 0
-    x = flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(flat), d)
+    _, x = vectors(df.select("item_id", "embedding").orderBy("item_id"), "item_id", "embedding")
     return x, n
 
 

@@ -39,24 +39,21 @@ def export_mmrec(spark: SparkSession, cfg: CourierConfig, out_dir: str | Path,
     Raises:
         ValueError: the embeddings table holds nothing for that model version.
     """
-    from courier.features.cluster import latest_model_version
+    from courier.features.cluster import latest_model_version, vectors
 
     table = cfg.tables.qualified("item_embeddings")
     version = model_version or latest_model_version(spark, table)
-    arrow = (spark.table(table).where(F.col("model_version") == version)
-             .select("item_id", "embedding").orderBy("item_id").toArrow())
-    if arrow.num_rows == 0:
+    item_ids, features = vectors(spark.table(table).where(F.col("model_version") == version).orderBy("item_id"),
+                                 "item_id", "embedding")
+    if len(item_ids) == 0:
         raise ValueError(f"table {table} holds no embeddings of model version {version}")
-    flat = arrow.column("embedding").combine_chunks()
-    dim = len(flat[0])
-    features = flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(arrow.num_rows, dim)
-    item_ids = arrow.column("item_id").to_numpy()
+    dim = features.shape[1]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "image_feat.npy", features)
     lines = ["item_id\titemID", *(f"{raw}\t{i}" for i, raw in enumerate(item_ids))]
     (out / "i_id_mapping.csv").write_text("\n".join(lines) + "\n")
     (out / "export.json").write_text(json.dumps({
-        "format": "mmrec", "table": table, "model_version": version, "items": int(arrow.num_rows), "dim": dim,
+        "format": "mmrec", "table": table, "model_version": version, "items": len(item_ids), "dim": dim,
         "order": "ascending item_id; row i of image_feat.npy is itemID i", "l2_normalised": True}, indent=2))
-    return ExportResult(out, int(arrow.num_rows), dim, version)
+    return ExportResult(out, len(item_ids), dim, version)

@@ -14,6 +14,8 @@ from courier.model.serving import PreprocessingSpec
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+# models:/name/latest or /Production move like an alias but cannot be pinned the same way.
+_MOVING_URI = re.compile(r"^models:/[^/@]+/[^/]+$")
 
 
 class ModelResolutionError(LookupError):
@@ -65,7 +67,7 @@ def _registry_version(client, uri: str, tracking_uri: str) -> tuple[str, str]:
                 f"model {uri}: registered model {name!r} has no version {version} in the registry at "
                 f"{tracking_uri} ({str(exc).splitlines()[0]})") from exc
         return uri, version
-    raise ModelResolutionError(f"model {uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    raise AssertionError(f"not a registry URI: {uri}")  # resolve_model only passes matching URIs
 
 
 def resolve_model(tracking_uri: str, uri: str) -> ResolvedModel:
@@ -80,10 +82,13 @@ def resolve_model(tracking_uri: str, uri: str) -> ResolvedModel:
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    if uri.startswith("models:/"):
+    if _MOVING_URI.match(uri) and not _VERSION_URI.match(uri):
+        raise ModelResolutionError(f"model {uri}: a stage or 'latest' reference moves and is not pinned by courier; "
+                                   "pass an alias (models:/<name>@<alias>) or a version (models:/<name>/<version>)")
+    if _ALIAS_URI.match(uri) or _VERSION_URI.match(uri):
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         concrete, version = _registry_version(client, uri, tracking_uri)
-    else:
+    else:  # runs:/..., a logged model's models:/m-<id>, a path: immutable, so the URI is the version
         concrete, version = uri, uri
     try:
         info = mlflow.models.get_model_info(concrete)

@@ -107,7 +107,9 @@ def embedding_map(spark: SparkSession, cfg: CourierConfig, path: Path) -> Path:
     xy = pca_2d(np.array([row["embedding"] for row in rows], dtype=np.float32))
     panels = [("category", [row["category"] or "unknown" for row in rows])]
     if with_styles:
-        panels.append(("hidden style (ground truth, evaluation only)", [row["style_id"] for row in rows]))
+        # -1: an item the ground truth does not know (added after the shop was generated).
+        panels.append(("hidden style (ground truth, evaluation only)",
+                       [-1 if row["style_id"] is None else row["style_id"] for row in rows]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
     for ax, (title, labels) in zip(axes[0], panels):
         _scatter(ax, xy, labels, title)

@@ -81,8 +81,9 @@ def test_udf_embeddings_equal_a_plain_torch_loop(spark, cfg, first_run, register
 def test_embeddings_do_not_depend_on_batch_composition(spark, cfg, first_run, registered_encoder):
     images = _images(spark, cfg)
     ids = sorted(images)[:40]
+    # torch_threads=0 leaves this process's thread count alone: later tests compare runs made with the default.
     predict = make_predict_fn(_model_uri(cfg, registered_encoder), resolve_tracking_uri(cfg.mlflow.tracking_uri),
-                              cfg.samples.image_size, cfg.model.embedding_dim, "cpu", 1)()
+                              cfg.samples.image_size, cfg.model.embedding_dim, "cpu", 0)()
     jpegs = np.array([images[i] for i in ids], dtype=object)
     whole = predict(jpegs)["embedding"]
     singles = np.concatenate([predict(jpegs[i:i + 1])["embedding"] for i in range(len(ids))])
@@ -155,6 +156,8 @@ def test_a_missing_model_version_is_a_clear_error(spark, cfg, first_run):
         embed_items(spark, cfg, model_uri=f"models:/{cfg.mlflow.registered_model}/999")
     with pytest.raises(ModelResolutionError, match=r"no alias 'nowhere'"):
         embed_items(spark, cfg, model_uri=f"models:/{cfg.mlflow.registered_model}@nowhere")
+    with pytest.raises(ModelResolutionError, match=r"a stage or 'latest' reference moves"):
+        embed_items(spark, cfg, model_uri=f"models:/{cfg.mlflow.registered_model}/latest")
 
 
 def test_items_without_a_usable_image_go_to_rejects_and_counts_reconcile(spark, cfg, first_run):
