@@ -92,8 +92,17 @@ def test_killed_run_resumes_to_the_same_weights(shop_config: CourierConfig, snap
     assert resumed["model"].keys() == expected["model"].keys()
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(resumed["model"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
-    for a, b in zip(resumed["optimizer"]["state"].values(), expected["optimizer"]["state"].values()):
-        torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=1e-6, atol=1e-9)
+    # Every optimizer state field of every parameter (Adam: step, exp_avg, exp_avg_sq), and the groups.
+    opt_resumed, opt_expected = resumed["optimizer"], expected["optimizer"]
+    assert opt_resumed["state"].keys() == opt_expected["state"].keys()
+    assert len(opt_expected["state"]) == len(expected["model"]) - sum(
+        1 for k in expected["model"] if k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    for param, fields in opt_expected["state"].items():
+        assert opt_resumed["state"][param].keys() == fields.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        for field, value in fields.items():
+            torch.testing.assert_close(opt_resumed["state"][param][field], value, rtol=1e-6, atol=1e-9,
+                                       msg=f"optimizer state {param}.{field}")
+    assert opt_resumed["param_groups"] == opt_expected["param_groups"]
     # The loss curve of the resumed run (carried in its checkpoints) matches step by step.
     assert [h["step"] for h in resumed["history"]] == [h["step"] for h in expected["history"]]
     for a, b in zip(resumed["history"], expected["history"]):
