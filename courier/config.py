@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from courier.ctr.config import CtrConfig, CtrSamplesConfig
 from courier.features.config import AssignConfig, ClusterConfig, EmbedConfig, ReportConfig
 from courier.model.config import LossConfig, ModelConfig
 from courier.world.config import WorldConfig
@@ -73,6 +74,7 @@ class TablesConfig:
     cluster_summary: str = "cluster_summary"
     category_clusters: str = "category_clusters"
     cluster_click_share_daily: str = "cluster_click_share_daily"
+    ctr_samples: str = "ctr_samples"
 
     def qualified(self, name: str) -> str:
         """``database.table`` for a table attribute name, e.g. ``qualified("rejects")``."""
@@ -158,6 +160,8 @@ class CourierConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     assign: AssignConfig = field(default_factory=AssignConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    ctr_samples: CtrSamplesConfig = field(default_factory=CtrSamplesConfig)
+    ctr: CtrConfig = field(default_factory=CtrConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

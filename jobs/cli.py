@@ -9,6 +9,7 @@
     courier assign [--cluster-version V]        # every item -> its nearest centroid: item_image_features + views
     courier report [--out DIR]                  # cluster image grid and embedding map (PNGs)
     courier export-features --format mmrec OUT  # image_feat.npy + i_id_mapping.csv for MMRec
+    courier ctr-samples --start D --end D       # raw_impressions + as-of item_image_features -> ctr_samples
     courier demo                                # everything above on the embedded default, then a summary
     courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
 
@@ -147,6 +148,14 @@ def cmd_export_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ctr_samples(args: argparse.Namespace) -> int:
+    from courier.ctr.samples import build_ctr_samples
+
+    cfg = _config(args)
+    print(build_ctr_samples(_spark(cfg), cfg, args.start, args.end).summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from courier.demo import run_demo
 
@@ -204,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("mmrec",), required=True)
     p.add_argument("--model-version", help="model version to export (default: the newest embedded)")
     p.add_argument("out_dir", metavar="OUT")
+    p = add("ctr-samples", cmd_ctr_samples, "build ctr_samples: impressions, point-in-time history, as-of image features")
+    p.add_argument("--start", type=_date, required=True, help="first dt (YYYY-MM-DD)")
+    p.add_argument("--end", type=_date, required=True, help="last dt (YYYY-MM-DD), inclusive")
     add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
     p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
     p.add_argument("query", nargs="?")

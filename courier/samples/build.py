@@ -258,12 +258,22 @@ def sample_views(
         "l_pv": int(s.l_pv),
         "l_click": int(s.l_click),
     }
+    checked, page_views = click_history_views(spark, args)
+    draft = run_sql_file(spark, "samples/samples_draft", args).persist(StorageLevel.MEMORY_AND_DISK)
+    return SampleViews(args, checked, page_views, draft)
+
+
+def click_history_views(spark: SparkSession, args: dict[str, Any]) -> tuple[DataFrame, DataFrame]:
+    """Run impressions_checked -> page_views -> click_history; the first two, persisted.
+
+    ``args`` holds the parameters of the three files (``l_click`` sets the history
+    length). The CTR samples reuse them with their own, longer history.
+    """
     # Persisted: each is read by several later steps (and the views share the cached plans).
     checked = run_sql_file(spark, "samples/impressions_checked", args).persist(StorageLevel.MEMORY_AND_DISK)
     page_views = run_sql_file(spark, "samples/page_views", args).persist(StorageLevel.MEMORY_AND_DISK)
-    run_sql_file(spark, "samples/click_history", args, literals={"l_click_preceding": s.l_click - 1})
-    draft = run_sql_file(spark, "samples/samples_draft", args).persist(StorageLevel.MEMORY_AND_DISK)
-    return SampleViews(args, checked, page_views, draft)
+    run_sql_file(spark, "samples/click_history", args, literals={"l_click_preceding": int(args["l_click"]) - 1})
+    return checked, page_views
 
 
 def _sample_metrics(checked_in_range: DataFrame, draft: DataFrame) -> dict[str, int]:

@@ -1,0 +1,23 @@
+-- Every valid impression of the requested range, one row each, with its label,
+-- the item's category and the user's latest clicks strictly before the page
+-- view (click_history: point-in-time, oldest to newest, length :l_click).
+--
+-- Unlike the COURIER samples nothing is down-sampled and no page view is
+-- dropped: a CTR model is evaluated on what users were shown. An impression
+-- without history keeps an empty history.
+--
+-- Parameters: :raw_items (table), :start_dt, :end_dt (DATE). Reads the temp
+-- views impressions_checked and click_history of the sample SQL.
+WITH items AS (
+  SELECT CAST(item_id AS BIGINT) AS item_id, any_value(category) AS category
+  FROM IDENTIFIER(:raw_items)
+  WHERE item_id IS NOT NULL
+  GROUP BY 1
+)
+SELECT
+  c.request_id, c.user_id, c.item_id, i.category, c.query, c.position, c.event_ts,
+  c.clicked AS label, h.history_item_ids, c.dt
+FROM impressions_checked c
+JOIN click_history h USING (request_id)
+JOIN items i USING (item_id)
+WHERE c.reject_reason IS NULL AND c.dt BETWEEN :start_dt AND :end_dt
