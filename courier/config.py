@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 import yaml
 
 from courier.ctr.config import CtrConfig, CtrSamplesConfig
+from courier.experiment.config import ExperimentConfig
 from courier.features.config import AssignConfig, ClusterConfig, EmbedConfig, ReportConfig
 from courier.model.config import LossConfig, ModelConfig
 from courier.world.config import WorldConfig
@@ -130,6 +131,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest step checkpoints kept per run (the final one always)
     # torch.use_deterministic_algorithms; CPU runs are deterministic without it.
     deterministic: bool = False
+    # What `courier train` optimises: "courier" (method.md), or a baseline of the CTR
+    # comparison: "random_init" registers the network at its seeded initial weights.
+    objective: str = "courier"
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class CourierConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     ctr_samples: CtrSamplesConfig = field(default_factory=CtrSamplesConfig)
     ctr: CtrConfig = field(default_factory=CtrConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

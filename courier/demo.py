@@ -7,6 +7,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
+from courier.experiment.run import run_experiment
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings
 from courier.features.embed import embed_items
@@ -18,6 +19,11 @@ from courier.world_tables import write_world
 
 # A demo trains for a few minutes on CPU, not an epoch; set train.max_steps to change it.
 DEMO_TRAIN_STEPS = 120
+# The short CTR comparison of the demo: no feature, the oracle and the COURIER model the
+# demo just published, one seed, two epochs (`courier experiment` runs the whole table).
+DEMO_EXPERIMENT = ("experiment.variants=[none,oracle,published]", "experiment.seeds=[0]", "experiment.usages=[]",
+                   "experiment.out_dir=warehouse/demo-experiment",
+                   "experiment.results_md=warehouse/demo-experiment/RESULTS.md", "ctr.max_epochs=2")
 
 
 def world_date_range(cfg: CourierConfig) -> tuple[dt.date, dt.date]:
@@ -29,7 +35,7 @@ def describe_tables(spark: SparkSession, cfg: CourierConfig) -> str:
     """Where each table lives, its Delta version and row count."""
     lines = [f"{'table':<36} {'rows':>10} {'version':>8}  location"]
     for attr in ("raw_items", "raw_impressions", "item_images", "courier_samples", "courier_training_rows",
-                 "item_embeddings", "cluster_centroids", "item_image_features",
+                 "item_embeddings", "cluster_centroids", "item_image_features", "ctr_samples",
                  "rejects", "pipeline_runs", "eval_item_styles", "eval_user_preferences"):
         name = cfg.tables.qualified(attr)
         if not spark.catalog.tableExists(name):
@@ -55,6 +61,17 @@ def describe_views(spark: SparkSession, cfg: CourierConfig) -> str:
     return "\n".join(lines)
 
 
+def _short_experiment(spark: SparkSession, cfg: CourierConfig):
+    """DEMO_EXPERIMENT from scratch: the demo rebuilt the shop, so earlier results are stale."""
+    import shutil
+
+    from courier.spark import resolve_path
+
+    exp_cfg = cfg.replace(list(DEMO_EXPERIMENT))
+    shutil.rmtree(resolve_path(exp_cfg.experiment.out_dir), ignore_errors=True)
+    return run_experiment(spark, exp_cfg)
+
+
 def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
     """Generate the shop, build its samples, train briefly, embed -> cluster -> assign, report, summarise."""
     world = write_world(spark, cfg)
@@ -66,6 +83,7 @@ def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
     clustered = cluster_embeddings(spark, cfg)
     assigned = assign_items(spark, cfg)
     report = write_report(spark, cfg)
+    experiment = _short_experiment(spark, cfg)
     example = (
         spark.table(cfg.tables.qualified("courier_samples"))
         .orderBy("event_ts", "request_id")
@@ -84,6 +102,8 @@ def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
         "tables:\n" + describe_tables(spark, cfg),
         "views:\n" + describe_views(spark, cfg),
         report.summary(),
+        "CTR lift of the published Cluster-IDs (short experiment; the full table: courier experiment):\n"
+        + experiment.table() + f"\n  report: {experiment.files['report']}",
         f"example sample: {example.asDict() if example else None}",
         "query them:\n"
         f"  .venv/bin/courier sql \"SELECT * FROM {q('courier_samples')} LIMIT 5\"\n"

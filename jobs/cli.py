@@ -10,6 +10,7 @@
     courier report [--out DIR]                  # cluster image grid and embedding map (PNGs)
     courier export-features --format mmrec OUT  # image_feat.npy + i_id_mapping.csv for MMRec
     courier ctr-samples --start D --end D       # raw_impressions + as-of item_image_features -> ctr_samples
+    courier experiment                          # the CTR comparison of experiment.variants: RESULTS.md + report
     courier demo                                # everything above on the embedded default, then a summary
     courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
 
@@ -43,7 +44,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("py4j", "matplotlib", "PIL", "urllib3"):
+    for noisy in ("py4j", "matplotlib", "PIL", "urllib3", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -156,6 +157,16 @@ def cmd_ctr_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from courier.experiment.run import run_experiment
+
+    cfg = _config(args)
+    summary = run_experiment(_spark(cfg), cfg)
+    print(summary.table())
+    print(f"\nreport: {summary.files['report']}\nresults: {summary.files['results_md']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from courier.demo import run_demo
 
@@ -216,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ctr-samples", cmd_ctr_samples, "build ctr_samples: impressions, point-in-time history, as-of image features")
     p.add_argument("--start", type=_date, required=True, help="first dt (YYYY-MM-DD)")
     p.add_argument("--end", type=_date, required=True, help="last dt (YYYY-MM-DD), inclusive")
+    add("experiment", cmd_experiment, "run the CTR comparison (experiment.variants x seeds), resumable; "
+        "write RESULTS.md and the HTML report")
     add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
     p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
     p.add_argument("query", nargs="?")
@@ -227,11 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that name what is wrong (a table, column, key, model): printed as one line, no trace."""
     from courier.config import ConfigError
+    from courier.ctr.data import CtrDataError
     from courier.features.cluster import ClusteringError
     from courier.features.model_ref import ModelResolutionError
     from courier.tables import ReconciliationError, SchemaError
 
-    return ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError
+    return ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

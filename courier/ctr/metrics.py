@@ -73,15 +73,23 @@ class Lift:
 
 def paired_bootstrap_lift(labels: np.ndarray, variant: np.ndarray, baseline: np.ndarray, resamples: int = 200,
                           confidence: float = 0.95, seed: int = 0) -> Lift:
-    """Lift of ``variant`` over ``baseline`` scores; both rescored on the same resampled impressions."""
+    """Lift of ``variant`` over ``baseline`` scores, both rescored on the same resampled impressions.
+
+    Scores are [N], or [S, N] for S seeds (seed s of the variant paired with seed s of the
+    baseline): the lift is then the mean over seeds, in every resample as in the estimate.
+    """
     labels = np.asarray(labels)
+    variant, baseline = np.atleast_2d(variant), np.atleast_2d(baseline)
+    if variant.shape != baseline.shape or variant.shape[1] != len(labels):
+        raise ValueError(f"scores {variant.shape} / {baseline.shape} do not pair with {len(labels)} labels")
+
+    def lift(idx: np.ndarray | slice) -> float:
+        y = labels[idx]
+        return float(np.mean([auc(y, v[idx]) - auc(y, b[idx]) for v, b in zip(variant, baseline)]))
+
     rng = np.random.default_rng(seed)
     n = len(labels)
-    deltas = np.empty(resamples)
-    for i in range(resamples):
-        idx = rng.integers(0, n, n)
-        deltas[i] = auc(labels[idx], variant[idx]) - auc(labels[idx], baseline[idx])
+    deltas = np.array([lift(rng.integers(0, n, n)) for _ in range(resamples)])
     tail = (1 - confidence) / 2 * 100
     low, high = np.nanpercentile(deltas, [tail, 100 - tail])
-    return Lift(100 * (auc(labels, variant) - auc(labels, baseline)), 100 * float(low), 100 * float(high),
-                resamples)
+    return Lift(100 * lift(slice(None)), 100 * float(low), 100 * float(high), resamples)

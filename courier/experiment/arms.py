@@ -1,0 +1,75 @@
+"""The arms of the CTR comparison and the warehouse tables each one reads or writes.
+
+An arm is (variant, image usage, k). Encoder variants write their own feature
+tables, prefixed ``exp_<variant>_`` in the warehouse database, so the comparison
+never touches the tables `courier assign` publishes; ``published`` reads those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from courier.config import CourierConfig
+from courier.experiment.config import ENCODER_VARIANTS, ExperimentConfig
+
+FEATURE_TABLES = ("item_embeddings", "cluster_centroids", "item_image_features", "ctr_samples",
+                  "item_clusters_current", "cluster_summary", "category_clusters", "cluster_click_share_daily")
+PER_K_TABLES = ("cluster_centroids", "item_image_features", "ctr_samples", "item_clusters_current",
+                "cluster_summary", "category_clusters", "cluster_click_share_daily")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the results table."""
+
+    variant: str
+    usage: str  # ctr.image_usage
+    k: int | None = None  # None: cluster.k, or no clustering (none, oracle)
+
+    @property
+    def name(self) -> str:
+        parts = [self.variant]
+        if self.usage not in ("none", "cluster_id") or self.variant in ("courier", "published"):
+            parts.append(self.usage)
+        if self.k is not None:
+            parts.append(f"k{self.k}")
+        return "/".join(parts)
+
+    @property
+    def key(self) -> str:
+        """File-name safe name."""
+        return self.name.replace("/", "__")
+
+
+def arms(exp: ExperimentConfig) -> list[Arm]:
+    """Every arm the experiment runs, ``none`` first."""
+    out = [Arm("none", "none")]
+    for variant in exp.variants:
+        if variant == "none":
+            continue
+        out.append(Arm(variant, "cluster_id"))
+        if variant in ("courier", "published"):
+            out += [Arm(variant, usage) for usage in exp.usages]
+            if variant == "courier":
+                out += [Arm(variant, "cluster_id", k) for k in exp.k_values]
+    return out
+
+
+def variant_config(cfg: CourierConfig, variant: str, k: int | None = None) -> CourierConfig:
+    """``cfg`` pointed at the variant's own tables and registered model (``published``: unchanged)."""
+    if variant not in ENCODER_VARIANTS:
+        return cfg
+    prefix = f"exp_{variant}_"
+    overrides = [f"tables.{t}={prefix}{t}" for t in FEATURE_TABLES]
+    overrides += [*ENCODER_VARIANTS[variant], f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}",
+                  f"report.out_dir={cfg.experiment.out_dir}/{variant}"]
+    if cfg.experiment.train_steps is not None:
+        overrides.append(f"train.max_steps={cfg.experiment.train_steps}")
+    if k is not None:
+        overrides += [f"tables.{t}={prefix}k{k}_{t}" for t in PER_K_TABLES] + [f"cluster.k={k}"]
+    return cfg.replace(overrides)
+
+
+def base_config(cfg: CourierConfig) -> CourierConfig:
+    """Tables of the feature-less ctr_samples that ``none`` and ``oracle`` read."""
+    return cfg.replace(["tables.ctr_samples=exp_base_ctr_samples",
+                        "tables.item_image_features=exp_base_no_item_image_features"])

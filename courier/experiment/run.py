@@ -1,0 +1,225 @@
+"""``courier experiment``: the whole comparison table, resumable, tracked in MLflow.
+
+    per encoder variant (once): courier train -> embed -> cluster -> assign -> ctr-samples
+        (its own exp_<variant>_* tables; extra k values re-cluster the same embeddings)
+    per arm and seed: the DIN CTR model on the same train / validation / test days
+    -> lifts against ``none`` (paired, per seed and bootstrapped) -> RESULTS.md + report.html
+
+State lives in ``experiment.out_dir``: ``state.json`` (the encoders built, the MLflow
+parent run) and ``results/<arm>__seed<s>.json|.npy`` per finished CTR model, so a
+re-run recomputes nothing that finished and a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from courier.config import CourierConfig
+from courier.spark import resolve_path
+from courier.ctr.data import CtrDataError, ImageFeatureOverride, ImageVectors
+from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
+from courier.experiment.arms import Arm, arms, base_config, variant_config
+from courier.experiment.config import ENCODER_VARIANTS
+from courier.train import tracking
+
+log = logging.getLogger(__name__)
+MLFLOW_EXPERIMENT_SUFFIX = "-ctr-experiment"
+
+
+@dataclass
+class ArmResult:
+    """One CTR model of one arm and seed: its metrics and its test scores."""
+
+    arm: str
+    seed: int
+    metrics: dict[str, float]
+    scores: np.ndarray
+
+
+@dataclass
+class ExperimentState:
+    """What a run of the experiment has finished (state.json)."""
+
+    path: Path
+    parent_run_id: str | None = None
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> "ExperimentState":
+        path = out_dir / "state.json"
+        if not path.is_file():
+            return cls(path)
+        data = json.loads(path.read_text())
+        return cls(path, data.get("parent_run_id"), data.get("encoders", {}))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"parent_run_id": self.parent_run_id, "encoders": self.encoders}, indent=2))
+        tmp.replace(self.path)  # atomic: a kill never leaves half a state file
+
+
+def date_range(spark: SparkSession, cfg: CourierConfig) -> tuple[dt.date, dt.date]:
+    """experiment.start/end, or the dt range of raw_impressions."""
+    e = cfg.experiment
+    if e.start and e.end:
+        return dt.date.fromisoformat(e.start), dt.date.fromisoformat(e.end)
+    row = spark.table(cfg.tables.qualified("raw_impressions")).selectExpr("min(dt) AS lo", "max(dt) AS hi").first()
+    if row["lo"] is None:
+        raise CtrDataError(f"table {cfg.tables.qualified('raw_impressions')} is empty")
+    return (dt.date.fromisoformat(e.start) if e.start else row["lo"],
+            dt.date.fromisoformat(e.end) if e.end else row["hi"])
+
+
+def build_encoder_features(spark: SparkSession, cfg: CourierConfig, variant: str, start: dt.date, end: dt.date,
+                           k_values: tuple[int, ...] = ()) -> dict[str, Any]:
+    """train -> embed -> cluster -> assign -> ctr-samples for one encoder variant (and each extra k)."""
+    from courier.ctr.samples import build_ctr_samples
+    from courier.features.assign import assign_items
+    from courier.features.cluster import cluster_embeddings
+    from courier.features.embed import embed_items
+    from courier.train.launch import run_training
+
+    vcfg = variant_config(cfg, variant)
+    trained = run_training(vcfg, spark=spark, run_name=f"experiment-{variant}", distributed=False)
+    model_uri = f"models:/{vcfg.mlflow.registered_model}/{trained.model_version}"
+    embed_items(spark, vcfg, model_uri=model_uri, full=True)
+    for k in (None, *k_values):
+        kcfg = variant_config(cfg, variant, k)
+        cluster_embeddings(spark, kcfg)
+        assign_items(spark, kcfg)
+        build_ctr_samples(spark, kcfg, start, end)
+    return {"model_version": trained.model_version, "mlflow_run_id": trained.mlflow_run_id,
+            "train_steps": trained.result.get("global_step", 0)}
+
+
+def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummary":
+    """Run (or continue) the comparison of ``cfg.experiment``; write RESULTS.md and the report."""
+    from courier.ctr.samples import build_ctr_samples
+    from courier.experiment.report import ExperimentSummary, summarise, write_report
+
+    e = cfg.experiment
+    out_dir = Path(resolve_path(e.out_dir))
+    state = ExperimentState.load(out_dir)
+    if e.generate_world:
+        _generate_shop(spark, cfg)
+    start, end = date_range(spark, cfg)
+    parent = _parent_run(cfg, state)
+    for variant in e.variants:
+        if variant in ENCODER_VARIANTS and variant not in state.encoders:
+            log.info("experiment: building the features of encoder variant %s", variant)
+            state.encoders[variant] = build_encoder_features(spark, cfg, variant, start, end,
+                                                             e.k_values if variant == "courier" else ())
+            state.save()
+    # none and oracle ignore or replace the image features: they share a ctr_samples table,
+    # the published one when it is an arm, else one built without features.
+    shared_cfg = cfg if "published" in e.variants else base_config(cfg)
+    shared = "published" if "published" in e.variants else "base"
+    if shared not in state.encoders:
+        build_ctr_samples(spark, shared_cfg, start, end)
+        state.encoders[shared] = {"ctr_samples": shared_cfg.tables.qualified("ctr_samples")}
+        state.save()
+
+    results: dict[str, list[ArmResult]] = {}
+    datasets: dict[str, CtrDataset] = {}
+    reference = _dataset(spark, shared_cfg, start, end, datasets)  # the test labels every arm is scored on
+    for arm in arms(e):
+        results[arm.name] = [
+            _arm_result(spark, cfg, arm, seed, start, end, shared_cfg, datasets, out_dir, parent) for seed in e.seeds]
+    summary = summarise(cfg, results, reference, state)
+    write_report(spark, cfg, summary, out_dir)
+    tracking.client(tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)).set_terminated(parent, "FINISHED")
+    return summary
+
+
+def _arm_result(spark: SparkSession, cfg: CourierConfig, arm: Arm, seed: int, start: dt.date, end: dt.date,
+                shared_cfg: CourierConfig, datasets: dict[str, CtrDataset], out_dir: Path, parent: str) -> ArmResult:
+    """The finished result of (arm, seed) from disk, or trained now and saved."""
+    stem = out_dir / "results" / f"{arm.key}__seed{seed}"
+    if stem.with_suffix(".json").is_file() and stem.with_suffix(".npy").is_file():
+        return ArmResult(arm.name, seed, json.loads(stem.with_suffix(".json").read_text())["metrics"],
+                         np.load(stem.with_suffix(".npy")))
+    acfg = shared_cfg if arm.variant in ("none", "oracle") else variant_config(cfg, arm.variant, arm.k)
+    data = _dataset(spark, acfg, start, end, datasets)
+    images = None
+    if arm.variant == "oracle":
+        data = data.with_override(ImageFeatureOverride.from_table(
+            spark, cfg.tables.qualified("eval_item_styles"), "style_id", "oracle"))
+    if arm.usage in ("vector", "simscore"):
+        (version,) = data.model_versions or (None,)
+        if version is None:
+            raise CtrDataError(f"{acfg.tables.qualified('ctr_samples')} holds no model version for {arm.name}")
+        images = ImageVectors.from_table(spark, acfg.tables.qualified("item_embeddings"), version)
+    log.info("experiment: CTR model %s, seed %d", arm.name, seed)
+    result = evaluate_variant(data, with_usage(cfg.ctr, arm.usage, seed), arm.name, images=images)
+    metrics = result.metrics()
+    _log_child(cfg, parent, arm, seed, metrics)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    np.save(stem.with_suffix(".npy"), result.scores)
+    stem.with_suffix(".json").write_text(json.dumps({"arm": arm.name, "seed": seed, "metrics": metrics}, indent=2))
+    return ArmResult(arm.name, seed, metrics, result.scores)
+
+
+def _dataset(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date,
+             cache: dict[str, CtrDataset]) -> CtrDataset:
+    """ctr_samples of ``cfg``, read once per table; every table must hold the same impressions, in order."""
+    table = cfg.tables.qualified("ctr_samples")
+    if table not in cache:
+        data = CtrDataset.load(spark, cfg, start, end)
+        for other_table, other in cache.items():
+            if not (np.array_equal(other.test.request_id, data.test.request_id)
+                    and np.array_equal(other.test.item_id, data.test.item_id)):
+                raise CtrDataError(f"{table} and {other_table} do not hold the same test impressions: "
+                                   "rebuild them for the same range (courier ctr-samples)")
+        cache[table] = data
+    return cache[table]
+
+
+def _parent_run(cfg: CourierConfig, state: ExperimentState) -> str:
+    """The MLflow parent run of this experiment (re-opened on resume)."""
+    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    mlc = tracking.client(uri)
+    if state.parent_run_id:
+        mlc.update_run(state.parent_run_id, status="RUNNING")
+        return state.parent_run_id
+    experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment + MLFLOW_EXPERIMENT_SUFFIX,
+                                               cfg.mlflow.artifact_location)
+    params = tracking.flatten({"experiment": cfg.to_dict()["experiment"], "ctr": cfg.to_dict()["ctr"]})
+    state.parent_run_id = tracking.create_run(uri, experiment_id, "ctr-experiment", params,
+                                              {tracking.TAG_GIT: tracking.git_revision()})
+    state.save()
+    return state.parent_run_id
+
+
+def _log_child(cfg: CourierConfig, parent: str, arm: Arm, seed: int, metrics: dict[str, float]) -> None:
+    """One child run per (arm, seed) under the parent, with the arm's parameters and test metrics."""
+    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    mlc = tracking.client(uri)
+    experiment_id = mlc.get_run(parent).info.experiment_id
+    run_id = tracking.create_run(uri, experiment_id, f"{arm.name} seed {seed}",
+                                 {"variant": arm.variant, "image_usage": arm.usage, "k": str(arm.k or cfg.cluster.k),
+                                  "seed": str(seed)},
+                                 {"mlflow.parentRunId": parent})
+    from mlflow.entities import Metric
+
+    now = 0
+    mlc.log_batch(run_id, metrics=[Metric(k.replace("/", "_"), float(v), now, 0) for k, v in metrics.items()
+                                   if np.isfinite(v)])
+    mlc.set_terminated(run_id, "FINISHED")
+
+
+def _generate_shop(spark: SparkSession, cfg: CourierConfig) -> None:
+    """The synthetic shop and its samples, for an experiment from nothing."""
+    from courier.samples.build import build_samples
+    from courier.world_tables import write_world
+
+    write_world(spark, cfg)
+    first = cfg.world.start.date()
+    build_samples(spark, cfg, first, first + dt.timedelta(days=cfg.world.days - 1))
