@@ -131,9 +131,11 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest step checkpoints kept per run (the final one always)
     # torch.use_deterministic_algorithms; CPU runs are deterministic without it.
     deterministic: bool = False
-    # What `courier train` optimises: "courier" (method.md), or a baseline of the CTR
-    # comparison: "random_init" registers the network at its seeded initial weights.
+    # What `courier train` optimises: "courier" (method.md), or an image-only baseline of the
+    # CTR comparison (courier/train/baselines.py): "random_init" (no step), "label_aligned"
+    # (predict the item's category), "simclr" (augmented views, NT-Xent at simclr_tau).
     objective: str = "courier"
+    simclr_tau: float = 0.2
 
 
 @dataclass(frozen=True)

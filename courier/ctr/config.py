@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from courier.checks import require
+
 IMAGE_USAGES: tuple[str, ...] = ("none", "vector", "simscore", "cluster_id")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -34,11 +31,11 @@ class CtrSamplesConfig:
     test_days: int = 3
 
     def __post_init__(self) -> None:
-        _require(self.l_click >= 1, f"ctr_samples.l_click must be >= 1, got {self.l_click}")
-        _require(self.history_lookback_days >= 0,
+        require(self.l_click >= 1, f"ctr_samples.l_click must be >= 1, got {self.l_click}")
+        require(self.history_lookback_days >= 0,
                  f"ctr_samples.history_lookback_days must be >= 0, got {self.history_lookback_days}")
-        _require(self.validation_days >= 1, f"ctr_samples.validation_days must be >= 1, got {self.validation_days}")
-        _require(self.test_days >= 1, f"ctr_samples.test_days must be >= 1, got {self.test_days}")
+        require(self.validation_days >= 1, f"ctr_samples.validation_days must be >= 1, got {self.validation_days}")
+        require(self.test_days >= 1, f"ctr_samples.test_days must be >= 1, got {self.test_days}")
 
 
 @dataclass(frozen=True)
@@ -81,16 +78,16 @@ class CtrConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.image_usage in IMAGE_USAGES,
+        require(self.image_usage in IMAGE_USAGES,
                  f"ctr.image_usage must be one of {IMAGE_USAGES}, got {self.image_usage!r}")
-        _require(self.embedding_dim >= 2, f"ctr.embedding_dim must be >= 2, got {self.embedding_dim}")
-        _require(self.heads >= 1 and self.embedding_dim % self.heads == 0,
+        require(self.embedding_dim >= 2, f"ctr.embedding_dim must be >= 2, got {self.embedding_dim}")
+        require(self.heads >= 1 and self.embedding_dim % self.heads == 0,
                  f"ctr.heads must divide ctr.embedding_dim ({self.embedding_dim}), got {self.heads}")
-        _require(len(self.mlp_dims) >= 1 and all(d >= 1 for d in self.mlp_dims),
+        require(len(self.mlp_dims) >= 1 and all(d >= 1 for d in self.mlp_dims),
                  f"ctr.mlp_dims must be positive widths, got {self.mlp_dims}")
-        _require(0.0 <= self.dropout < 1.0, f"ctr.dropout must be in [0, 1), got {self.dropout}")
-        _require(self.batch_size >= 1, f"ctr.batch_size must be >= 1, got {self.batch_size}")
-        _require(self.lr > 0 and self.weight_decay >= 0, "ctr.lr must be > 0 and ctr.weight_decay >= 0")
-        _require(self.max_epochs >= 1 and self.patience >= 1, "ctr.max_epochs and ctr.patience must be >= 1")
-        _require(self.min_item_count >= 1, f"ctr.min_item_count must be >= 1, got {self.min_item_count}")
-        _require(self.threads >= 0, f"ctr.threads must be >= 0, got {self.threads}")
+        require(0.0 <= self.dropout < 1.0, f"ctr.dropout must be in [0, 1), got {self.dropout}")
+        require(self.batch_size >= 1, f"ctr.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0 and self.weight_decay >= 0, "ctr.lr must be > 0 and ctr.weight_decay >= 0")
+        require(self.max_epochs >= 1 and self.patience >= 1, "ctr.max_epochs and ctr.patience must be >= 1")
+        require(self.min_item_count >= 1, f"ctr.min_item_count must be >= 1, got {self.min_item_count}")
+        require(self.threads >= 0, f"ctr.threads must be >= 0, got {self.threads}")

@@ -4,12 +4,15 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 
+from courier.checks import require
 from courier.ctr.config import IMAGE_USAGES
 
 # Every arm of the comparison. "published" is whatever `courier assign` last published in
 # the warehouse's own tables (the demo's COURIER model); the others train their own encoder.
 ENCODER_VARIANTS: dict[str, tuple[str, ...]] = {
     "random_init": ("train.objective=random_init",),
+    "label_aligned": ("train.objective=label_aligned",),
+    "simclr": ("train.objective=simclr",),
     "courier": (),
     "courier_no_ucs": ("loss.ablation=no_ucs",),
     "courier_no_contrast": ("loss.ablation=no_contrast",),
@@ -18,11 +21,6 @@ ENCODER_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 FIXED_VARIANTS: tuple[str, ...] = ("none", "oracle", "published")
 VARIANTS: tuple[str, ...] = FIXED_VARIANTS + tuple(ENCODER_VARIANTS)
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -43,8 +41,9 @@ class ExperimentConfig:
         generate_world: generate the synthetic shop and build its samples first.
     """
 
-    variants: tuple[str, ...] = ("none", "oracle", "random_init", "courier", "courier_no_ucs", "courier_no_contrast",
-                                 "courier_no_reconstruction", "courier_no_neg_pv")
+    variants: tuple[str, ...] = ("none", "oracle", "random_init", "label_aligned", "simclr", "courier",
+                                 "courier_no_ucs", "courier_no_contrast", "courier_no_reconstruction",
+                                 "courier_no_neg_pv")
     seeds: tuple[int, ...] = (0, 1, 2)
     usages: tuple[str, ...] = ("vector", "simscore")
     k_values: tuple[int, ...] = ()
@@ -58,13 +57,13 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
-        _require(not unknown, f"experiment.variants: unknown {unknown}; known: {list(VARIANTS)}")
-        _require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+        require(not unknown, f"experiment.variants: unknown {unknown}; known: {list(VARIANTS)}")
+        require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
                  f"experiment.seeds must be distinct and at least one, got {self.seeds}")
         bad_usages = [u for u in self.usages if u not in IMAGE_USAGES or u == "none"]
-        _require(not bad_usages, f"experiment.usages: {bad_usages} are not image usages of {IMAGE_USAGES[1:]}")
-        _require(all(k >= 2 for k in self.k_values), f"experiment.k_values must be >= 2, got {self.k_values}")
-        _require(self.train_steps is None or self.train_steps >= 1,
+        require(not bad_usages, f"experiment.usages: {bad_usages} are not image usages of {IMAGE_USAGES[1:]}")
+        require(all(k >= 2 for k in self.k_values), f"experiment.k_values must be >= 2, got {self.k_values}")
+        require(self.train_steps is None or self.train_steps >= 1,
                  f"experiment.train_steps must be >= 1 or null, got {self.train_steps}")
         for name in ("start", "end"):
             value = getattr(self, name)
@@ -73,5 +72,5 @@ class ExperimentConfig:
                     _dt.date.fromisoformat(value)
                 except ValueError:
                     raise ValueError(f"experiment.{name} must be an ISO date, got {value!r}") from None
-        _require(self.bootstrap_resamples >= 10,
+        require(self.bootstrap_resamples >= 10,
                  f"experiment.bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}")

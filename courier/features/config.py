@@ -9,12 +9,9 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 
+from courier.checks import require
+
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -39,11 +36,11 @@ class EmbedConfig:
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        _require(self.batch_size > 0, f"embed.batch_size must be positive, got {self.batch_size}")
-        _require(self.arrow_batch_rows > 0, f"embed.arrow_batch_rows must be positive, got {self.arrow_batch_rows}")
-        _require(self.device in DEVICES, f"embed.device must be one of {DEVICES}, got {self.device!r}")
-        _require(self.torch_threads >= 0, f"embed.torch_threads must be >= 0, got {self.torch_threads}")
-        _require(self.model_uri is None or self.model_uri.strip() != "", "embed.model_uri must be null or a URI")
+        require(self.batch_size > 0, f"embed.batch_size must be positive, got {self.batch_size}")
+        require(self.arrow_batch_rows > 0, f"embed.arrow_batch_rows must be positive, got {self.arrow_batch_rows}")
+        require(self.device in DEVICES, f"embed.device must be one of {DEVICES}, got {self.device!r}")
+        require(self.torch_threads >= 0, f"embed.torch_threads must be >= 0, got {self.torch_threads}")
+        require(self.model_uri is None or self.model_uri.strip() != "", "embed.model_uri must be null or a URI")
 
 
 @dataclass(frozen=True)
@@ -76,12 +73,12 @@ class ClusterConfig:
     use_gpu: str = "auto"
 
     def __post_init__(self) -> None:
-        _require(self.k >= 2, f"cluster.k must be >= 2, got {self.k}")
-        _require(self.niter >= 1, f"cluster.niter must be >= 1, got {self.niter}")
-        _require(self.max_points_per_centroid >= 1, "cluster.max_points_per_centroid must be >= 1")
-        _require(1 <= self.min_points_per_centroid <= self.max_points_per_centroid,
+        require(self.k >= 2, f"cluster.k must be >= 2, got {self.k}")
+        require(self.niter >= 1, f"cluster.niter must be >= 1, got {self.niter}")
+        require(self.max_points_per_centroid >= 1, "cluster.max_points_per_centroid must be >= 1")
+        require(1 <= self.min_points_per_centroid <= self.max_points_per_centroid,
                  "cluster.min_points_per_centroid must be in 1..max_points_per_centroid")
-        _require(self.use_gpu in ("auto", "yes", "no"), f"cluster.use_gpu must be auto, yes or no, got {self.use_gpu!r}")
+        require(self.use_gpu in ("auto", "yes", "no"), f"cluster.use_gpu must be auto, yes or no, got {self.use_gpu!r}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ class AssignConfig:
     first_valid_from: str = "1970-01-01T00:00:00"
 
     def __post_init__(self) -> None:
-        _require(self.cluster_version is None or self.cluster_version >= 1,
+        require(self.cluster_version is None or self.cluster_version >= 1,
                  f"assign.cluster_version must be null or >= 1, got {self.cluster_version}")
         try:
             _dt.datetime.fromisoformat(self.first_valid_from)
@@ -129,4 +126,4 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         for name in ("grid_clusters", "grid_items", "map_items"):
-            _require(getattr(self, name) >= 1, f"report.{name} must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"report.{name} must be >= 1, got {getattr(self, name)}")

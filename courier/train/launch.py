@@ -24,9 +24,9 @@ from courier.train.errors import ResumeError, TrainingDataError
 from courier.train.rundir import RESULT, RunManifest, frozen_config_differences, new_run_name
 from courier.train import tracking
 
-# train.objective: what `courier train` optimises. The label-aligned and SimCLR baselines of
-# the CTR comparison (issue 8) are not built yet.
-OBJECTIVES = ("courier", "random_init")
+# train.objective: what `courier train` optimises: COURIER, or an image-only baseline of the
+# CTR comparison (courier/train/baselines.py).
+OBJECTIVES = ("courier", "random_init", "label_aligned", "simclr")
 
 log = logging.getLogger("courier.train")
 
@@ -57,9 +57,10 @@ class TrainResult:
 
     def summary(self) -> str:
         r = self.result
-        if r.get("objective") == "random_init":
-            return (f"training run {self.run_name} (MLflow run {self.mlflow_run_id}): the encoder at its initial "
-                    f"weights, registered as version {self.model_version}")
+        if r.get("objective", "courier") != "courier":
+            loss = f", loss {r['history'][0]['loss']:.3f} -> {r['history'][-1]['loss']:.3f}" if r["history"] else ""
+            return (f"training run {self.run_name} (MLflow run {self.mlflow_run_id}): objective {r['objective']}, "
+                    f"{r['global_step']} steps{loss}, registered as version {self.model_version}")
         lines = [
             f"training run {self.run_name} (MLflow run {self.mlflow_run_id})",
             f"  snapshot        {self.snapshot['table']} v{self.snapshot['version']}, {self.snapshot['total_rows']:,} rows",
@@ -96,6 +97,8 @@ def check_train_config(cfg: CourierConfig) -> None:
             problems.append(f"train.{name} must be positive, got {getattr(tc, name)}")
     if tc.objective not in OBJECTIVES:
         problems.append(f"train.objective must be one of {OBJECTIVES}, got {tc.objective!r}")
+    if tc.simclr_tau <= 0:
+        problems.append(f"train.simclr_tau must be positive, got {tc.simclr_tau}")
     if tc.max_steps is not None and tc.max_steps <= 0:
         problems.append(f"train.max_steps must be positive or null, got {tc.max_steps}")
     if not 0.0 <= tc.holdout_fraction < 1.0:
@@ -286,39 +289,6 @@ def _export_encoder(cfg: CourierConfig, checkpoint: Path, image_size: int) -> An
     return EmbeddingModel(model.encoder, spec).eval()
 
 
-def register_initial_encoder(cfg: CourierConfig, run_name: str | None = None) -> TrainResult:
-    """``train.objective=random_init``: log and register the encoder at its initial weights for train.seed.
-
-    The CTR comparison's floor: what a network knows about images before any
-    training. Tracked and registered like a trained model, so the same feature
-    stages run on it.
-    """
-    from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
-    from courier.model.serving import EmbeddingModel, PreprocessingSpec
-    import torch
-
-    from courier.train.loop import build_model
-
-    tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    run_name = run_name or new_run_name()
-    experiment_id = tracking.ensure_experiment(tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
-    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_dict()),
-                                 {"courier.objective": "random_init", tracking.TAG_GIT: tracking.git_revision()})
-    model_cfg = dataclasses.replace(cfg.model, compile=False, gradient_checkpointing=False)
-    model = build_model(dataclasses.replace(cfg, model=model_cfg), torch.device("cpu"), cfg.train.seed)
-    spec = PreprocessingSpec(cfg.samples.image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD)))
-    exported = EmbeddingModel(model.encoder, spec).eval()
-    version = tracking.log_encoder(tracking_uri, run_id, exported, spec, embedding_dim=cfg.model.embedding_dim,
-                                   registered_model=cfg.mlflow.registered_model or None, alias=cfg.mlflow.alias)
-    mlc = tracking.client(tracking_uri)
-    if version is not None:
-        mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
-    mlc.set_terminated(run_id, "FINISHED")
-    result = {"objective": "random_init", "global_step": 0, "steps_per_epoch": 0, "images_per_s": 0.0,
-              "history": [], "eval": {}, "final_checkpoint": ""}
-    return TrainResult(run_name, Path(), run_id, {}, None, result, version)
-
-
 def run_training(
     cfg: CourierConfig,
     *,
@@ -346,8 +316,10 @@ def run_training(
         ResumeError: the run to resume cannot be found or would not continue the same run.
     """
     check_train_config(cfg)
-    if cfg.train.objective == "random_init":
-        return register_initial_encoder(cfg, run_name)
+    if cfg.train.objective != "courier":
+        from courier.train.baselines import train_image_baseline
+
+        return train_image_baseline(cfg, spark, run_name)
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     run_dir = existing_run_dir(cfg, run_name, resume)
     if run_dir is None:

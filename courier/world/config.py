@@ -10,6 +10,7 @@ import datetime as _dt
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from courier.checks import require
 from courier.world.shapes import SHAPES
 from courier.world.styles import N_STYLES
 
@@ -94,31 +95,26 @@ class WorldConfig:
         return cls(**dict(values))
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
 def _validate(cfg: WorldConfig) -> None:
     try:
         _dt.date.fromisoformat(cfg.start_date)
     except ValueError as err:
         raise ValueError(f"start_date must be an ISO date: {err}") from None
-    _require(1 <= cfg.n_categories <= len(SHAPES), f"n_categories must be in 1..{len(SHAPES)}")
-    _require(32 <= cfg.image_size <= 224, "image_size must be in 32..224")
-    _require(cfg.items_per_page >= 1, "items_per_page must be >= 1")
+    require(1 <= cfg.n_categories <= len(SHAPES), f"n_categories must be in 1..{len(SHAPES)}")
+    require(32 <= cfg.image_size <= 224, "image_size must be in 32..224")
+    require(cfg.items_per_page >= 1, "items_per_page must be >= 1")
     # Every page is full, so every category needs at least one page of items.
-    _require(cfg.n_items // cfg.n_categories >= cfg.items_per_page,
+    require(cfg.n_items // cfg.n_categories >= cfg.items_per_page,
              "n_items // n_categories must be >= items_per_page")
-    _require(cfg.n_users >= 1 and cfg.n_page_views >= 1, "n_users and n_page_views must be >= 1")
-    _require(cfg.days >= 1, "days must be >= 1")
-    _require(1 <= cfg.categories_per_user <= cfg.n_categories,
+    require(cfg.n_users >= 1 and cfg.n_page_views >= 1, "n_users and n_page_views must be >= 1")
+    require(cfg.days >= 1, "days must be >= 1")
+    require(1 <= cfg.categories_per_user <= cfg.n_categories,
              "categories_per_user must be in 1..n_categories")
-    _require(0.0 <= cfg.category_focus <= 1.0, "category_focus must be in [0, 1]")
-    _require(1 <= cfg.styles_per_user <= N_STYLES, f"styles_per_user must be in 1..{N_STYLES}")
-    _require(cfg.batch_page_views >= 1, "batch_page_views must be >= 1")
-    _require(cfg.item_age_days >= 1, "item_age_days must be >= 1")
-    _require(cfg.render_threads >= 0, "render_threads must be >= 0")
-    _require(cfg.popularity_sigma >= 0 and cfg.user_activity_sigma >= 0 and cfg.user_bias_sd >= 0
+    require(0.0 <= cfg.category_focus <= 1.0, "category_focus must be in [0, 1]")
+    require(1 <= cfg.styles_per_user <= N_STYLES, f"styles_per_user must be in 1..{N_STYLES}")
+    require(cfg.batch_page_views >= 1, "batch_page_views must be >= 1")
+    require(cfg.item_age_days >= 1, "item_age_days must be >= 1")
+    require(cfg.render_threads >= 0, "render_threads must be >= 0")
+    require(cfg.popularity_sigma >= 0 and cfg.user_activity_sigma >= 0 and cfg.user_bias_sd >= 0
              and cfg.click_noise_sd >= 0 and cfg.pixel_noise >= 0, "spreads must be >= 0")
-    _require(0.0 <= cfg.split_jitter < 0.5, "split_jitter must be in [0, 0.5)")
+    require(0.0 <= cfg.split_jitter < 0.5, "split_jitter must be in [0, 0.5)")
