@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
 from courier.ctr.evaluate import CtrDataset
-from courier.ctr.metrics import Lift, auc, paired_bootstrap_lift
+from courier.ctr.metrics import Lift, paired_bootstrap_lift
 from courier.spark import resolve_path
 
 if TYPE_CHECKING:

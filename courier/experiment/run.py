@@ -14,20 +14,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pyspark.sql import SparkSession
 
 from courier.config import CourierConfig
-from courier.spark import resolve_path
 from courier.ctr.data import CtrDataError, ImageFeatureOverride, ImageVectors
 from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
 from courier.experiment.arms import Arm, arms, base_config, variant_config
 from courier.experiment.config import ENCODER_VARIANTS
+from courier.spark import resolve_path
 from courier.train import tracking
+
+if TYPE_CHECKING:
+    from courier.experiment.report import ExperimentSummary
 
 log = logging.getLogger(__name__)
 MLFLOW_EXPERIMENT_SUFFIX = "-ctr-experiment"
@@ -103,7 +107,7 @@ def build_encoder_features(spark: SparkSession, cfg: CourierConfig, variant: str
 def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummary":
     """Run (or continue) the comparison of ``cfg.experiment``; write RESULTS.md and the report."""
     from courier.ctr.samples import build_ctr_samples
-    from courier.experiment.report import ExperimentSummary, summarise, write_report
+    from courier.experiment.report import summarise, write_report
 
     e = cfg.experiment
     out_dir = Path(resolve_path(e.out_dir))
@@ -200,6 +204,8 @@ def _parent_run(cfg: CourierConfig, state: ExperimentState) -> str:
 
 def _log_child(cfg: CourierConfig, parent: str, arm: Arm, seed: int, metrics: dict[str, float]) -> None:
     """One child run per (arm, seed) under the parent, with the arm's parameters and test metrics."""
+    from mlflow.entities import Metric
+
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     mlc = tracking.client(uri)
     experiment_id = mlc.get_run(parent).info.experiment_id
@@ -207,11 +213,8 @@ def _log_child(cfg: CourierConfig, parent: str, arm: Arm, seed: int, metrics: di
                                  {"variant": arm.variant, "image_usage": arm.usage, "k": str(arm.k or cfg.cluster.k),
                                   "seed": str(seed)},
                                  {"mlflow.parentRunId": parent})
-    from mlflow.entities import Metric
-
-    now = 0
-    mlc.log_batch(run_id, metrics=[Metric(k.replace("/", "_"), float(v), now, 0) for k, v in metrics.items()
-                                   if np.isfinite(v)])
+    now = int(time.time() * 1000)
+    mlc.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)])
     mlc.set_terminated(run_id, "FINISHED")
 
 
