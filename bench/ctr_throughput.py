@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ctr_throughput.py                     # 100k impressions, history 20, 2 epochs
     .venv/bin/python bench/ctr_throughput.py --rows 200000 --history 50
+    .venv/bin/python bench/ctr_throughput.py --embedding-dim 8      # the demo's CTR model
 
 The impressions are synthetic (demo-shop sizes: 3,000 items, 2,000 users, 6
 categories, 192 clusters, 256-d unit embeddings); each usage trains the same
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--history", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--embedding-dim", type=int, default=CtrConfig().embedding_dim)
     args = parser.parse_args()
     data = synthetic(args.rows, args.history)
     validation = synthetic(args.rows // 10, args.history, seed=1)
@@ -47,7 +49,8 @@ def main() -> None:
     images = ImageVectors.from_arrays(np.arange(3000), x / np.linalg.norm(x, axis=1, keepdims=True))
     results = {}
     for usage in ("none", "cluster_id", "simscore", "vector"):
-        cfg = dataclasses.replace(CtrConfig(), image_usage=usage, max_epochs=args.epochs, patience=args.epochs)
+        cfg = dataclasses.replace(CtrConfig(), image_usage=usage, max_epochs=args.epochs, patience=args.epochs,
+                                  embedding_dim=args.embedding_dim)
         vocab = Vocabularies.fit(data, 1, n_clusters=192)
         t0 = time.perf_counter()
         fit = fit_ctr(cfg, vocab, encode(data, vocab, images), encode(validation, vocab, images), images.matrix)
@@ -57,7 +60,7 @@ def main() -> None:
     for usage, r in results.items():
         r["ratio_to_none"] = r["impressions_per_s"] / base
         print(f"{usage:<11} {r['impressions_per_s']:>10,.0f} impressions/s  ({r['ratio_to_none']:.2f}x none)")
-    print(json.dumps({"rows": args.rows, "history": args.history, "epochs": args.epochs, "results": results}))
+    print(json.dumps({"rows": args.rows, "embedding_dim": args.embedding_dim, "history": args.history, "epochs": args.epochs, "results": results}))
 
 
 if __name__ == "__main__":

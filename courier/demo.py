@@ -22,8 +22,8 @@ from courier.world_tables import write_world
 DEMO_TRAIN_STEPS = 120
 DEMO_TRAIN = ("train.eval_init_baseline=false",)
 # The short CTR comparison of the demo: no feature, the oracle and the COURIER model the
-# demo just published, one seed, two epochs of a CTR model with 8-wide embeddings (1.75x
-# the throughput of the default 16; `courier experiment` runs the whole table).
+# demo just published, one seed, two epochs of a CTR model with 8-wide embeddings (faster
+# than the default 16: docs/BENCHMARKS.md; `courier experiment` runs the whole table).
 DEMO_EXPERIMENT = ("experiment.variants=[none,oracle,published]", "experiment.seeds=[0]", "experiment.usages=[]",
                    "experiment.out_dir=warehouse/demo-experiment",
                    "experiment.results_md=warehouse/demo-experiment/RESULTS.md", "ctr.max_epochs=2",
