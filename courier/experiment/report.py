@@ -42,6 +42,16 @@ class ArmSummary:
     share_of_oracle: float | None
     lift_by_category: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def interval_text(self) -> str:
+        """``[low, high]`` of the bootstrap, or "" for the baseline."""
+        return f"[{self.bootstrap.low:+.2f}, {self.bootstrap.high:+.2f}]" if self.bootstrap else ""
+
+    @property
+    def share_text(self) -> str:
+        """The share of the oracle's lift as a percentage, or ""."""
+        return f"{100 * self.share_of_oracle:.0f}%" if self.share_of_oracle is not None else ""
+
 
 @dataclass
 class ExperimentSummary:
@@ -60,10 +70,8 @@ class ExperimentSummary:
         head = f"{'arm':<32} {'seeds':>5} {'test AUC':>16} {'lift (pts)':>16} {'95% CI':>16} {'of oracle':>9}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
-            ci = f"[{r.bootstrap.low:+.2f}, {r.bootstrap.high:+.2f}]" if r.bootstrap else ""
-            share = f"{100 * r.share_of_oracle:.0f}%" if r.share_of_oracle is not None else ""
             lines.append(f"{r.arm:<32} {r.seeds:>5} {r.auc_mean:>9.4f} ±{r.auc_sd:.4f} "
-                         f"{r.lift_mean:>+9.2f} ±{r.lift_sd:.2f} {ci:>16} {share:>9}")
+                         f"{r.lift_mean:>+9.2f} ±{r.lift_sd:.2f} {r.interval_text:>16} {r.share_text:>9}")
         return "\n".join(lines)
 
 
@@ -203,10 +211,8 @@ def _markdown(cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> 
         "|---|---|---|---|---|---|---|",
     ]
     for r in summary.rows:
-        ci = f"[{r.bootstrap.low:+.2f}, {r.bootstrap.high:+.2f}]" if r.bootstrap else ""
-        share = f"{100 * r.share_of_oracle:.0f}%" if r.share_of_oracle is not None else ""
         lines.append(f"| {r.arm} | {r.seeds} | {r.auc_mean:.4f} ± {r.auc_sd:.4f} | {r.lift_mean:+.2f} ± "
-                     f"{r.lift_sd:.2f} | {ci} | {r.gauc_lift_mean:+.2f} | {share} |")
+                     f"{r.lift_sd:.2f} | {r.interval_text} | {r.gauc_lift_mean:+.2f} | {r.share_text} |")
     if summary.style:
         lines += ["", "| encoder | train steps | style 10-NN within category | style NMI | category NMI |",
                   "|---|---|---|---|---|"]
@@ -227,8 +233,7 @@ def _html(summary: ExperimentSummary, out_dir: Path) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r.arm)}</td><td>{r.seeds}</td><td>{r.auc_mean:.4f} ± {r.auc_sd:.4f}</td>"
         f"<td>{r.lift_mean:+.2f} ± {r.lift_sd:.2f}</td>"
-        f"<td>{'' if not r.bootstrap else f'[{r.bootstrap.low:+.2f}, {r.bootstrap.high:+.2f}]'}</td>"
-        f"<td>{'' if r.share_of_oracle is None else f'{100 * r.share_of_oracle:.0f}%'}</td></tr>"
+        f"<td>{r.interval_text}</td><td>{r.share_text}</td></tr>"
         for r in summary.rows)
     style_rows = "".join(
         f"<tr><td>{html.escape(v)}</td><td>{s['style_knn10']:.3f}</td><td>{s['style_nmi']:.3f}</td>"
