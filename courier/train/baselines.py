@@ -143,9 +143,7 @@ def _fit(cfg: CourierConfig, model: _Objective, images: np.ndarray, labels: np.n
 
 def train_image_baseline(cfg: CourierConfig, spark: Any = None, run_name: str | None = None) -> Any:
     """Run ``courier train`` with an image-only objective (``IMAGE_OBJECTIVES``); a TrainResult."""
-    from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
-    from courier.model.serving import EmbeddingModel, PreprocessingSpec
-    from courier.train.launch import TrainResult
+    from courier.train.launch import TrainResult, embedding_model
     from courier.train.loop import build_model
     from courier.train.rundir import new_run_name
 
@@ -166,10 +164,9 @@ def train_image_baseline(cfg: CourierConfig, spark: Any = None, run_name: str | 
             wrapped = _Objective(model.encoder, objective, cfg.model.embedding_dim, int(labels.max()) + 1,
                                  cfg.train.simclr_tau)
             history = _fit(cfg, wrapped, images, labels, run_id, tracking_uri)
-        spec = PreprocessingSpec(cfg.samples.image_size, tuple(map(float, IMAGENET_MEAN)),
-                                 tuple(map(float, IMAGENET_STD)))
-        exported = EmbeddingModel(model.encoder, spec).eval()
-        version = tracking.log_encoder(tracking_uri, run_id, exported, spec, embedding_dim=cfg.model.embedding_dim,
+        exported = embedding_model(model.encoder, cfg.samples.image_size)
+        version = tracking.log_encoder(tracking_uri, run_id, exported, exported.spec,
+                                       embedding_dim=cfg.model.embedding_dim,
                                        registered_model=cfg.mlflow.registered_model or None, alias=cfg.mlflow.alias)
         if version is not None:
             mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)

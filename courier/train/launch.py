@@ -278,15 +278,21 @@ def _export_encoder(cfg: CourierConfig, checkpoint: Path, image_size: int) -> An
     An EmbeddingModel: uint8 images [N,3,S,S] -> L2-normalised [N,d], normalised with
     the training loader's own mean/std.
     """
-    from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
     from courier.model import CourierModel
-    from courier.model.serving import EmbeddingModel, PreprocessingSpec
 
     model_cfg = dataclasses.replace(cfg.model, compile=False, gradient_checkpointing=False, pretrained_weights_path=None)
     model = CourierModel(model_cfg, cfg.loss)
     model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
+    return embedding_model(model.encoder, image_size)
+
+
+def embedding_model(encoder: Any, image_size: int) -> Any:
+    """``encoder`` as the registered EmbeddingModel, with the training loader's normalisation, in eval mode."""
+    from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
+    from courier.model.serving import EmbeddingModel, PreprocessingSpec
+
     spec = PreprocessingSpec(image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD)))
-    return EmbeddingModel(model.encoder, spec).eval()
+    return EmbeddingModel(encoder, spec).eval()
 
 
 def run_training(
