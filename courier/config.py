@@ -136,6 +136,13 @@ class TrainConfig:
     # (predict the item's category), "simclr" (augmented views, NT-Xent at simclr_tau).
     objective: str = "courier"
     simclr_tau: float = 0.2
+    # How the loader forms batches: "none" (rows of a shuffle window in random order) or
+    # "query" (one query after another within each window, so the in-batch negatives share
+    # the page views' category: harder than a random other category's items).
+    batch_grouping: str = "none"
+    # Files (row groups) whose rows are shuffled together: larger windows mix more (and give
+    # purer query groups) at the cost of decoded memory (the loader logs its estimate).
+    shuffle_window: int = 4
 
 
 @dataclass(frozen=True)

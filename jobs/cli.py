@@ -48,8 +48,9 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _config(args: argparse.Namespace) -> CourierConfig:
-    cfg = load_config(args.profile, args.set)
+def _config(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> CourierConfig:
+    """The profile, then a command's own ``defaults``, then the user's ``--set`` overrides."""
+    cfg = load_config(args.profile, [*defaults, *args.set])
     log.info("resolved config (profile %s):\n%s", args.profile, cfg.to_yaml())
     return cfg
 
@@ -168,9 +169,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from courier.demo import run_demo
+    from courier.demo import DEMO_DEFAULTS, run_demo
 
-    cfg = _config(args)
+    cfg = _config(args, DEMO_DEFAULTS)
     print(run_demo(_spark(cfg), cfg))
     return 0
 

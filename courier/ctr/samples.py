@@ -93,6 +93,7 @@ def _sample_frames(spark: SparkSession, cfg: CourierConfig, start: dt.date, end:
         "l_click": s.l_click,
     }
     checked, page_views = click_history_views(spark, args)
+    run_sql_file(spark, "ctr/ctr_items", args)
     impressions = run_sql_file(spark, "ctr/ctr_impressions", args).persist(StorageLevel.MEMORY_AND_DISK)
     features = _item_image_features(spark, cfg)
     _as_of(spark, "ctr_impressions", features, "candidate_features")

@@ -35,6 +35,9 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 #   request_keys   int64   []                  (63-bit hash of request_id: which rows a step saw)
 BATCH_KEYS = ("pv_images", "pv_labels", "click_images", "click_mask", "pv_item_ids", "click_item_ids",
               "request_keys")
+# Decoded beside the batch keys, for the loader only (never yielded):
+#   group_keys     int64   []                  (63-bit hash of the page view's query: train.batch_grouping)
+DECODED_KEYS = BATCH_KEYS + ("group_keys",)
 
 
 class DecodeError(ValueError):
@@ -95,9 +98,9 @@ def normalise_images(images: np.ndarray, out: np.ndarray | None = None) -> np.nd
     return out
 
 
-def request_key(request_id: str) -> int:
-    """Stable 63-bit key of a request id (the same in every process, unlike ``hash``)."""
-    digest = hashlib.blake2b(request_id.encode("utf-8"), digest_size=8).digest()
+def stable_key(text: str) -> int:
+    """Stable 63-bit key of a request id or query (the same in every process, unlike ``hash``)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -114,6 +117,7 @@ class RowDecoder:
         n = table.num_rows
         return self._decode(
             request_ids=table.column("request_id").to_pylist(),
+            queries=table.column("query").to_pylist(),
             pv_ids=self._arrow_matrix(table, "pv_item_ids", self.l_pv, np.int64),
             pv_labels=self._arrow_matrix(table, "pv_labels", self.l_pv, np.int64),
             click_ids=self._arrow_matrix(table, "click_item_ids", self.l_click, np.int64),
@@ -125,6 +129,7 @@ class RowDecoder:
         """From the pandas frame Petastorm hands a TransformSpec (list cells are numpy arrays)."""
         return self._decode(
             request_ids=list(frame["request_id"]),
+            queries=list(frame["query"]),
             pv_ids=self._frame_matrix(frame, "pv_item_ids", self.l_pv, np.int64),
             pv_labels=self._frame_matrix(frame, "pv_labels", self.l_pv, np.int64),
             click_ids=self._frame_matrix(frame, "click_item_ids", self.l_click, np.int64),
@@ -135,6 +140,7 @@ class RowDecoder:
     def _decode(
         self,
         request_ids: Sequence[str],
+        queries: Sequence[str | None],
         pv_ids: np.ndarray,        # [n, l_pv]
         pv_labels: np.ndarray,     # [n, l_pv]
         click_ids: np.ndarray,     # [n, l_click]
@@ -154,8 +160,9 @@ class RowDecoder:
             "click_mask": click_valid,
             "pv_item_ids": pv_ids,
             "click_item_ids": click_ids,
-            "request_keys": np.fromiter((request_key(r) for r in request_ids), dtype=np.int64,
+            "request_keys": np.fromiter((stable_key(r) for r in request_ids), dtype=np.int64,
                                         count=len(request_ids)),
+            "group_keys": np.fromiter((stable_key(q or "") for q in queries), dtype=np.int64, count=len(queries)),
         }
 
     def _decode_slots(self, jpegs: Sequence[bytes], ids: np.ndarray, request_ids: Sequence[str]) -> np.ndarray:

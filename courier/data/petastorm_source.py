@@ -27,7 +27,7 @@ from petastorm.reader import Reader, normalize_dataset_url_or_urls
 from petastorm.transform import TransformSpec
 from petastorm.workers_pool.thread_pool import ThreadPool
 
-from courier.data.decode import BATCH_KEYS, RowDecoder
+from courier.data.decode import DECODED_KEYS, RowDecoder
 from courier.data.plan import EpochPlan
 from courier.data.sharded import Columns, FileChunk, ShardedBatchSource
 from courier.data.snapshot import LOADER_COLUMNS
@@ -63,9 +63,9 @@ class DecodeTransform:
         self.row_shapes: dict[str, tuple[int, ...]] = {
             "pv_images": (d.l_pv, 3, s, s), "pv_labels": (d.l_pv,),
             "click_images": (d.l_click, 3, s, s), "click_mask": (d.l_click,),
-            "pv_item_ids": (d.l_pv,), "click_item_ids": (d.l_click,), "request_keys": (),
+            "pv_item_ids": (d.l_pv,), "click_item_ids": (d.l_click,), "request_keys": (), "group_keys": (),
         }
-        assert set(self.row_shapes) == set(BATCH_KEYS)
+        assert set(self.row_shapes) == set(DECODED_KEYS)
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         decoded = self.decoder.decode_frame(frame)
@@ -146,7 +146,7 @@ class PetastormBatchSource(ShardedBatchSource):
                 raise RuntimeError(f"petastorm returned rows of {path}, which is not in this epoch's plan")
             index = index_of[path]
             n = len(columns["request_keys"])
-            shaped = {k: columns[k].reshape(n, *row_shapes[k]) for k in BATCH_KEYS}
+            shaped = {k: columns[k].reshape(n, *row_shapes[k]) for k in DECODED_KEYS}
             pending.setdefault(index, {})[int(row_group)] = shaped
             rows_in[index] = rows_in.get(index, 0) + n
             # A file longer than recorded is handed over at once so the row-count check fails fast.

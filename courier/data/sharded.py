@@ -91,6 +91,7 @@ class ShardedBatchSource(ABC):
         seed: int,
         workers: int = 1,
         shuffle_window: int = 4,
+        group_by_query: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
@@ -101,6 +102,7 @@ class ShardedBatchSource(ABC):
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.seed = batch_size, seed
         self.workers, self.shuffle_window = workers, shuffle_window
+        self.group_by_query = group_by_query
         self.assignment = assign_files(snapshot.file_rows, world_size)
         self.rank_rows = rows_per_rank(snapshot.file_rows, self.assignment)
         self._steps = steps_per_epoch(snapshot.file_rows, self.assignment, batch_size)
@@ -175,6 +177,25 @@ class ShardedBatchSource(ABC):
         if start < len(order):
             carry.append(window.take(order[start:]))
 
+    def _window_order(self, plan: EpochPlan, w: int, parts: list[Columns], rows: int) -> np.ndarray:
+        """The seeded order of window ``w``'s rows: a permutation, or with ``group_by_query`` one
+        query after another (queries in a seeded order, rows shuffled within each).
+
+        Grouped, consecutive batches mostly hold page views of one query, so the in-batch
+        negatives share its category; a query's last rows share a batch with the next query's.
+        Either way the stream is a permutation of the window, so resuming after k batches
+        (rows [0, k*B) of the stream) works unchanged.
+        """
+        generator = plan.window_rng(self.seed, w)
+        order = generator.permutation(rows)
+        if not self.group_by_query:
+            return order
+        keys = np.concatenate([p["group_keys"] for p in parts])[order]
+        queries = np.unique(keys)  # sorted: the seeded shuffle below is the only source of order
+        rank_of = dict(zip(queries.tolist(), generator.permutation(len(queries)).tolist()))
+        ranks = np.fromiter((rank_of[k] for k in keys.tolist()), dtype=np.int64, count=len(keys))
+        return order[np.argsort(ranks, kind="stable")]
+
     def _error(self, plan: EpochPlan, expected: int, read: int, detail: str) -> EpochRowCountError:
         s = self.snapshot
         message = (f"{s.table} version {s.version}, rank {self.rank}/{self.world_size}, epoch {plan.epoch}: "
@@ -214,7 +235,7 @@ class ShardedBatchSource(ABC):
             if held is not None:
                 continue  # every batch is out: the rest of the epoch is only read and counted
             window = _Window(parts)
-            order = plan.window_rng(self.seed, w).permutation(window.rows)
+            order = self._window_order(plan, w, parts, window.rows)
             if w == 0:
                 order = order[plan.skip_rows:]
             for batch in self._cut(window, order, carry):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # training processes import this module only for TrainingSnap
     from pyspark.sql import SparkSession
 
 # Columns the loader reads; the snapshot checks them once so a reader never meets a surprise.
-LOADER_COLUMNS = ("request_id", "pv_item_ids", "pv_labels", "click_item_ids", "pv_images", "click_images")
+LOADER_COLUMNS = ("request_id", "query", "pv_item_ids", "pv_labels", "click_item_ids", "pv_images", "click_images")
 # Reader features whose presence alone does not change what the raw Parquet files hold.
 _HARMLESS_READER_FEATURES = {"timestampNtz", "vacuumProtocolCheck", "v2Checkpoint", "deletionVectors",
                              "columnMapping"}

@@ -70,19 +70,23 @@ def make_batch_source(
     workers: int = 1,
     kind: str = "petastorm",
     shuffle_window: int = 4,
+    group_by_query: bool = False,
 ) -> BatchSource:
     """The BatchSource of ``rank`` out of ``world_size`` over ``snapshot``.
 
     ``workers``: reader threads decoding row groups. ``shuffle_window``: files
     (row groups) whose rows are shuffled together; with ``workers`` it sets the
-    memory bound (see ``ShardedBatchSource.memory_estimate_bytes``).
+    memory bound (see ``ShardedBatchSource.memory_estimate_bytes``). ``group_by_query``:
+    batches drawn one query at a time within each window (hard in-batch negatives).
     """
     if kind == "petastorm":
         from courier.data.petastorm_source import PetastormBatchSource
 
-        return PetastormBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window)
+        return PetastormBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window,
+                                    group_by_query)
     if kind == "pyarrow":
         from courier.data.arrow_source import PyArrowBatchSource
 
-        return PyArrowBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window)
+        return PyArrowBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window,
+                                  group_by_query)
     raise ValueError(f"loader kind must be one of {KINDS}, got {kind!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from courier.config import CourierConfig
-from courier.experiment.config import ENCODER_VARIANTS, ExperimentConfig
+from courier.experiment.config import ExperimentConfig, encoder_variants
 
 FEATURE_TABLES = ("item_embeddings", "cluster_centroids", "item_image_features", "ctr_samples",
                   "item_clusters_current", "cluster_summary", "category_clusters", "cluster_click_share_daily")
@@ -51,19 +51,23 @@ def arms(exp: ExperimentConfig) -> list[Arm]:
             out += [Arm(variant, usage) for usage in exp.usages]
             if variant == "courier":
                 out += [Arm(variant, "cluster_id", k) for k in exp.k_values]
+    known = {a.variant for a in out}
+    out += [Arm(v, "cluster_id") for v in encoder_variants(exp) if v not in known]  # courier_steps<N>
     return out
 
 
 def variant_config(cfg: CourierConfig, variant: str, k: int | None = None) -> CourierConfig:
     """``cfg`` pointed at the variant's own tables and registered model (``published``: unchanged)."""
-    if variant not in ENCODER_VARIANTS:
+    variants = encoder_variants(cfg.experiment)
+    if variant not in variants:
         return cfg
     prefix = f"exp_{variant}_"
     overrides = [f"tables.{t}={prefix}{t}" for t in FEATURE_TABLES]
-    overrides += [*ENCODER_VARIANTS[variant], f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}",
+    overrides += [f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}",
                   f"report.out_dir={cfg.experiment.out_dir}/{variant}"]
-    if cfg.experiment.train_steps is not None:
-        overrides.append(f"train.max_steps={cfg.experiment.train_steps}")
+    if cfg.experiment.train_steps is not None:  # epochs = steps: the step budget governs, however long an epoch
+        overrides += [f"train.max_steps={cfg.experiment.train_steps}", f"train.epochs={cfg.experiment.train_steps}"]
+    overrides += variants[variant]  # last: courier_steps<N> sets its own budget
     if k is not None:
         overrides += [f"tables.{t}={prefix}k{k}_{t}" for t in PER_K_TABLES] + [f"cluster.k={k}"]
     return cfg.replace(overrides)

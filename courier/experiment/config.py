@@ -18,7 +18,13 @@ ENCODER_VARIANTS: dict[str, tuple[str, ...]] = {
     "courier_no_contrast": ("loss.ablation=no_contrast",),
     "courier_no_reconstruction": ("loss.ablation=no_reconstruction",),
     "courier_no_neg_pv": ("loss.ablation=no_neg_pv",),
+    # A lead of the investigation: batches of one query, so in-batch negatives share the category.
+    # 16 files per shuffle window hold ~300 page views of each category on the default shop.
+    "courier_query_batches": ("train.batch_grouping=query", "train.shuffle_window=16"),
+    # The frozen ImageNet backbone (experiment.imagenet_weights), no behaviour.
+    "imagenet_swin_t": ("train.objective=random_init", "model.backbone=swin_t"),
 }
+STEPS_PREFIX = "courier_steps"  # courier_steps<N>: COURIER trained N steps (experiment.step_values)
 FIXED_VARIANTS: tuple[str, ...] = ("none", "oracle", "published")
 VARIANTS: tuple[str, ...] = FIXED_VARIANTS + tuple(ENCODER_VARIANTS)
 
@@ -34,6 +40,10 @@ class ExperimentConfig:
         usages: image usages compared for ``courier`` besides ``cluster_id``.
         k_values: extra cluster counts compared for ``courier`` besides ``cluster.k``.
         train_steps: train.max_steps of every encoder trained here; None = the train section's.
+        step_values: extra COURIER budgets (train steps), each an encoder variant
+            ``courier_steps<N>``: the lift against training steps.
+        imagenet_weights: local swin_t ImageNet state dict; required by ``imagenet_swin_t``
+            (weights are never downloaded).
         start, end: the ctr_samples date range; None = the range of raw_impressions.
         out_dir: results, state for resuming, pictures and the HTML report.
         results_md: where the Markdown summary is written.
@@ -48,6 +58,8 @@ class ExperimentConfig:
     usages: tuple[str, ...] = ("vector", "simscore")
     k_values: tuple[int, ...] = ()
     train_steps: int | None = None
+    step_values: tuple[int, ...] = ()
+    imagenet_weights: str | None = None
     start: str | None = None
     end: str | None = None
     out_dir: str = "reports/experiment"
@@ -63,6 +75,11 @@ class ExperimentConfig:
         bad_usages = [u for u in self.usages if u not in IMAGE_USAGES or u == "none"]
         require(not bad_usages, f"experiment.usages: {bad_usages} are not image usages of {IMAGE_USAGES[1:]}")
         require(all(k >= 2 for k in self.k_values), f"experiment.k_values must be >= 2, got {self.k_values}")
+        require(all(n >= 1 for n in self.step_values) and len(set(self.step_values)) == len(self.step_values),
+                f"experiment.step_values must be distinct and >= 1, got {self.step_values}")
+        require("imagenet_swin_t" not in self.variants or bool(self.imagenet_weights),
+                "experiment.variants has imagenet_swin_t: set experiment.imagenet_weights to a local "
+                "swin_t ImageNet state dict (weights are never downloaded)")
         require(self.train_steps is None or self.train_steps >= 1,
                  f"experiment.train_steps must be >= 1 or null, got {self.train_steps}")
         for name in ("start", "end"):
@@ -74,3 +91,13 @@ class ExperimentConfig:
                     raise ValueError(f"experiment.{name} must be an ISO date, got {value!r}") from None
         require(self.bootstrap_resamples >= 10,
                  f"experiment.bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}")
+
+
+def encoder_variants(exp: ExperimentConfig) -> dict[str, tuple[str, ...]]:
+    """Every encoder variant this experiment builds, with its config overrides, in build order."""
+    out = {v: ENCODER_VARIANTS[v] for v in exp.variants if v in ENCODER_VARIANTS}
+    if "imagenet_swin_t" in out:
+        out["imagenet_swin_t"] += (f"model.pretrained_weights_path={exp.imagenet_weights}",)
+    for steps in exp.step_values:
+        out[f"{STEPS_PREFIX}{steps}"] = (f"train.max_steps={steps}", f"train.epochs={steps}")
+    return out

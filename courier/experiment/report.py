@@ -132,18 +132,21 @@ def style_scores(spark: SparkSession, cfg: CourierConfig, variant: str) -> dict[
 def write_report(spark: SparkSession, cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> None:
     """Pictures, report.html in ``out_dir`` and the Markdown summary at ``experiment.results_md``."""
     from courier.experiment.arms import variant_config
-    from courier.experiment.config import ENCODER_VARIANTS
+    from courier.experiment.config import encoder_variants
     from courier.features.report import write_report as feature_pictures
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for variant in cfg.experiment.variants:
-        if variant in ENCODER_VARIANTS or variant == "published":
-            summary.style[variant] = style_scores(spark, cfg, variant)
-            pictures = feature_pictures(spark, variant_config(cfg, variant), out_dir / variant)
-            summary.files[f"{variant}/cluster_grid"] = pictures.cluster_grid
-            summary.files[f"{variant}/embedding_map"] = pictures.embedding_map
+    published = ["published"] if "published" in cfg.experiment.variants else []
+    for variant in [*published, *encoder_variants(cfg.experiment)]:
+        summary.style[variant] = style_scores(spark, cfg, variant)
+        pictures = feature_pictures(spark, variant_config(cfg, variant), out_dir / variant)
+        summary.files[f"{variant}/cluster_grid"] = pictures.cluster_grid
+        summary.files[f"{variant}/embedding_map"] = pictures.embedding_map
     summary.files["lift_bars"] = _lift_bars(summary, out_dir / "lift_bars.png")
     summary.files["lift_by_category"] = _lift_by_category(summary, out_dir / "lift_by_category.png")
+    curve = _lift_by_steps(summary, out_dir / "lift_by_steps.png")
+    if curve is not None:
+        summary.files["lift_by_steps"] = curve
     (out_dir / "report.html").write_text(_html(summary, out_dir))
     summary.files["report"] = out_dir / "report.html"
     md = Path(resolve_path(cfg.experiment.results_md))
@@ -169,6 +172,52 @@ def _lift_bars(summary: ExperimentSummary, path: Path) -> Path:
     ax.invert_yaxis()
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("test AUC lift over no image feature (points x 100; bars: 95% paired bootstrap)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def steps_curve(summary: ExperimentSummary) -> list[tuple[int, str, ArmSummary]]:
+    """(train steps, variant, Cluster-ID arm) of COURIER at each budget, random init as step 0."""
+    from courier.experiment.config import STEPS_PREFIX
+
+    arm_of = {"random_init": "random_init", "courier": "courier/cluster_id"}
+    points = []
+    for variant, built in summary.encoders.items():
+        if variant in arm_of or variant.startswith(STEPS_PREFIX):
+            row = summary.row(arm_of.get(variant, variant))
+            if row is not None:
+                points.append((int(built.get("train_steps", 0)), variant, row))
+    return sorted(points, key=lambda p: p[0])
+
+
+def _lift_by_steps(summary: ExperimentSummary, path: Path) -> Path | None:
+    """COURIER's Cluster-ID lift and style 10-NN against its training steps (None: fewer than 2 budgets)."""
+    points = steps_curve(summary)
+    if len(points) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p[0] for p in points]
+    rows = [p[2] for p in points]
+    fig, (ax, ax_style) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax.errorbar(steps, [r.lift_mean for r in rows], capsize=3, marker="o", color="#3a7",
+                yerr=[[r.lift_mean - r.bootstrap.low for r in rows], [r.bootstrap.high - r.lift_mean for r in rows]])
+    oracle = summary.row("oracle")
+    if oracle is not None:
+        ax.axhline(oracle.lift_mean, color="#888", ls="--", label=f"oracle {oracle.lift_mean:+.2f}")
+        ax.axhline(0.6 * oracle.lift_mean, color="#c55", ls=":", label="60% of the oracle")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("COURIER training steps (0 = random init)")
+    ax.set_ylabel("Cluster-ID AUC lift (points x 100)")
+    knn = [summary.style.get(p[1], {}).get("style_knn10", np.nan) for p in points]
+    ax_style.plot(steps, knn, marker="o", color="#37a")
+    ax_style.set_xlabel("COURIER training steps (0 = random init)")
+    ax_style.set_ylabel("style 10-NN accuracy within category")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -220,8 +269,14 @@ def _markdown(cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> 
             steps = summary.encoders.get(variant, {}).get("train_steps", "")
             lines.append(f"| {variant} | {steps} | {s['style_knn10']:.3f} | {s['style_nmi']:.3f} | "
                          f"{s['category_nmi']:.3f} |")
+    curve = steps_curve(summary)
+    if len(curve) >= 2:
+        lines += ["", "COURIER's Cluster-ID lift against its training steps (0 = the random-init network):", "",
+                  "| train steps | variant | lift | 95% CI | share of oracle |", "|---|---|---|---|---|"]
+        lines += [f"| {steps} | {variant} | {r.lift_mean:+.2f} ± {r.lift_sd:.2f} | {r.interval_text} | {r.share_text} |"
+                  for steps, variant, r in curve]
     lines += ["", f"Pictures and the HTML report: `{out_dir}` (report.html, lift_bars.png, lift_by_category.png, "
-              "<variant>/embedding_map.png, <variant>/cluster_grid.png).", ""]
+              "lift_by_steps.png, <variant>/embedding_map.png, <variant>/cluster_grid.png).", ""]
     return "\n".join(lines)
 
 
@@ -248,6 +303,7 @@ td:first-child{{text-align:left}}</style></head><body>
 Lift in AUC points x 100 against no image feature, same seed.</p>
 <table><tr><th>arm</th><th>seeds</th><th>test AUC</th><th>lift</th><th>95% CI</th><th>of oracle</th></tr>{rows}</table>
 {img("lift_bars")}
+<h2>Lift against COURIER training steps</h2>{img("lift_by_steps")}
 <h2>Lift by category</h2>{img("lift_by_category")}
 <h2>Encoders: style recovered</h2>
 <table><tr><th>encoder</th><th>style 10-NN</th><th>style NMI</th><th>category NMI</th></tr>{style_rows}</table>

@@ -26,7 +26,7 @@ from courier.config import CourierConfig
 from courier.ctr.data import CtrDataError, ImageFeatureOverride, ImageVectors
 from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
 from courier.experiment.arms import Arm, arms, base_config, variant_config
-from courier.experiment.config import ENCODER_VARIANTS
+from courier.experiment.config import encoder_variants
 from courier.spark import resolve_path
 from courier.train import tracking
 
@@ -116,8 +116,8 @@ def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummar
         _generate_shop(spark, cfg)
     start, end = date_range(spark, cfg)
     parent = _parent_run(cfg, state)
-    for variant in e.variants:
-        if variant in ENCODER_VARIANTS and variant not in state.encoders:
+    for variant in encoder_variants(e):
+        if variant not in state.encoders:
             log.info("experiment: building the features of encoder variant %s", variant)
             state.encoders[variant] = build_encoder_features(spark, cfg, variant, start, end,
                                                              e.k_values if variant == "courier" else ())

@@ -27,6 +27,7 @@ from courier.train import tracking
 # train.objective: what `courier train` optimises: COURIER, or an image-only baseline of the
 # CTR comparison (courier/train/baselines.py).
 OBJECTIVES = ("courier", "random_init", "label_aligned", "simclr")
+BATCH_GROUPINGS = ("none", "query")
 
 log = logging.getLogger("courier.train")
 
@@ -91,8 +92,10 @@ def check_train_config(cfg: CourierConfig) -> None:
         problems.append(f"train.loader_kind must be one of {KINDS}, got {tc.loader_kind!r}")
     if tc.mixed_precision not in MODES:
         problems.append(f"train.mixed_precision must be one of {MODES}, got {tc.mixed_precision!r}")
+    if tc.batch_grouping not in BATCH_GROUPINGS:
+        problems.append(f"train.batch_grouping must be one of {BATCH_GROUPINGS}, got {tc.batch_grouping!r}")
     for name in ("batch_size", "epochs", "num_processes", "log_every_steps", "checkpoint_every_steps",
-                 "keep_checkpoints", "eval_max_rows"):
+                 "keep_checkpoints", "eval_max_rows", "shuffle_window"):
         if getattr(tc, name) <= 0:
             problems.append(f"train.{name} must be positive, got {getattr(tc, name)}")
     if tc.objective not in OBJECTIVES:

@@ -283,7 +283,8 @@ class _Trainer:
         try:
             self.source = make_batch_source(
                 self.snapshot, rank=env.rank, world_size=env.world_size, batch_size=tc.batch_size,
-                seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind,
+                seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind, shuffle_window=tc.shuffle_window,
+                group_by_query=tc.batch_grouping == "query",
             )
         except ValueError as exc:  # e.g. too few rows for one batch per rank
             raise TrainingDataError(f"cannot read {self.snapshot.table} v{self.snapshot.version} for "

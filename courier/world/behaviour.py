@@ -122,9 +122,19 @@ def plan_batches(cfg: WorldConfig) -> list[BatchSpec]:
     return specs
 
 
-def make_batch(cfg: WorldConfig, catalogue: Catalogue, users: Users,
-               category_names: list[str], spec: BatchSpec) -> pa.Table:
-    """Generate the raw_impressions rows of one batch, ordered by time then position."""
+@dataclass(frozen=True)
+class PageViews:
+    """The page views of one batch as arrays: n page views of k items, rank order."""
+
+    user: np.ndarray      # (n,) user rows
+    ts: np.ndarray        # (n,) event time, microseconds since the epoch, ascending
+    query: np.ndarray     # (n,) category index
+    shown: np.ndarray     # (n, k) item rows
+    clicked: np.ndarray   # (n, k) bool
+
+
+def draw_page_views(cfg: WorldConfig, catalogue: Catalogue, users: Users, spec: BatchSpec) -> PageViews:
+    """The page views of one batch and their clicks (the click model of WorldConfig)."""
     rng = stream_rng(cfg.seed, STREAM_IMPRESSIONS, spec.index)
     n, k = spec.n_page_views, cfg.items_per_page
 
@@ -142,8 +152,14 @@ def make_batch(cfg: WorldConfig, catalogue: Catalogue, users: Users,
              + users.bias[user][:, None]
              + rng.normal(0.0, cfg.click_noise_sd, (n, k)))
     clicked = rng.random((n, k)) < 1.0 / (1.0 + np.exp(-logit))
+    return PageViews(user, ts, query, shown, clicked)
 
-    return _to_table(catalogue, users, category_names, spec, user, ts, query, shown, clicked)
+
+def make_batch(cfg: WorldConfig, catalogue: Catalogue, users: Users,
+               category_names: list[str], spec: BatchSpec) -> pa.Table:
+    """Generate the raw_impressions rows of one batch, ordered by time then position."""
+    pv = draw_page_views(cfg, catalogue, users, spec)
+    return _to_table(catalogue, users, category_names, spec, pv.user, pv.ts, pv.query, pv.shown, pv.clicked)
 
 
 def _draw_queries(cfg: WorldConfig, users: Users, user: np.ndarray,

@@ -79,10 +79,7 @@ def generate_world(cfg: WorldConfig) -> World:
     names = category_names(cfg.n_categories)
     rng = stream_rng(cfg.seed, STREAM_ITEMS)
     n = cfg.n_items
-    item_id = _ITEM_ID_BASE + np.arange(n, dtype=np.int64)
-    category = _balanced(rng, n, cfg.n_categories)
-    style = _balanced_within(rng, category, cfg.n_categories, N_STYLES)
-    log_pop = rng.normal(0.0, cfg.popularity_sigma, n)
+    item_id, category, style, log_pop = _draw_item_traits(cfg, rng)
     titles = _titles(rng, names, category)
     updated_at = _updated_at(cfg, rng, n)
     looks = draw_looks(cfg, category, style, rng)
@@ -104,6 +101,21 @@ def generate_world(cfg: WorldConfig) -> World:
         catalogue=Catalogue.build(item_id, category, style, log_pop, cfg.n_categories),
         users=users,
     )
+
+
+def draw_catalogue(cfg: WorldConfig) -> Catalogue:
+    """The items' ids, categories, styles and popularity of ``generate_world(cfg)``, without images."""
+    return Catalogue.build(*_draw_item_traits(cfg, stream_rng(cfg.seed, STREAM_ITEMS)), cfg.n_categories)
+
+
+def _draw_item_traits(cfg: WorldConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(item_id, category, style, log popularity): the first draws of the item stream."""
+    n = cfg.n_items
+    item_id = _ITEM_ID_BASE + np.arange(n, dtype=np.int64)
+    category = _balanced(rng, n, cfg.n_categories)
+    style = _balanced_within(rng, category, cfg.n_categories, N_STYLES)
+    log_pop = rng.normal(0.0, cfg.popularity_sigma, n)
+    return item_id, category, style, log_pop
 
 
 def _balanced(rng: np.random.Generator, n: int, k: int) -> np.ndarray:

@@ -6,18 +6,12 @@
 -- dropped: a CTR model is evaluated on what users were shown. An impression
 -- without history keeps an empty history.
 --
--- Parameters: :raw_items (table), :start_dt, :end_dt (DATE). Reads the temp
--- views impressions_checked and click_history of the sample SQL.
-WITH items AS (
-  SELECT CAST(item_id AS BIGINT) AS item_id, any_value(category) AS category
-  FROM IDENTIFIER(:raw_items)
-  WHERE item_id IS NOT NULL
-  GROUP BY 1
-)
+-- Parameters: :start_dt, :end_dt (DATE). Reads the temp views
+-- impressions_checked and click_history of the sample SQL, and ctr_items.
 SELECT
   c.request_id, c.user_id, c.item_id, i.category, c.query, c.position, c.event_ts,
   c.clicked AS label, h.history_item_ids, c.dt
 FROM impressions_checked c
 JOIN click_history h USING (request_id)
-JOIN items i USING (item_id)
+JOIN ctr_items i USING (item_id)
 WHERE c.reject_reason IS NULL AND c.dt BETWEEN :start_dt AND :end_dt

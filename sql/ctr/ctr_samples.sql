@@ -6,20 +6,13 @@
 --
 -- history_* arrays are aligned with history_item_ids (oldest to newest).
 --
--- Parameters: :raw_items (table). Reads the temp views ctr_impressions,
--- candidate_features and history_features.
-WITH items AS (
-  SELECT CAST(item_id AS BIGINT) AS item_id, any_value(category) AS category
-  FROM IDENTIFIER(:raw_items)
-  WHERE item_id IS NOT NULL
-  GROUP BY 1
-),
-history AS (
+-- Reads the temp views candidate_features, history_features and ctr_items.
+WITH history AS (
   SELECT
     request_id,
     array_sort(collect_list(struct(h.slot, i.category, h.image_cluster_id, h.cluster_similarity))) AS slots
   FROM history_features h
-  LEFT JOIN items i USING (item_id)
+  LEFT JOIN ctr_items i USING (item_id)
   GROUP BY request_id
 )
 SELECT

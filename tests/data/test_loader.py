@@ -19,7 +19,7 @@ from courier.data import (
     TrainingSnapshot,
     make_batch_source,
 )
-from courier.data.decode import request_key
+from courier.data.decode import stable_key
 
 B = 8
 
@@ -95,7 +95,7 @@ def test_two_ranks_read_disjoint_rows_that_cover_the_table(spark, shop):
         assert stats.rows_read == stats.rows_expected == source.rank_rows[source.rank]
         assert stats.rows_in_batches + stats.rows_left_over == stats.rows_read
     left_over = sum(s.last_epoch_stats.rows_left_over for s in sources)
-    all_keys = {request_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()}
+    all_keys = {stable_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()}
     assert not set(keys[0]) & set(keys[1])
     assert len(set(keys[0]) | set(keys[1])) == len(keys[0]) + len(keys[1]) == len(all_keys) - left_over
     assert set(keys[0]) | set(keys[1]) <= all_keys
@@ -114,6 +114,37 @@ def test_an_epoch_is_the_same_every_time_and_resumes_where_it_stopped(shop, epoc
     assert not torch.equal(other_seed[0]["request_keys"], epoch0[0]["request_keys"])
     for skip in (1, len(epoch0) // 2, len(epoch0) - 1, len(epoch0)):
         assert _same(_epoch(snap, skip=skip), epoch0[skip:])
+
+
+def _queries_of_batches(spark, shop, batches: list[dict[str, torch.Tensor]]) -> list[list[str]]:
+    query_of = {stable_key(r["request_id"]): r["query"]
+                for r in spark.table(shop.table).select("request_id", "query").collect()}
+    return [[query_of[int(k)] for k in b["request_keys"]] for b in batches]
+
+
+def test_query_grouped_batches_mostly_hold_one_query_and_still_resume(spark, shop, epoch0):
+    snap = shop.snapshot
+    window = len(snap.files)  # one window: the purest grouping this shop allows
+    grouped = _epoch(snap, group_by_query=True, shuffle_window=window)
+    mixed = _epoch(snap, shuffle_window=window)
+    assert len(grouped) == len(mixed) == len(epoch0)
+    # As many distinct rows of the table as the ungrouped epoch (which rows are the < B left
+    # over at the end differs with the order).
+    keys = [int(k) for b in grouped for k in b["request_keys"]]
+    all_keys = {stable_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()}
+    assert len(set(keys)) == len(keys) == sum(len(b["request_keys"]) for b in mixed)
+    assert set(keys) <= all_keys and len(all_keys) - len(keys) < B
+
+    def pure(batches: list[dict[str, torch.Tensor]]) -> float:
+        return float(np.mean([len(set(q)) == 1 for q in _queries_of_batches(spark, shop, batches)]))
+
+    n_queries = len({q for qs in _queries_of_batches(spark, shop, mixed) for q in qs})
+    assert n_queries >= 3, "the shop should have several queries to group"
+    # At most one batch per query boundary mixes two queries.
+    assert pure(grouped) >= 1 - n_queries / len(grouped) and pure(grouped) > pure(mixed) + 0.3
+    assert _same(grouped, _epoch(snap, group_by_query=True, shuffle_window=window, kind="pyarrow", workers=2))
+    for skip in (1, len(grouped) // 2):
+        assert _same(_epoch(snap, skip=skip, group_by_query=True, shuffle_window=window), grouped[skip:])
 
 
 def _largest_file(snap: TrainingSnapshot) -> int:

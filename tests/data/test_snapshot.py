@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import pytest
 
 from courier.data import SnapshotError, TrainingSnapshot, make_batch_source, pin_training_snapshot
-from courier.data.decode import request_key
+from courier.data.decode import stable_key
 from courier.data.delta_log import DataFile, DeltaLogError, read_version_state
 from courier.data.snapshot import _row_counts
 
@@ -68,9 +68,9 @@ def test_the_old_snapshot_still_reads_the_old_rows_after_a_rewrite(spark, shop):
     assert pin_training_snapshot(spark, copy, version=0) == old
 
     old_rows = spark.sql(f"SELECT request_id, dt FROM {copy} VERSION AS OF 0").collect()
-    old_keys = {request_key(r["request_id"]) for r in old_rows}
-    gone = {request_key(r["request_id"]) for r in old_rows if str(r["dt"]) == day} - {
-        request_key(r["request_id"]) for r in spark.table(copy).select("request_id").collect()}
+    old_keys = {stable_key(r["request_id"]) for r in old_rows}
+    gone = {stable_key(r["request_id"]) for r in old_rows if str(r["dt"]) == day} - {
+        stable_key(r["request_id"]) for r in spark.table(copy).select("request_id").collect()}
     keys, rows_read = _epoch_keys(old)
     assert rows_read == old.total_rows == len(old_rows)
     assert keys <= old_keys and keys & gone  # rows only the old version has are still read

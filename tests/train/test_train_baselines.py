@@ -65,3 +65,30 @@ def test_nt_xent_is_low_when_views_match_and_chance_when_they_do_not():
     z = torch.nn.functional.normalize(torch.randn(32, 16), dim=1)
     assert nt_xent(z, z, tau=0.05) < 0.1
     assert nt_xent(z, torch.randn(32, 16), tau=1.0) > np.log(63) - 0.5
+
+
+def test_imagenet_initialised_swin_t_registers_the_local_weights(spark, shop_config, shop_images, tmp_path):
+    """The experiment's ``imagenet_swin_t`` arm: random_init on swin_t with a local state dict.
+
+    No ImageNet file can be downloaded here, so a seeded torchvision swin_t stands in for
+    it: what is tested is that its backbone weights are the ones registered.
+    """
+    from torchvision.models import swin_t
+
+    torch.manual_seed(123)
+    weights = swin_t(weights=None).state_dict()
+    path = tmp_path / "swin_t_imagenet.pth"
+    torch.save(weights, path)
+    cfg = shop_config.replace(["train.objective=random_init", "model.backbone=swin_t",
+                               f"model.pretrained_weights_path={path}", "mlflow.registered_model=courier-test-swin"])
+    result = run_training(cfg, spark=spark, run_name="imagenet-swin", distributed=False)
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    registered = mlflow.pytorch.load_model(f"models:/{cfg.mlflow.registered_model}/{result.model_version}")
+    backbone = registered.encoder.backbone.state_dict()
+    # Every non-head tensor is the file's (checkpoint-wrapped stages keep torchvision's key names).
+    compared = [k for k in weights if not k.startswith("head.")]
+    assert len(compared) > 100 and all(torch.equal(backbone[k], weights[k]) for k in compared)
+    emb = registered_embedding(cfg, result.model_version, shop_images)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)

@@ -79,3 +79,42 @@ def test_missing_delta_jars_say_how_to_fix(tmp_path):
     cfg = load_config("local", [f"spark.jars_dir={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="make setup"):
         spark_conf(cfg.spark)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["experiment.variants=[none,imagenet_swin_t]"], r"set experiment.imagenet_weights"),
+    (["experiment.step_values=[40,40]"], r"experiment.step_values must be distinct"),
+    (["experiment.variants=[none,courier_v2]"], r"experiment.variants: unknown \['courier_v2'\]"),
+])
+def test_experiment_section_is_validated_where_defined(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("local", overrides)
+
+
+def test_experiment_encoder_variants_get_their_own_tables_budget_and_backbone():
+    from courier.experiment.arms import arms, variant_config
+
+    cfg = load_config("local", ["experiment.variants=[none,oracle,courier,courier_query_batches,imagenet_swin_t]",
+                                "experiment.imagenet_weights=/models/swin_t.pth", "experiment.train_steps=120",
+                                "experiment.step_values=[40,400]", "experiment.usages=[]"])
+    assert [a.name for a in arms(cfg.experiment)] == [
+        "none", "oracle", "courier/cluster_id", "courier_query_batches", "imagenet_swin_t",
+        "courier_steps40", "courier_steps400"]
+    long = variant_config(cfg, "courier_steps400")
+    # More steps than one epoch of the demo shop (350): the step budget, not the epoch count, governs.
+    assert (long.train.max_steps, long.train.epochs) == (400, 400)
+    assert long.tables.item_embeddings == "exp_courier_steps400_item_embeddings"
+    assert long.mlflow.registered_model == "courier-image-encoder-exp-courier_steps400"
+    grouped = variant_config(cfg, "courier_query_batches")
+    assert (grouped.train.batch_grouping, grouped.train.max_steps) == ("query", 120)
+    imagenet = variant_config(cfg, "imagenet_swin_t")
+    assert (imagenet.model.backbone, imagenet.model.pretrained_weights_path, imagenet.train.objective) == (
+        "swin_t", "/models/swin_t.pth", "random_init")
+    assert variant_config(cfg, "oracle") is cfg
+
+
+def test_train_section_rejects_an_unknown_batch_grouping():
+    from courier.train.launch import check_train_config
+
+    with pytest.raises(ValueError, match=r"train.batch_grouping must be one of \('none', 'query'\)"):
+        check_train_config(load_config("local", ["train.batch_grouping=category"]))
