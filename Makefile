@@ -2,22 +2,31 @@
 #   make demo   set everything up (idempotent) and run the end-to-end demo on the embedded default
 #   make test   set everything up (idempotent) and run the test suite
 # Set-up = a venv with the pinned environment (constraints.txt) + the Delta JARs
-# resolved from Maven Central into .jars/. Re-running it is a no-op.
+# resolved from Maven Central into .jars/ + Horovod built from source (the second training
+# backend, build/horovod/install.sh; its wheel is cached). Re-running it is a no-op.
 
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 JARS   := .jars/.resolved-stamp
+HOROVOD := $(VENV)/.horovod-stamp
 
 .PHONY: setup setup-gpu demo test bench clean-warehouse
 
-setup: $(STAMP) $(JARS)
+setup: $(STAMP) $(JARS) $(HOROVOD)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The sdist is hash-checked and patched (C++17 for torch >= 2.1); the built wheel is cached in
+# ~/.cache/courier/wheels under a key of (version, patch, torch, Python), so rebuilds are rare.
+$(HOROVOD): $(STAMP) build/horovod/install.sh build/horovod/cxx17.patch
+	@command -v cmake >/dev/null || { echo "need cmake and g++ on PATH to build Horovod"; exit 1; }
+	bash build/horovod/install.sh $(PY)
 	touch $@
 
 $(JARS): build/delta-jars.pom.xml
@@ -28,9 +37,11 @@ $(JARS): build/delta-jars.pom.xml
 # A GPU machine: faiss-gpu REPLACES faiss-cpu (both install the module `faiss`; never both).
 # faiss-gpu-cu12 1.12.0 is the newest of its wheels that accepts numpy < 2 (1.13+ require numpy 2).
 FAISS_GPU := faiss-gpu-cu12==1.12.0
+# Horovod is rebuilt with NCCL operations (cached under its own key; needs CUDA and NCCL).
 setup-gpu: setup
 	$(PY) -m pip uninstall -q -y faiss-cpu
 	$(PY) -m pip install -q -c constraints.txt '$(FAISS_GPU)'
+	HOROVOD_GPU_OPERATIONS=NCCL bash build/horovod/install.sh $(PY)
 
 demo: setup
 	$(VENV)/bin/courier demo

@@ -120,6 +120,12 @@ class TrainConfig:
     loader_workers: int = 2
     seed: int = 0
     table_version: int | None = None  # pinned Delta version; None = latest at start
+    # The data-parallel launcher and process group (courier/train/backends.py):
+    # "torch_distributor" (TorchDistributor + DDP) or "horovod" (horovod.spark.run; Horovod is
+    # built from source by `make setup`, build/horovod/install.sh).
+    backend: str = "torch_distributor"
+    # horovod: seconds for the Spark tasks to start and register before the run fails.
+    start_timeout_s: int = 600
     # TorchDistributor: True runs the processes on the driver node, False on the executors.
     local_mode: bool = True
     loader_kind: str = "petastorm"  # courier.data.make_batch_source(kind=...)

@@ -7,11 +7,10 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed import ProcessGroup
 
 from courier.model.backbones import ImageEncoder, build_image_encoder
 from courier.model.config import LossConfig, ModelConfig
-from courier.model.distributed import active_group
+from courier.model.distributed import Collectives, active_collectives
 from courier.model.losses import ClickHead, LossOutput, courier_loss
 
 
@@ -37,22 +36,23 @@ class CourierModel(nn.Module):
     Args:
         model_cfg: backbone settings.
         loss_cfg: loss settings.
-        process_group: data-parallel group for global negatives. ``None`` = the
-            default group when ``torch.distributed`` is initialised with more than
-            one rank, else single process. Wrap the model in DDP (mean gradient
-            reduction, the default); the loss is scaled for it (see ``losses.py``).
+        collectives: data-parallel collectives for global negatives (the Horovod
+            trainer sets ``HorovodCollectives``). ``None`` = ``torch.distributed``'s
+            WORLD group when it is initialised with more than one rank, else single
+            process. Average the gradients over ranks (DDP, or Horovod's
+            DistributedOptimizer); the loss is scaled for it (see ``losses.py``).
     """
 
     def __init__(
         self,
         model_cfg: ModelConfig,
         loss_cfg: LossConfig,
-        process_group: ProcessGroup | None = None,
+        collectives: Collectives | None = None,
     ) -> None:
         super().__init__()
         self.model_cfg = model_cfg
         self.loss_cfg = loss_cfg
-        self.process_group = process_group
+        self.collectives = collectives
         self.encoder: ImageEncoder = build_image_encoder(model_cfg)
         self.click_head: ClickHead | None = (
             ClickHead(model_cfg.embedding_dim) if loss_cfg.click_bce_weight > 0 else None
@@ -100,7 +100,7 @@ class CourierModel(nn.Module):
             batch["click_mask"].bool(),
             self.loss_cfg,
             click_head=self.click_head,
-            group=active_group(self.process_group),
+            comm=active_collectives(self.collectives),
         )
 
     @torch.no_grad()

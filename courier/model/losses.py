@@ -6,12 +6,12 @@ a backbone. Shapes: ``B`` rows (page views), ``Lp`` PV slots, ``Lc`` click slots
 
 Global batch and normalisation (read this before changing anything)
 -------------------------------------------------------------------
-With a process group, negatives are the PV items (resp. UCS targets) of ALL
+With collectives (``distributed.py``), negatives are the PV items (resp. UCS targets) of ALL
 ranks: each rank all-gathers its normalised item embeddings (with gradients,
 see ``distributed.py``) and computes the loss columns of its OWN positives
 against all gathered rows. Each column's loss is divided by the GLOBAL number of
 loss-carrying columns, and the local sum is multiplied by the world size ``W``
-because DDP averages gradients over ranks. Then, summed over ranks, the
+because DDP (and Horovod's DistributedOptimizer) average gradients over ranks. Then, summed over ranks, the
 gradients equal those of one process on the concatenated batch, also when ranks
 hold different numbers of rows/valid items/positives.
 
@@ -28,11 +28,10 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed import ProcessGroup
 from torch.utils import _pytree as pytree
 
 from courier.model.config import LossConfig
-from courier.model.distributed import all_reduce_sum, gather_rows, world_size
+from courier.model.distributed import Collectives, all_reduce_sum, gather_rows, world_size
 from courier.model.reconstruction import (
     Reconstruction,
     reconstruct,
@@ -124,7 +123,7 @@ def contrastive_reconstruction_sums(
     pool: torch.Tensor,
     tau: float,
     contrast: bool = True,
-    group: ProcessGroup | None = None,
+    comm: Collectives | None = None,
 ) -> ContrastiveSums:
     """``L_contrast`` of the paper, unnormalised: per-column losses summed over local columns.
 
@@ -139,7 +138,7 @@ def contrastive_reconstruction_sums(
         pool: [N] bool, items allowed in softmax denominators (must contain ``columns``).
         tau: temperature.
         contrast: False = ``no_contrast`` ablation, per-column loss ``1 - cos(E[b], R[b])``.
-        group: process group to gather negatives over; None = this process only.
+        comm: collectives to gather negatives over; None = this process only.
     """
     e = F.normalize(items, dim=-1)  # [N, d]
     r = F.normalize(recons, dim=-1)  # [N, d]; zero rows stay zero
@@ -151,7 +150,7 @@ def contrastive_reconstruction_sums(
 
     # The pool flag travels in the same gather as the embeddings (one collective).
     packed = torch.cat([e, pool.to(e.dtype).unsqueeze(1)], dim=1)  # [N, d+1]
-    gathered = gather_rows(packed, group)
+    gathered = gather_rows(packed, comm)
     e_all = gathered.rows[:, :-1]  # [N_all, d]
     pool_all = gathered.rows[:, -1] > 0.5  # [N_all]
     logits = torch.matmul(e_all, r.transpose(0, 1)) / tau  # [N_all, N]: rows a, columns b
@@ -178,7 +177,7 @@ def courier_loss(
     cfg: LossConfig,
     *,
     click_head: ClickHead | None = None,
-    group: ProcessGroup | None = None,
+    comm: Collectives | None = None,
 ) -> LossOutput:
     """Full COURIER loss from embeddings.
 
@@ -189,8 +188,8 @@ def courier_loss(
         click_mask: [B, Lc] bool, True = valid click.
         cfg: loss settings (tau, weights, ablation).
         click_head: required iff ``cfg.click_bce_weight > 0``.
-        group: data-parallel group for global negatives; None = single process.
-            Every rank of the group must call this with the same ``cfg``.
+        comm: data-parallel collectives for global negatives; None = single process.
+            Every rank must call this with the same ``cfg``.
 
     Rows without any valid click have no reconstruction: their PV items carry
     no loss column, but as valid embeddings they still serve as negatives for
@@ -203,7 +202,7 @@ def courier_loss(
     # Losses in at least float32 whatever autocast did to the embeddings: cos/tau
     # reaches 1/tau = 20 and the softmax over tens of thousands of items needs it.
     with torch.autocast(device_type=e_pv.device.type, enabled=False):
-        return _courier_loss(e_pv, pv_labels, e_click, click_mask, cfg, click_head, group)
+        return _courier_loss(e_pv, pv_labels, e_click, click_mask, cfg, click_head, comm)
 
 
 def _courier_loss(
@@ -213,7 +212,7 @@ def _courier_loss(
     click_mask: torch.Tensor,
     cfg: LossConfig,
     click_head: ClickHead | None,
-    group: ProcessGroup | None,
+    comm: Collectives | None,
 ) -> LossOutput:
     dtype = torch.promote_types(torch.promote_types(e_pv.dtype, e_click.dtype), torch.float32)
     b, l_pv, d = e_pv.shape
@@ -247,7 +246,7 @@ def _courier_loss(
 
     # Global normalisers must exist before the loss is built (one small all-reduce).
     local_counts = torch.stack([pv_cols.sum(), ucs_cols.sum(), bce_items.sum()]).to(dtype)
-    n_pv, n_ucs, n_bce = all_reduce_sum(local_counts, group).unbind()
+    n_pv, n_ucs, n_bce = all_reduce_sum(local_counts, comm).unbind()
 
     # A term with weight 0 is still computed for logging, but without autograd
     # (so it also issues no backward collective, consistently on every rank).
@@ -259,10 +258,10 @@ def _courier_loss(
             pv_pool.reshape(-1),
             cfg.tau,
             contrast,
-            group,
+            comm,
         )
     with torch.set_grad_enabled(grad_on and w_ucs > 0):
-        ucs = contrastive_reconstruction_sums(targets, ucs_recon, ucs_cols, ucs_cols, cfg.tau, contrast, group)
+        ucs = contrastive_reconstruction_sums(targets, ucs_recon, ucs_cols, ucs_cols, cfg.tau, contrast, comm)
 
     if w_bce > 0:
         assert click_head is not None
@@ -287,13 +286,13 @@ def _courier_loss(
             ucs.cos_sum,
         ]
     )
-    g_pv, g_ucs, g_bce, g_ent, g_ent_n, g_pv_cos, g_ucs_cos = all_reduce_sum(local_stats, group).unbind()
+    g_pv, g_ucs, g_bce, g_ent, g_ent_n, g_pv_cos, g_ucs_cos = all_reduce_sum(local_stats, comm).unbind()
     n_pv1, n_ucs1, n_bce1 = n_pv.clamp(min=1), n_ucs.clamp(min=1), n_bce.clamp(min=1)
     loss_pv, loss_ucs, loss_bce = g_pv / n_pv1, g_ucs / n_ucs1, g_bce / n_bce1
     total_global = w_pv * loss_pv + w_ucs * loss_ucs + w_bce * loss_bce
 
-    # x W: DDP divides the summed gradients by the world size.
-    world = world_size(group)
+    # x W: DDP / hvd.DistributedOptimizer divide the summed gradients by the world size.
+    world = world_size(comm)
     total_local = world * (w_pv * pv.loss_sum / n_pv1 + w_ucs * ucs.loss_sum / n_ucs1 + w_bce * bce_sum / n_bce1)
     loss = total_local + (total_global - total_local).detach()
 

@@ -197,7 +197,7 @@ def _evaluate_batch(model: CourierModel, batch: dict[str, torch.Tensor], t: _Tot
         pos.reshape(-1),
         t,
     )
-    out = courier_loss(e_pv, labels, e_click, click_mask, model.loss_cfg, click_head=model.click_head, group=None)
+    out = courier_loss(e_pv, labels, e_click, click_mask, model.loss_cfg, click_head=model.click_head, comm=None)
     t.loss += out.loss.item()
     t.loss_pv += out.loss_pv.item()
     t.loss_ucs += out.loss_ucs.item()

@@ -5,6 +5,7 @@ run the training processes, then log and register the model.
     resume:      run.json (same snapshot, hold-out, MLflow run) -> processes continue from
                  the latest checkpoint
     processes:   TorchDistributor(num_processes, local_mode, use_gpu).run(train_process, job),
+                 or horovod.spark.run(train_process, (job,), num_proc) (train.backend=horovod),
                  or train_process(job) in this process (``distributed=False``, ``--no-spark``)
     end:         result.json -> encoder from the final checkpoint -> mlflow.pytorch.log_model
                  -> registered model version -> alias (e.g. "candidate")
@@ -14,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from courier.train import tracking
 # CTR comparison (courier/train/baselines.py).
 OBJECTIVES = ("courier", "random_init", "label_aligned", "simclr")
 BATCH_GROUPINGS = ("none", "query")
+BACKENDS = ("torch_distributor", "horovod")
 
 log = logging.getLogger("courier.train")
 
@@ -92,10 +96,12 @@ def check_train_config(cfg: CourierConfig) -> None:
         problems.append(f"train.loader_kind must be one of {KINDS}, got {tc.loader_kind!r}")
     if tc.mixed_precision not in MODES:
         problems.append(f"train.mixed_precision must be one of {MODES}, got {tc.mixed_precision!r}")
+    if tc.backend not in BACKENDS:
+        problems.append(f"train.backend must be one of {BACKENDS}, got {tc.backend!r}")
     if tc.batch_grouping not in BATCH_GROUPINGS:
         problems.append(f"train.batch_grouping must be one of {BATCH_GROUPINGS}, got {tc.batch_grouping!r}")
     for name in ("batch_size", "epochs", "num_processes", "log_every_steps", "checkpoint_every_steps",
-                 "keep_checkpoints", "eval_max_rows", "shuffle_window"):
+                 "keep_checkpoints", "eval_max_rows", "shuffle_window", "start_timeout_s"):
         if getattr(tc, name) <= 0:
             problems.append(f"train.{name} must be positive, got {getattr(tc, name)}")
     if tc.objective not in OBJECTIVES:
@@ -245,18 +251,41 @@ def _run_processes(cfg: CourierConfig, job: dict[str, Any], distributed: bool) -
             log.warning("--no-spark runs one process; train.num_processes=%d ignored", cfg.train.num_processes)
         train_process({**job, "single_process": True})
         return
-    from pyspark.ml.torch.distributor import TorchDistributor
-
-    distributor = TorchDistributor(num_processes=cfg.train.num_processes, local_mode=cfg.train.local_mode,
-                                   use_gpu=cfg.train.use_gpu)
+    launch = _launch_horovod if cfg.train.backend == "horovod" else _launch_torch_distributor
     try:
-        distributor.run(train_process, job)
-    except RuntimeError as exc:
-        # TorchDistributor only says "failed"; the processes left their errors in the run folder.
+        launch(cfg, job, train_process)
+    except Exception as exc:  # noqa: BLE001 - both launchers only say "failed"
+        # The processes left their errors in the run folder; raise the first as itself.
         failure = _process_failure(Path(job["run_dir"]), cfg.train.num_processes)
         if failure is None:
             raise
         raise failure from exc
+
+
+def _launch_torch_distributor(cfg: CourierConfig, job: dict[str, Any], fn: Any) -> None:
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    TorchDistributor(num_processes=cfg.train.num_processes, local_mode=cfg.train.local_mode,
+                     use_gpu=cfg.train.use_gpu).run(fn, job)
+
+
+def _launch_horovod(cfg: CourierConfig, job: dict[str, Any], fn: Any) -> None:
+    """``horovod.spark.run``: one Spark task per process, Gloo rendezvous, the venv's interpreter.
+
+    Needs an active SparkContext with ``train.num_processes`` free task slots at once.
+    """
+    try:
+        import horovod.spark
+    except ImportError as exc:
+        raise RuntimeError("train.backend=horovod needs Horovod built into this environment: run "
+                           "build/horovod/install.sh (part of `make setup`)") from exc
+    env = dict(os.environ)
+    # The Spark tasks start the processes with this interpreter; they must import courier.
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
+                                                    env.get("PYTHONPATH", "")) if p)
+    horovod.spark.run(fn, args=(job,), num_proc=cfg.train.num_processes, use_gloo=True, env=env,
+                      executable=sys.executable, verbose=0, start_timeout=cfg.train.start_timeout_s)
 
 
 def _process_failure(run_dir: Path, world_size: int) -> BaseException | None:

@@ -1,8 +1,9 @@
-"""One training process: the function TorchDistributor runs under torchrun (or ``--no-spark`` in-process).
+"""One training process: the function TorchDistributor runs under torchrun, horovod.spark.run
+runs in a Spark task (``train.backend``), or ``--no-spark`` runs in-process.
 
 Its only argument is a plain dict (the "job", built by ``courier.train.launch``)
-so that it pickles into torchrun subprocesses without dragging driver state
-along::
+so that it pickles into torchrun subprocesses (or Horovod's) without dragging
+driver state along; the process-group plumbing is ``courier.train.backends``::
 
     config       CourierConfig.to_dict()
     snapshot     TrainingSnapshot.to_dict() of the training files
@@ -25,13 +26,11 @@ import random
 import sys
 import time
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -39,6 +38,7 @@ from courier.config import CourierConfig, from_dict
 from courier.model import CourierModel
 from courier.model.checkpointing import CheckpointSequential
 from courier.progress import Progress
+from courier.train.backends import ProcessEnv, TrainingBackend, make_backend
 from courier.train.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
 from courier.train.errors import ResumeError, TrainingDataError
 from courier.train.precision import Precision, resolve_precision
@@ -50,50 +50,6 @@ log = logging.getLogger("courier.train")
 CHECKPOINT_FORMAT = 1
 # LossOutput fields averaged over a logging window (all already global across ranks).
 LOGGED_TERMS = ("loss", "loss_pv", "loss_ucs", "loss_click_bce", "attn_entropy", "pv_pos_cos", "ucs_pos_cos")
-
-
-@dataclass(frozen=True)
-class ProcessEnv:
-    """Where this process sits in the data-parallel group."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def process_env(use_gpu: bool, single_process: bool) -> ProcessEnv:
-    """Rank and device from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    if single_process:
-        rank, world, local = 0, 1, 0
-    else:
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_gpu:
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.use_gpu=true but torch sees no CUDA device; set train.use_gpu=false")
-        # TorchDistributor narrows CUDA_VISIBLE_DEVICES to this node's GPUs; LOCAL_RANK indexes them.
-        device = torch.device("cuda", local % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return ProcessEnv(rank, world, local, device)
-
-
-def init_distributed(env: ProcessEnv) -> None:
-    """Join the process group (MASTER_ADDR/PORT from the environment); NCCL on GPU, gloo on CPU."""
-    if env.distributed and not dist.is_initialized():
-        backend = "nccl" if env.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size)
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -151,33 +107,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _all_rng_states(env: ProcessEnv) -> list[dict[str, Any]]:
-    own = _rng_state(env.device)
-    if not env.distributed:
-        return [own]
-    gathered: list[Any] = [None] * env.world_size
-    dist.all_gather_object(gathered, own)
-    return gathered
-
-
-def _global_sum(value: float, env: ProcessEnv) -> float:
-    if not env.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=env.device)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
-def _same_on_all_ranks(value: int, env: ProcessEnv) -> tuple[int, int]:
-    if not env.distributed:
-        return value, value
-    lo = torch.tensor([value], dtype=torch.long, device=env.device)
-    hi = lo.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    return int(lo.item()), int(hi.item())
-
-
 def _count_images(batch: dict[str, torch.Tensor]) -> int:
     """Valid (non-padding) images of a batch: what the backbone actually encodes."""
     return int((batch["pv_labels"] >= 0).sum()) + int(batch["click_mask"].bool().sum())
@@ -212,17 +141,18 @@ def _setup_logging(env: ProcessEnv) -> None:
 def train_process(job: dict[str, Any]) -> dict[str, Any] | None:
     """Train on ``job`` (see the module docstring); returns the result dict on rank 0, else None."""
     cfg = from_dict(CourierConfig, job["config"])
-    env = process_env(cfg.train.use_gpu, bool(job.get("single_process")))
-    _setup_logging(env)
+    backend = make_backend(cfg.train.backend, single_process=bool(job.get("single_process")))
+    rank = 0
     try:
-        init_distributed(env)
-        return _Trainer(cfg, job, env).run()
+        env = backend.start(cfg.train.use_gpu)
+        rank = env.rank
+        _setup_logging(env)
+        return _Trainer(cfg, job, backend).run()
     except BaseException as exc:
-        _record_failure(Path(job["run_dir"]), env.rank, exc)
+        _record_failure(Path(job["run_dir"]), rank, exc)
         raise
     finally:
-        if env.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        backend.stop()
 
 
 def failure_path(run_dir: Path, rank: int) -> Path:
@@ -241,16 +171,17 @@ def _record_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
 class _Trainer:
     """State of one process's training loop (split out of train_process for readability)."""
 
-    def __init__(self, cfg: CourierConfig, job: dict[str, Any], env: ProcessEnv) -> None:
+    def __init__(self, cfg: CourierConfig, job: dict[str, Any], backend: TrainingBackend) -> None:
         from courier.data.snapshot import TrainingSnapshot
 
-        self.cfg, self.job, self.env = cfg, job, env
+        self.cfg, self.job, self.backend = cfg, job, backend
+        self.env = backend.env
         self.tc = cfg.train
         self.run_dir = Path(job["run_dir"])
         self.snapshot = TrainingSnapshot.from_dict(job["snapshot"])
         self.holdout = TrainingSnapshot.from_dict(job["holdout"]) if job.get("holdout") else None
         mlflow_job = job.get("mlflow") or {}
-        self.metrics = MetricLogger(mlflow_job.get("tracking_uri"), mlflow_job.get("run_id")) if env.is_main \
+        self.metrics = MetricLogger(mlflow_job.get("tracking_uri"), mlflow_job.get("run_id")) if self.env.is_main \
             else MetricLogger(None, None)
         self.run_id = mlflow_job.get("run_id")
 
@@ -270,13 +201,9 @@ class _Trainer:
         seed_everything(tc.seed, env.rank)
         self.precision = resolve_precision(tc.mixed_precision, env.device)
         core = build_model(self.cfg, env.device, tc.seed)
-        self.setup = describe_setup(core, self.precision, env)
-        if env.distributed:
-            device_ids = [env.device.index] if env.device.type == "cuda" else None
-            self.model: nn.Module = DistributedDataParallel(core, device_ids=device_ids)
-        else:
-            self.model = core
-        self.optimizer = torch.optim.Adam(core.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        optimizer = torch.optim.Adam(core.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.model, self.optimizer = self.backend.prepare(core, optimizer)
+        self.setup = {**describe_setup(core, self.precision, env), "backend": self.backend.name}
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision.use_scaler)
         from courier.data.source import make_batch_source
 
@@ -290,7 +217,7 @@ class _Trainer:
             raise TrainingDataError(f"cannot read {self.snapshot.table} v{self.snapshot.version} for "
                                     f"training: {exc}") from exc
         spe = self.source.steps_per_epoch()
-        lo, hi = _same_on_all_ranks(spe, env)
+        lo, hi = self.backend.global_min_max(spe)
         if lo != hi:
             raise TrainingDataError(
                 f"ranks disagree on steps per epoch ({lo}..{hi}) for {self.snapshot.table} v{self.snapshot.version}: "
@@ -309,8 +236,11 @@ class _Trainer:
         self.history: list[dict[str, float]] = []
         self.train_seconds, self.images_seen = 0.0, 0.0
         path = latest_checkpoint(self.run_dir)
-        if path is None:
-            return
+        if path is not None:
+            self._load(path)
+        self.backend.sync_state(unwrap(self.model), self.optimizer)
+
+    def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ResumeError(f"{path}: unknown checkpoint format {state.get('format')}")
@@ -348,8 +278,7 @@ class _Trainer:
         result = None
         if env.is_main:
             result = self._finish(final)
-        if env.distributed:
-            dist.barrier()  # other ranks wait for rank 0's evaluation before the group goes away
+        self.backend.barrier()  # other ranks wait for rank 0's evaluation before the group goes away
         return result
 
     def _loop(self) -> None:
@@ -376,7 +305,7 @@ class _Trainer:
                 done = self.global_step >= self.total_steps
                 if self.global_step % tc.log_every_steps == 0 or done:
                     now = time.perf_counter()
-                    images = _global_sum(float(window_images), env)
+                    images = self.backend.global_sum(float(window_images))
                     self._log_window(window / window_steps, images / max(now - window_start, 1e-9), progress)
                     self.images_seen += images
                     window.zero_()
@@ -401,12 +330,11 @@ class _Trainer:
     def _step(self, batch: dict[str, torch.Tensor]) -> Any:
         device = self.env.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()  # set_to_none, the default; hvd.DistributedOptimizer takes no arguments
         with self.precision.autocast(device.type):
             out = self.model(batch)
         self.scaler.scale(out.loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.backend.optimizer_step(self.optimizer, self.scaler)
         return out
 
     def _log_window(self, means: torch.Tensor, images_per_s: float, progress: Progress | None) -> None:
@@ -433,7 +361,7 @@ class _Trainer:
         epoch, step_in_epoch = self.epoch, self.step_in_epoch
         if step_in_epoch >= self.steps_per_epoch:  # an epoch boundary resumes at the next epoch's start
             epoch, step_in_epoch = epoch + 1, 0
-        rng = _all_rng_states(self.env)
+        rng = self.backend.gather_objects(_rng_state(self.env.device))
         if not self.env.is_main:
             return None
         state = {

@@ -14,7 +14,8 @@ from courier.model import CourierModel, LossConfig, ModelConfig
 from courier.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from courier.train.evaluate import evaluate_reconstruction
 from courier.train.holdout import split_holdout
-from courier.train.loop import ProcessEnv, describe_setup
+from courier.train.backends import ProcessEnv
+from courier.train.loop import describe_setup
 from courier.train.precision import resolve_precision
 from courier.train.rundir import frozen_config_differences
 

@@ -118,3 +118,11 @@ def test_train_section_rejects_an_unknown_batch_grouping():
 
     with pytest.raises(ValueError, match=r"train.batch_grouping must be one of \('none', 'query'\)"):
         check_train_config(load_config("local", ["train.batch_grouping=category"]))
+
+
+def test_train_section_rejects_an_unknown_backend():
+    from courier.train.launch import check_train_config
+
+    check_train_config(load_config("local", ["train.backend=horovod"]))
+    with pytest.raises(ValueError, match=r"train.backend must be one of \('torch_distributor', 'horovod'\), got 'mpi'"):
+        check_train_config(load_config("local", ["train.backend=mpi"]))
