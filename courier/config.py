@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from courier.checks import require
 from courier.ctr.config import CtrConfig, CtrSamplesConfig
 from courier.experiment.config import ExperimentConfig
 from courier.features.config import AssignConfig, ClusterConfig, EmbedConfig, ReportConfig
@@ -53,6 +55,9 @@ class SparkConfig:
     conf: dict[str, str] = field(default_factory=dict)
 
 
+_PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
 @dataclass(frozen=True)
 class TablesConfig:
     """Table names (all Delta, all in one database)."""
@@ -77,6 +82,15 @@ class TablesConfig:
     cluster_click_share_daily: str = "cluster_click_share_daily"
     ctr_samples: str = "ctr_samples"
 
+    def __post_init__(self) -> None:
+        # Names reach SQL through IDENTIFIER(:param) or quote_identifier, never pasted; refusing
+        # anything but plain identifiers here stops a hostile --set before any job starts.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            require(isinstance(value, str) and _PLAIN_IDENTIFIER.match(value) is not None,
+                    f"tables.{f.name} must be a plain identifier (letters, digits and _, not starting "
+                    f"with a digit), got {value!r}")
+
     def qualified(self, name: str) -> str:
         """``database.table`` for a table attribute name, e.g. ``qualified("rejects")``."""
         return f"{self.database}.{getattr(self, name)}"
@@ -96,6 +110,10 @@ class SamplesConfig:
     history_lookback_days: int = 60
     image_size: int = 64
     jpeg_quality: int = 90
+    # Source images beyond these are rejected as "image_too_large" before their pixels are
+    # decoded (a decompression bomb is a small file whose header claims a huge size).
+    max_image_bytes: int = 20_000_000
+    max_image_pixels: int = 40_000_000
     # Rows per Parquet row group of courier_training_rows; readers shard by row group.
     rows_per_row_group: int = 256
     # Events after this instant are rejected as "future_timestamp"; None = now.
@@ -189,12 +207,51 @@ class CourierConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def to_log_dict(self) -> dict[str, Any]:
+        """``to_dict`` with secrets masked: what may be logged, tracked or written beside a run."""
+        return mask_secrets(self.to_dict())
+
+    def to_log_yaml(self) -> str:
+        return yaml.safe_dump(self.to_log_dict(), sort_keys=False)
+
     def replace(self, overrides: Sequence[str]) -> "CourierConfig":
         """A copy with ``section.key=value`` overrides applied."""
         data = self.to_dict()
         for override in overrides:
             _apply_override(data, override)
         return from_dict(CourierConfig, data)
+
+
+# A key whose dotted path contains one of these names a secret (spark.hadoop.fs.s3a.secret.key,
+# ...access.key, ...session.token, a JDBC password, an API token); "...provider" keys name a
+# class, not a credential.
+SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "access.key", "accesskey", "access_key",
+                    "api_key", "apikey", "private.key", "credential")
+MASK = "***"
+_URL_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*):(?P<password>[^@/\s]+)@")
+
+
+def _is_secret_key(path: str) -> bool:
+    lowered = path.lower()
+    return not lowered.endswith("provider") and any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def mask_secrets(data: Any, path: str = "") -> Any:
+    """A copy of ``data`` (dicts, lists, scalars) with secret values replaced by ``MASK``.
+
+    Masked: the value of every key whose dotted path looks like a secret (``SECRET_KEY_PARTS``),
+    and the password of any ``scheme://user:password@host`` URL (a tracking URI with
+    credentials, a JDBC or metastore URL).
+    """
+    if isinstance(data, dict):
+        return {k: mask_secrets(v, f"{path}.{k}" if path else str(k)) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(mask_secrets(v, path) for v in data)
+    if data is not None and path and _is_secret_key(path):
+        return MASK
+    if isinstance(data, str):
+        return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{MASK}@", data)
+    return data
 
 
 T = TypeVar("T")
@@ -236,7 +293,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         where = path or cls.__name__
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a section's own check (__post_init__): a user error, named
+        raise ConfigError(str(exc)) from exc
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -317,5 +379,5 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
 
 
 def config_json(cfg: CourierConfig) -> str:
-    """The resolved config as compact JSON (stored with runs)."""
-    return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    """The resolved config as compact JSON, secrets masked (stored with runs in pipeline_runs)."""
+    return json.dumps(cfg.to_log_dict(), sort_keys=True, default=str)

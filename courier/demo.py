@@ -14,6 +14,7 @@ from courier.features.embed import embed_items
 from courier.features.report import write_report
 from courier.features.views import FEATURE_VIEWS
 from courier.samples.build import build_samples
+from courier.status import describe_tables
 from courier.train.launch import run_training
 from courier.world_tables import write_world
 
@@ -34,21 +35,6 @@ DEMO_EXPERIMENT = ("experiment.variants=[none,oracle,published]", "experiment.se
 def world_date_range(cfg: CourierConfig) -> tuple[dt.date, dt.date]:
     start = dt.date.fromisoformat(cfg.world.start_date)
     return start, start + dt.timedelta(days=cfg.world.days - 1)
-
-
-def describe_tables(spark: SparkSession, cfg: CourierConfig) -> str:
-    """Where each table lives, its Delta version and row count."""
-    lines = [f"{'table':<36} {'rows':>10} {'version':>8}  location"]
-    for attr in ("raw_items", "raw_impressions", "item_images", "courier_samples", "courier_training_rows",
-                 "item_embeddings", "cluster_centroids", "item_image_features", "ctr_samples",
-                 "rejects", "pipeline_runs", "eval_item_styles", "eval_user_preferences"):
-        name = cfg.tables.qualified(attr)
-        if not spark.catalog.tableExists(name):
-            continue
-        detail = spark.sql(f"DESCRIBE DETAIL {name}").select("location").first()
-        version = spark.sql(f"DESCRIBE HISTORY {name} LIMIT 1").select("version").first()[0]
-        lines.append(f"{name:<36} {spark.table(name).count():>10,} {version:>8}  {detail['location']}")
-    return "\n".join(lines)
 
 
 def describe_views(spark: SparkSession, cfg: CourierConfig) -> str:

@@ -102,7 +102,7 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     if database:
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+        spark.sql("CREATE DATABASE IF NOT EXISTS IDENTIFIER(:database)", args={"database": database})
     log.info("spark %s, master %s, warehouse %s", spark.version, spark.sparkContext.master,
              spark.conf.get("spark.sql.warehouse.dir"))
     return spark

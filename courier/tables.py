@@ -140,6 +140,17 @@ def _overwrite_where(df: DataFrame, qualified_name: str, predicate: str) -> None
 
 
 def date_range_predicate(start: dt.date, end: dt.date, column: str = "dt") -> str:
+    """``dt`` in [start, end] as SQL text, for Delta's ``replaceWhere`` (which takes text only).
+
+    The one predicate built as text: its values are ``datetime.date`` objects (the CLI parses
+    --start/--end with ``date.fromisoformat``), rendered by ``isoformat`` into digits and
+    dashes, and the column is a fixed internal name; anything else is refused.
+    """
+    for value in (start, end):
+        if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
+            raise TypeError(f"date_range_predicate takes datetime.date values, got {value!r}")
+    if not column.isidentifier():
+        raise ValueError(f"not a plain column name: {column!r}")
     return f"{column} >= DATE'{start.isoformat()}' AND {column} <= DATE'{end.isoformat()}'"
 
 

@@ -12,6 +12,7 @@
     courier ctr-samples --start D --end D       # raw_impressions + as-of item_image_features -> ctr_samples
     courier experiment                          # the CTR comparison of experiment.variants: RESULTS.md + report
     courier demo                                # everything above on the embedded default, then a summary
+    courier status                              # latest run per stage, rejects, table versions, aliases, clusters
     courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
 
 Every subcommand takes ``--profile`` (conf/<profile>.yaml or a path) and
@@ -51,7 +52,7 @@ def _setup_logging(verbose: bool) -> None:
 def _config(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> CourierConfig:
     """The profile, then a command's own ``defaults``, then the user's ``--set`` overrides."""
     cfg = load_config(args.profile, [*defaults, *args.set])
-    log.info("resolved config (profile %s):\n%s", args.profile, cfg.to_yaml())
+    log.info("resolved config (profile %s):\n%s", args.profile, cfg.to_log_yaml())
     return cfg
 
 
@@ -176,6 +177,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from courier.status import status_report
+
+    cfg = _config(args)
+    print(status_report(_spark(cfg), cfg))
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     cfg = _config(args)
     spark = _spark(cfg)
@@ -231,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("experiment", cmd_experiment, "run the CTR comparison (experiment.variants x seeds), resumable; "
         "write RESULTS.md and the HTML report")
     add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
+    add("status", cmd_status, "the latest run of each stage, table versions and counts, model aliases, clusters")
     p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
     p.add_argument("query", nargs="?")
     p.add_argument("--limit", type=int, default=20)

@@ -149,7 +149,7 @@ def _padded(df: DataFrame, length: int) -> DataFrame:
     """The columns the model reads, the history arrays cut to the newest ``length`` and left-padded."""
 
     def pad(column: str, filler: str) -> F.Column:
-        newest = F.expr(f"slice({column}, greatest(size({column}) - {length} + 1, 1), {length})")
+        newest = F.slice(F.col(column), F.greatest(F.size(column) - length + 1, F.lit(1)), F.lit(length))
         return F.concat(F.array_repeat(F.expr(filler), F.lit(length) - F.size(newest)), newest)
 
     clean = df.selectExpr(

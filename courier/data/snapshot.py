@@ -21,6 +21,7 @@ from PIL import Image
 
 from courier.data.delta_log import DataFile, DeltaLogError, DeltaVersionState, latest_version, read_version_state
 from courier.data.fs import filesystem_and_path
+from courier.sql_files import quote_identifier
 
 if TYPE_CHECKING:  # training processes import this module only for TrainingSnapshot: no Spark there
     from pyspark.sql import SparkSession
@@ -103,7 +104,7 @@ def pin_training_snapshot(
     if not spark.catalog.tableExists(table):
         raise SnapshotError(f"table {table} does not exist")
     # DESCRIBE TABLE EXTENDED is a catalog lookup; DESCRIBE DETAIL would load a Delta snapshot (slow, cold).
-    info = {r["col_name"]: r["data_type"] for r in spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()}
+    info = {r["col_name"]: r["data_type"] for r in spark.sql(f"DESCRIBE TABLE EXTENDED {quote_identifier(table)}").collect()}
     if str(info.get("Provider", "")).lower() != "delta":
         raise SnapshotError(f"table {table} is {info.get('Provider')}, not Delta")
     location = str(info["Location"])

@@ -195,7 +195,8 @@ def _parent_run(cfg: CourierConfig, state: ExperimentState) -> str:
         return state.parent_run_id
     experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment + MLFLOW_EXPERIMENT_SUFFIX,
                                                cfg.mlflow.artifact_location)
-    params = tracking.flatten({"experiment": cfg.to_dict()["experiment"], "ctr": cfg.to_dict()["ctr"]})
+    logged = cfg.to_log_dict()
+    params = tracking.flatten({"experiment": logged["experiment"], "ctr": logged["ctr"]})
     state.parent_run_id = tracking.create_run(uri, experiment_id, "ctr-experiment", params,
                                               {tracking.TAG_GIT: tracking.git_revision()})
     state.save()

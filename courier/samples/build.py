@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig, config_json
-from courier.samples.images import register_prepare_image_udf
+from courier.samples.images import ImageLimits, register_prepare_image_udf
 from courier.samples.training_rows import training_rows
 from courier.spark import session_conf
 from courier.sql_files import run_sql_file
@@ -114,7 +114,8 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
     with timed(timings, "candidates"):
         candidates = run_sql_file(spark, "samples/item_images_candidates", args).localCheckpoint(eager=True)
         candidates.createOrReplaceTempView("item_images_candidates")
-    register_prepare_image_udf(spark, s.image_size, s.jpeg_quality, from_uri)
+    register_prepare_image_udf(spark, s.image_size, s.jpeg_quality, from_uri,
+                               ImageLimits(s.max_image_bytes, s.max_image_pixels))
     with timed(timings, "prepare_images"):
         prepared = run_sql_file(spark, "samples/item_images_prepared", args).localCheckpoint(eager=True)
 

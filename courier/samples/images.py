@@ -33,22 +33,46 @@ class PreparedImage:
     content_hash: str | None
     source_width: int | None
     source_height: int | None
-    error: str | None = None  # reject reason: empty_image | undecodable_image | unreadable_image_uri
+    # reject reason: empty_image | undecodable_image | image_too_large | unreadable_image_uri
+    error: str | None = None
     error_detail: str | None = None
 
 
-def prepare_image(data: bytes | None, size: int, quality: int) -> PreparedImage:
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds on what is decoded (samples.max_image_bytes / max_image_pixels): a hostile upload
+    must cost a reject, not the executor.
+
+    Attributes:
+        max_bytes: larger sources are refused before decoding (and URIs are read no further).
+        max_pixels: width x height above this is refused from the header, before the pixels
+            are decoded (a decompression bomb is a small file with a huge header size).
+    """
+
+    max_bytes: int
+    max_pixels: int
+
+
+def prepare_image(data: bytes | None, size: int, quality: int, limits: ImageLimits) -> PreparedImage:
     """Decode ``data``, resize its shorter side to ``size``, center-crop ``size`` x ``size``, encode JPEG.
 
     The hash is SHA-256 of the source bytes, so identical uploads share it and a
-    changed image is detectable without decoding.
+    changed image is detectable without decoding. Sources beyond ``limits`` are
+    rejected as ``image_too_large`` without decoding their pixels.
     """
     if data is None or len(data) == 0:
         return PreparedImage(None, None, None, None, "empty_image", "image is null or 0 bytes")
+    if len(data) > limits.max_bytes:
+        return PreparedImage(None, None, None, None, "image_too_large",
+                             f"{len(data):,} bytes > samples.max_image_bytes {limits.max_bytes:,}")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size  # from the header; nothing decoded yet
+            if width * height > limits.max_pixels:
+                return PreparedImage(None, None, width, height, "image_too_large",
+                                     f"{width}x{height} = {width * height:,} pixels > samples.max_image_pixels "
+                                     f"{limits.max_pixels:,}")
             img.load()
-            width, height = img.size
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         return PreparedImage(None, None, None, None, "undecodable_image", f"{type(exc).__name__}: {exc}"[:300])
@@ -64,34 +88,39 @@ def prepare_image(data: bytes | None, size: int, quality: int) -> PreparedImage:
     return PreparedImage(out.getvalue(), hashlib.sha256(data).hexdigest(), width, height)
 
 
-def read_image_uri(uri: str | None) -> bytes | None:
-    """Bytes behind an image URI (local path, file://, or any fsspec URL), None if absent."""
+def read_image_uri(uri: str | None, max_bytes: int | None = None) -> bytes | None:
+    """Bytes behind an image URI (local path, file://, or any fsspec URL), None if absent.
+
+    With ``max_bytes``, at most ``max_bytes + 1`` bytes are read: enough for
+    ``prepare_image`` to see the file is too large, without holding all of it.
+    """
     if uri is None or uri == "":
         return None
     import fsspec
 
     with fsspec.open(uri, "rb") as handle:
-        return handle.read()
+        return handle.read() if max_bytes is None else handle.read(max_bytes + 1)
 
 
-def _prepare_series(images: pd.Series, size: int, quality: int, from_uri: bool) -> pd.DataFrame:
+def _prepare_series(images: pd.Series, size: int, quality: int, from_uri: bool, limits: ImageLimits) -> pd.DataFrame:
     rows = []
     for value in images:
         if from_uri:
             try:
-                value = read_image_uri(value)
+                value = read_image_uri(value, limits.max_bytes)
             except (OSError, ValueError) as exc:
                 rows.append(PreparedImage(None, None, None, None, "unreadable_image_uri", str(exc)[:300]).__dict__)
                 continue
-        rows.append(prepare_image(value, size, quality).__dict__)
+        rows.append(prepare_image(value, size, quality, limits).__dict__)
     return pd.DataFrame(rows, columns=[f.name for f in PREPARED_IMAGE_TYPE.fields])
 
 
-def register_prepare_image_udf(spark: SparkSession, size: int, quality: int, from_uri: bool) -> None:
+def register_prepare_image_udf(spark: SparkSession, size: int, quality: int, from_uri: bool,
+                               limits: ImageLimits) -> None:
     """Register ``courier_prepare_image(image)`` for the SQL files: bytes (or URI) -> PREPARED_IMAGE_TYPE."""
 
     @F.pandas_udf(PREPARED_IMAGE_TYPE)  # type: ignore[call-overload]
     def courier_prepare_image(images: pd.Series) -> pd.DataFrame:
-        return _prepare_series(images, size, quality, from_uri)
+        return _prepare_series(images, size, quality, from_uri, limits)
 
     spark.udf.register("courier_prepare_image", courier_prepare_image)

@@ -6,7 +6,7 @@ Public API:
     evaluate_reconstruction                         -- held-out retrieval + health (evaluate.py)
     split_holdout                                   -- training / held-out files (holdout.py)
     resolve_precision, Precision                    -- mixed precision policy (precision.py)
-    TrainingError, TrainingDataError, ResumeError   -- errors.py
+    TrainingError, TrainingDataError, ResumeError, CheckpointError   -- errors.py
 
 Imports are lazy: a torchrun worker importing ``courier.train.loop`` should not
 pay for MLflow or Spark, nor should ``import courier.train``.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from courier.train.errors import ResumeError, TrainingDataError, TrainingError
+from courier.train.errors import CheckpointError, ResumeError, TrainingDataError, TrainingError
 
 _LAZY = {
     "run_training": "courier.train.launch",
@@ -28,7 +28,7 @@ _LAZY = {
     "Precision": "courier.train.precision",
 }
 
-__all__ = ["ResumeError", "TrainingDataError", "TrainingError", *_LAZY]
+__all__ = ["CheckpointError", "ResumeError", "TrainingDataError", "TrainingError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

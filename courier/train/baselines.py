@@ -152,7 +152,7 @@ def train_image_baseline(cfg: CourierConfig, spark: Any = None, run_name: str | 
     run_name = run_name or new_run_name()
     images, labels = (None, None) if objective == "random_init" else _item_images(spark, cfg)
     experiment_id = tracking.ensure_experiment(tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
-    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_dict()),
+    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_log_dict()),
                                  {"courier.objective": objective, tracking.TAG_GIT: tracking.git_revision()})
     mlc = tracking.client(tracking_uri)
     try:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from courier.train.errors import CheckpointError
+
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
@@ -78,9 +82,19 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int) -> Path:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint``.
+    """Load a checkpoint written by ``save_checkpoint``, weights-only.
 
-    ``weights_only=False``: the file also holds Python/NumPy RNG states, and it is
-    our own file from the run directory, not a downloaded artefact.
+    ``torch.load(weights_only=True)`` rebuilds tensors, numbers, strings and containers and
+    nothing else, so a tampered file in a shared checkpoint folder cannot run code on load
+    (the loop stores its RNG states as tensors and tuples for this).
+
+    Raises:
+        CheckpointError: the file is not a weights-only checkpoint (or not a checkpoint).
     """
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} is not a weights-only checkpoint (it holds objects other than tensors, numbers, "
+            f"strings and containers; written by another program, or by a courier before "
+            f"weights-only checkpoints): refused. Start a new run. ({str(exc).splitlines()[0]})") from exc

@@ -12,3 +12,7 @@ class TrainingDataError(TrainingError):
 
 class ResumeError(TrainingError):
     """A run cannot be resumed: nothing to resume, or it would not continue the same run."""
+
+
+class CheckpointError(ResumeError):
+    """A checkpoint file that cannot be loaded safely (not weights-only)."""

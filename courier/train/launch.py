@@ -23,7 +23,7 @@ from typing import Any
 
 from courier.config import CourierConfig
 from courier.train.checkpoint import load_checkpoint, read_json
-from courier.train.errors import ResumeError, TrainingDataError
+from courier.train.errors import CheckpointError, ResumeError, TrainingDataError
 from courier.train.rundir import RESULT, RunManifest, frozen_config_differences, new_run_name
 from courier.train import tracking
 
@@ -197,18 +197,18 @@ def _new_run(
         tracking.TAG_RESUMES: "0",
         "courier.dates": f"{dates[0]}..{dates[1]}" if dates else "all",
     }
-    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_dict()), tags)
+    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_log_dict()), tags)
     manifest = RunManifest(
         run_name=run_name,
         mlflow_run_id=run_id,
         snapshot=train.to_dict(),
         holdout=holdout.to_dict() if holdout else None,
         pinned=snapshot.to_dict(),
-        config=cfg.to_dict(),
+        config=cfg.to_log_dict(),  # on a shared disk: no secrets
     )
     manifest.save(run_dir)
     mlc = tracking.client(tracking_uri)
-    mlc.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    mlc.log_text(run_id, cfg.to_log_yaml(), "config.yaml")
     mlc.log_dict(run_id, manifest.pinned, "snapshot.json")
     log.info("new run %s: %s v%d, %d training rows, %d held out; MLflow run %s", run_name, snapshot.table,
              snapshot.version, train.total_rows, holdout.total_rows if holdout else 0, run_id)
@@ -225,14 +225,14 @@ def _reopen_run(cfg: CourierConfig, run_dir: Path, tracking_uri: str, snapshot: 
     if status == "FINISHED":
         raise ResumeError(f"run {manifest.run_name} (MLflow run {manifest.mlflow_run_id}) already finished; "
                           "choose a new --run-name to train again")
-    diffs = frozen_config_differences(manifest.config, cfg.to_dict())
+    diffs = frozen_config_differences(manifest.config, cfg.to_log_dict())
     if diffs:
         raise ResumeError(f"run {manifest.run_name} cannot resume with a different model/optimiser/data "
                           f"configuration: {diffs}. Start a new run (another --run-name) instead.")
     manifest.resumes += 1
     manifest.save(run_dir)
     # Params are immutable in MLflow: what this attempt changed (e.g. max_steps) goes into a tag.
-    before, now = tracking.flatten(manifest.config), tracking.flatten(cfg.to_dict())
+    before, now = tracking.flatten(manifest.config), tracking.flatten(cfg.to_log_dict())
     changed = {k: now.get(k) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
     mlc.set_tag(manifest.mlflow_run_id, tracking.TAG_RESUMES, str(manifest.resumes))
     if changed:
@@ -292,7 +292,7 @@ def _process_failure(run_dir: Path, world_size: int) -> BaseException | None:
     """The first recorded process error, re-created as its own type when it is one of ours."""
     from courier.train.loop import failure_path
 
-    types = {cls.__name__: cls for cls in (TrainingDataError, ResumeError, FloatingPointError)}
+    types = {cls.__name__: cls for cls in (TrainingDataError, ResumeError, CheckpointError, FloatingPointError)}
     for rank in range(world_size):
         path = failure_path(run_dir, rank)
         if path.is_file():

@@ -39,7 +39,7 @@ class RunManifest:
         snapshot: TrainingSnapshot.to_dict() of the rows trained on.
         holdout: TrainingSnapshot.to_dict() of the held-out rows, or None.
         pinned: the full pinned snapshot (before the hold-out split).
-        config: the resolved CourierConfig.to_dict() of the first start.
+        config: the resolved CourierConfig.to_log_dict() of the first start (secrets masked).
         created_at: ISO time of the first start.
         resumes: how many times the run was resumed.
     """

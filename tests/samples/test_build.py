@@ -3,10 +3,12 @@ rejects, reconciliation, the table contracts, idempotent re-runs."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
@@ -17,9 +19,17 @@ from courier.world_tables import write_world
 START, END = dt.date(2026, 1, 1), dt.date(2026, 1, 4)
 DB = "courier_build_test"
 
+def _decompression_bomb() -> bytes:
+    """A PNG of a few KB whose header claims 9000 x 9000 = 81 M pixels (samples.max_image_pixels: 40 M)."""
+    buf = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 BAD_ITEMS = {  # item_id -> (image bytes, expected reason)
     990001: (b"", "empty_image"),
     990002: (b"this is not an image", "undecodable_image"),
+    990003: (_decompression_bomb(), "image_too_large"),
 }
 
 
@@ -88,7 +98,7 @@ def test_every_bad_impression_is_rejected_with_its_reason(spark, cfg, built):
 def test_every_bad_item_is_rejected_with_its_reason(spark, cfg, built):
     result, _ = built
     assert _rejects(spark, cfg, "item_images") == {
-        "empty_image": 1, "undecodable_image": 1, "duplicate_key": 1, "null_key": 1}
+        "empty_image": 1, "undecodable_image": 1, "image_too_large": 1, "duplicate_key": 1, "null_key": 1}
     images = spark.table(cfg.tables.qualified("item_images"))
     assert images.where(F.col("item_id").isin(list(BAD_ITEMS))).count() == 0
     n_raw = spark.table(cfg.tables.qualified("raw_items")).count()

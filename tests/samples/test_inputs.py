@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import time
 
 import pytest
 from PIL import Image
 
 from courier.config import CourierConfig
 from courier.samples.build import build_item_images, build_samples, sample_views
-from courier.samples.images import prepare_image
+from courier.samples.images import ImageLimits, prepare_image, read_image_uri
 from courier.tables import SchemaError
 from courier.world.schema import RAW_IMPRESSIONS_DDL, RAW_ITEMS_DDL
 
 DB = "courier_inputs_test"
+
+
+LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
 
 
 def _png(width: int, height: int, colour=(200, 30, 30)) -> bytes:
@@ -44,21 +48,49 @@ def test_prepare_image_resizes_and_center_crops():
     img.paste((0, 0, 255), (20, 0, 40, 20))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    prepared = prepare_image(buf.getvalue(), size=10, quality=95)
+    prepared = prepare_image(buf.getvalue(), size=10, quality=95, limits=LIMITS)
     assert prepared.error is None
     assert (prepared.source_width, prepared.source_height) == (40, 20)
     out = Image.open(io.BytesIO(prepared.jpeg))
     assert out.format == "JPEG" and out.size == (10, 10)
     left, right = out.getpixel((1, 5)), out.getpixel((8, 5))
     assert left[0] > 200 and left[2] < 60 and right[2] > 200 and right[0] < 60
-    assert prepared.content_hash == prepare_image(buf.getvalue(), size=32, quality=50).content_hash
+    assert prepared.content_hash == prepare_image(buf.getvalue(), size=32, quality=50, limits=LIMITS).content_hash
 
 
 @pytest.mark.parametrize("data,reason", [(None, "empty_image"), (b"", "empty_image"),
                                          (b"\x89PNG\r\n\x1a\nbroken", "undecodable_image")])
 def test_prepare_image_reports_bad_images(data, reason):
-    prepared = prepare_image(data, size=8, quality=90)
+    prepared = prepare_image(data, size=8, quality=90, limits=LIMITS)
     assert prepared.jpeg is None and prepared.error == reason and prepared.error_detail
+
+
+def test_prepare_image_refuses_sources_beyond_the_limits():
+    png = _png(200, 100)  # 20,000 pixels
+    assert prepare_image(png, 8, 90, ImageLimits(max_bytes=len(png), max_pixels=20_000)).error is None
+    too_big = prepare_image(png, 8, 90, ImageLimits(max_bytes=len(png) - 1, max_pixels=20_000))
+    assert (too_big.error, too_big.jpeg) == ("image_too_large", None)
+    assert f"{len(png):,} bytes > samples.max_image_bytes" in too_big.error_detail
+    too_many = prepare_image(png, 8, 90, ImageLimits(max_bytes=len(png), max_pixels=19_999))
+    assert too_many.error == "image_too_large" and (too_many.source_width, too_many.source_height) == (200, 100)
+    assert "200x100 = 20,000 pixels > samples.max_image_pixels 19,999" in too_many.error_detail
+
+
+def test_a_decompression_bomb_is_refused_from_its_header():
+    # 9000 x 9000 mode-1 pixels: a ~10 KB file that would decode to 81 M RGB pixels (243 MB).
+    buf = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buf, format="PNG")
+    limits = ImageLimits(max_bytes=1_000_000, max_pixels=40_000_000)
+    started = time.perf_counter()
+    prepared = prepare_image(buf.getvalue(), 8, 90, limits)
+    assert prepared.error == "image_too_large" and "81,000,000 pixels" in prepared.error_detail
+    assert time.perf_counter() - started < 5  # not decoded (a safety net, not a benchmark)
+
+
+def test_uris_are_read_no_further_than_the_byte_limit(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 10_000)
+    assert len(read_image_uri(str(big), max_bytes=100)) == 101
 
 
 def test_item_images_from_uris(spark, cfg, tmp_path):

@@ -2,8 +2,11 @@
 files, resume compatibility, the retrieval metric's direction and tie handling, model switches."""
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,10 +14,10 @@ from torch import nn
 from courier.config import load_config
 from courier.data.snapshot import TrainingSnapshot
 from courier.model import CourierModel, LossConfig, ModelConfig
+from courier.train.backends import ProcessEnv
 from courier.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from courier.train.evaluate import evaluate_reconstruction
 from courier.train.holdout import split_holdout
-from courier.train.backends import ProcessEnv
 from courier.train.loop import describe_setup
 from courier.train.precision import resolve_precision
 from courier.train.rundir import frozen_config_differences
@@ -173,3 +176,32 @@ def test_compile_switch_compiles_the_encoder():
     # nn.Module.compile is lazy: this checks the switch, the first forward would compile.
     model = CourierModel(ModelConfig(compile=True, embedding_dim=16), LossConfig())
     assert describe_setup(model, resolve_precision("auto", CPU), ProcessEnv(0, 1, 0, CPU))["compiled"]
+
+
+class _RunsCodeWhenUnpickled:
+    """What a tampered checkpoint could carry: unpickling it calls ``Path.touch`` on a marker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_load_weights_only_and_refuse_code(tmp_path: Path):
+    from courier.train.errors import CheckpointError
+    from courier.train.loop import _rng_state, _set_rng_state
+
+    # The loop's own state round-trips, RNG states included: the next draws repeat.
+    state = {"global_step": 3, "model": {"w": torch.ones(2)}, "rng": [_rng_state(CPU)], "history": [{"loss": 1.0}]}
+    path = save_checkpoint(state, tmp_path / "run", keep=2)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    _set_rng_state(load_checkpoint(path)["rng"][0], CPU)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+    marker = tmp_path / "payload-ran"
+    torch.save({"global_step": 4, "model": {}, "extra": _RunsCodeWhenUnpickled(marker)},
+               tmp_path / "run" / "step-000000004.pt")
+    with pytest.raises(CheckpointError, match=r"step-000000004.pt is not a weights-only checkpoint"):
+        load_checkpoint(tmp_path / "run" / "step-000000004.pt")
+    assert not marker.exists()

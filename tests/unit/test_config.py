@@ -126,3 +126,41 @@ def test_train_section_rejects_an_unknown_backend():
     check_train_config(load_config("local", ["train.backend=horovod"]))
     with pytest.raises(ValueError, match=r"train.backend must be one of \('torch_distributor', 'horovod'\), got 'mpi'"):
         check_train_config(load_config("local", ["train.backend=mpi"]))
+
+
+SECRETS = ["spark.conf={spark.hadoop.fs.s3a.secret.key: s3-SECRET-1, spark.hadoop.fs.s3a.access.key: AKIA-SECRET-2, "
+           "spark.hadoop.fs.s3a.aws.credentials.provider: com.example.Provider, "
+           "spark.hadoop.javax.jdo.option.ConnectionPassword: jdbc-SECRET-3}",
+           "mlflow.tracking_uri=https://courier:mlflow-SECRET-4@mlflow.internal:5000"]
+
+
+def test_secrets_are_masked_in_the_logged_config():
+    cfg = load_config("local", SECRETS)
+    logged = cfg.to_log_yaml()
+    for n in range(1, 5):
+        assert f"SECRET-{n}" not in logged, n
+    conf = cfg.to_log_dict()["spark"]["conf"]
+    assert conf["spark.hadoop.fs.s3a.secret.key"] == conf["spark.hadoop.fs.s3a.access.key"] == "***"
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == "com.example.Provider"  # a class, not a secret
+    assert cfg.to_log_dict()["mlflow"]["tracking_uri"] == "https://courier:***@mlflow.internal:5000"
+    # The job itself still gets the real values.
+    assert cfg.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "s3-SECRET-1"
+
+
+def test_the_cli_logs_the_resolved_config_without_secrets(caplog: pytest.LogCaptureFixture):
+    import argparse
+
+    from jobs.cli import _config
+
+    with caplog.at_level("INFO", logger="courier"):
+        cfg = _config(argparse.Namespace(profile="local", set=SECRETS))
+    assert "resolved config" in caplog.text and "s3a.secret.key: '***'" in caplog.text
+    assert "SECRET-" not in caplog.text
+    assert cfg.mlflow.tracking_uri.endswith("mlflow-SECRET-4@mlflow.internal:5000")
+
+
+def test_the_config_stored_with_pipeline_runs_has_no_secrets():
+    from courier.config import config_json
+
+    stored = config_json(load_config("local", SECRETS))
+    assert "SECRET-" not in stored and '"spark.hadoop.fs.s3a.secret.key": "***"' in stored
