@@ -12,7 +12,8 @@ from PIL import Image
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
-from courier.samples.build import build_samples
+from courier.samples.build import _sample_metrics, build_samples, sample_views
+from courier.tables import ReconciliationError, date_range_predicate
 from courier.world.schema import RAW_IMPRESSIONS_DDL
 from courier.world_tables import write_world
 
@@ -69,8 +70,17 @@ def _inject_bad_rows(spark, cfg: CourierConfig) -> dict[str, int]:
     ]
     spark.createDataFrame(rows, RAW_IMPRESSIONS_DDL).write.format("delta").mode("append").saveAsTable(
         t.qualified("raw_impressions"))
-    return {"null_key": 1, "invalid_label": 1, "future_timestamp": 1, "dt_mismatch": 1, "unknown_item": 1,
-            "item_without_image": 1, "inconsistent_page_view": 2, "duplicate_key": 1}
+    good_item, other = good["item_id"], some_item["item_id"]
+    impressions_expected = {  # rejects key (request_id/item_id) -> reason
+        f"bad-null/{good_item}": "null_key", f"bad-label/{good_item}": "invalid_label",
+        f"bad-future/{good_item}": "future_timestamp", f"bad-dt/{good_item}": "dt_mismatch",
+        "bad-unknown/123456789": "unknown_item", "bad-image/990002": "item_without_image",
+        f"bad-mixed/{good_item}": "inconsistent_page_view", f"bad-mixed/{other}": "inconsistent_page_view",
+        f"{good['request_id']}/{good_item}": "duplicate_key",
+    }
+    items_expected = {str(item_id): reason for item_id, (_, reason) in BAD_ITEMS.items()}
+    items_expected.update({str(other): "duplicate_key", "NULL": "null_key"})
+    return {"build_samples": impressions_expected, "item_images": items_expected}
 
 
 @pytest.fixture(scope="module")
@@ -83,22 +93,29 @@ def built(spark, cfg):
     return result, expected_rejects
 
 
-def _rejects(spark, cfg, stage: str) -> dict[str, int]:
-    rows = spark.table(cfg.tables.qualified("rejects")).where(F.col("stage") == stage).groupBy("reason").count()
-    return {r["reason"]: r["count"] for r in rows.collect()}
+def _rejects(spark, cfg, stage: str) -> dict[str, str]:
+    """key -> reason of a stage's rejects (a key rejected twice would fail the length check)."""
+    rows = spark.table(cfg.tables.qualified("rejects")).where(F.col("stage") == stage).select("key", "reason").collect()
+    mapping = {r["key"]: r["reason"] for r in rows}
+    assert len(mapping) == len(rows), f"a key was rejected twice by {stage}"
+    return mapping
+
+
+def _by_reason(mapping: dict[str, str]) -> dict[str, int]:
+    return {reason: list(mapping.values()).count(reason) for reason in set(mapping.values())}
 
 
 def test_every_bad_impression_is_rejected_with_its_reason(spark, cfg, built):
     result, expected = built
-    assert _rejects(spark, cfg, "build_samples") == expected
-    for reason, n in expected.items():
+    # Each bad row under its own key with its own reason: two swapped reasons fail here.
+    assert _rejects(spark, cfg, "build_samples") == expected["build_samples"]
+    for reason, n in _by_reason(expected["build_samples"]).items():
         assert result.samples.metrics[f"impressions_rejected.{reason}"] == n
 
 
 def test_every_bad_item_is_rejected_with_its_reason(spark, cfg, built):
-    result, _ = built
-    assert _rejects(spark, cfg, "item_images") == {
-        "empty_image": 1, "undecodable_image": 1, "image_too_large": 1, "duplicate_key": 1, "null_key": 1}
+    result, expected = built
+    assert _rejects(spark, cfg, "item_images") == expected["item_images"]
     images = spark.table(cfg.tables.qualified("item_images"))
     assert images.where(F.col("item_id").isin(list(BAD_ITEMS))).count() == 0
     n_raw = spark.table(cfg.tables.qualified("raw_items")).count()
@@ -125,6 +142,24 @@ def test_counts_reconcile(spark, cfg, built):
     assert shown == m["impressions_in_samples"]
     runs = spark.table(cfg.tables.qualified("pipeline_runs")).where("stage = 'build_samples'")
     assert runs.where(F.col("run_id") == result.samples.run_id).first()["metrics"] == m
+
+
+def test_a_lost_page_view_fails_the_reconciliation(spark, cfg, built):
+    # The real views of the build, with one kept page view dropped between the checked
+    # impressions and the draft samples: the job's own reconciliation must refuse it.
+    t = cfg.tables
+    views = sample_views(spark, cfg, START, END, dt.datetime.fromisoformat(cfg.samples.max_event_ts),
+                         raw_impressions=t.qualified("raw_impressions"), raw_items=t.qualified("raw_items"),
+                         item_images=t.qualified("item_images"))
+    try:
+        in_range = date_range_predicate(START, END)
+        checked = views.checked.where(in_range)
+        _sample_metrics(checked, views.draft)  # as built: reconciles
+        lost = views.draft.where("drop_reason IS NULL").orderBy("request_id").first()["request_id"]
+        with pytest.raises(ReconciliationError, match=r"valid impressions: (\d+) in, but (?!\1)\d+ accounted for"):
+            _sample_metrics(checked, views.draft.where(F.col("request_id") != lost))
+    finally:
+        views.unpersist()
 
 
 def test_samples_contract(spark, cfg, built):
@@ -207,7 +242,15 @@ def test_rerun_replaces_exactly_its_partitions(spark, cfg, built):
     assert again.items.metrics["unchanged"] == first.items.metrics["prepared"]  # nothing re-decoded
 
     # One day of the range: only that partition is rewritten.
+    partitioned = ("courier_samples", "courier_training_rows")
+    files_before = {name: set(spark.table(t.qualified(name)).inputFiles()) for name in partitioned}
     build_samples(spark, cfg, dt.date(2026, 1, 2), dt.date(2026, 1, 2))
+    for name in partitioned:
+        files_after = set(spark.table(t.qualified(name)).inputFiles())
+        day = lambda files: {f for f in files if "dt=2026-01-02" in f}  # noqa: E731
+        # The other days' data files are the very same files (not rewritten); the day's are all new.
+        assert files_after - day(files_after) == files_before[name] - day(files_before[name]), name
+        assert day(files_after) and not day(files_after) & day(files_before[name]), name
     assert spark.table(t.qualified("courier_samples")).count() == before["courier_samples"]
     assert spark.table(t.qualified("courier_samples")).where("dt = DATE'2026-01-02'").count() == day2
     assert spark.table(t.qualified("rejects")).count() == before["rejects"]

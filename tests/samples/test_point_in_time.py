@@ -44,13 +44,17 @@ def page_views(draw: st.DrawFn) -> list[PageView]:
     return views
 
 
-def reference(views: list[PageView], l_pv: int, l_click: int) -> dict[str, dict]:
-    """The samples, written the obvious way: for each page view, scan every click."""
+def reference(views: list[PageView], l_pv: int, l_click: int, lookback_days: int = 60) -> dict[str, dict]:
+    """The samples, written the obvious way: for each page view, scan every click.
+
+    History clicks come from dt >= START - lookback_days (samples.history_lookback_days).
+    """
+    history_start = START - dt.timedelta(days=lookback_days)
     clicks = sorted(
         (v.event_ts, v.request_id, pos, v.user_id, item)
         for v in views
         for pos, (item, c) in enumerate(zip(v.items, v.clicks))
-        if c == 1
+        if c == 1 and v.event_ts.date() >= history_start
     )
     out = {}
     for v in views:
@@ -84,8 +88,37 @@ def _register(spark, views: list[PageView]) -> None:
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(views=page_views())
 def test_samples_match_reference(spark, base_config, views, l_pv, l_click):
+    _check_against_reference(spark, base_config, views, l_pv, l_click)
+
+
+T0 = dt.datetime(2026, 1, 2, 9)
+
+
+def test_a_click_at_the_same_instant_is_not_history(spark, base_config):
+    # Same user, same instant: A's click must not be in B's history, nor B's in A's (both
+    # have none: no_history); C, an hour later, sees both, in (event_ts, request_id) order.
+    views = [PageView("a", 1, T0, (1, 2), (1, 0)), PageView("b", 1, T0, (3, 4), (1, 0)),
+             PageView("c", 1, T0 + dt.timedelta(hours=1), (5, 6), (1, 0))]
+    rows = _check_against_reference(spark, base_config, views, l_pv=3, l_click=3)
+    assert rows["a"]["drop_reason"] == rows["b"]["drop_reason"] == "no_history"
+    assert rows["c"]["click_item_ids"] == [-1, 1, 3] and rows["c"]["drop_reason"] is None
+
+
+def test_history_reaches_back_exactly_the_lookback(spark, base_config):
+    # history_lookback_days=2 before START (2026-01-02): a click on 2025-12-31 is history,
+    # one on 2025-12-30 is not.
+    views = [PageView("old", 1, dt.datetime(2025, 12, 30, 12), (1,), (1,)),
+             PageView("edge", 1, dt.datetime(2025, 12, 31, 0), (2,), (1,)),
+             PageView("now", 1, T0, (3, 4), (1, 0))]
+    rows = _check_against_reference(spark, base_config, views, l_pv=2, l_click=3, lookback_days=2)
+    assert rows["now"]["click_item_ids"] == [-1, -1, 2]
+
+
+def _check_against_reference(spark, base_config, views: list[PageView], l_pv: int, l_click: int,
+                             lookback_days: int = 60) -> dict[str, dict]:
+    """The sample SQL's draft rows for ``views`` equal the reference; returns them by request_id."""
     cfg = base_config.replace([f"samples.l_pv={l_pv}", f"samples.l_click={l_click}",
-                               "samples.negative_keep_rate=1.0"])
+                               "samples.negative_keep_rate=1.0", f"samples.history_lookback_days={lookback_days}"])
     _register(spark, views)
     built = sample_views(spark, cfg, START, END, dt.datetime(2030, 1, 1),
                          raw_impressions="pit_impressions", raw_items="pit_items", item_images="pit_items")
@@ -94,7 +127,7 @@ def test_samples_match_reference(spark, base_config, views, l_pv, l_click):
         impressions = {(r["request_id"], r["item_id"]): r["event_ts"] for r in built.checked.collect()}
     finally:
         built.unpersist()
-    expected = reference(views, l_pv, l_click)
+    expected = reference(views, l_pv, l_click, lookback_days)
     assert set(rows) == set(expected)
     for request_id, want in expected.items():
         got = rows[request_id]
@@ -111,3 +144,4 @@ def test_samples_match_reference(spark, base_config, views, l_pv, l_click):
             if item != -1:
                 assert min(click_times[(got["user_id"], item)]) < got["event_ts"], (request_id, item)
     assert all(ts is not None for ts in impressions.values())
+    return rows
