@@ -17,6 +17,7 @@ from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
+from courier.tables import delta_version
 
 # Every table of the contract, in pipeline order (architecture.md).
 TABLES = ("raw_items", "raw_impressions", "item_images", "courier_samples", "courier_training_rows",
@@ -75,10 +76,8 @@ def table_states(spark: SparkSession, cfg: CourierConfig) -> list[TableState]:
         name = cfg.tables.qualified(attr)
         if not spark.catalog.tableExists(name):
             continue
-        delta = DeltaTable.forName(spark, name)
-        location = delta.detail().select("location").first()["location"]
-        version = int(delta.history(1).select("version").first()["version"])
-        states.append(TableState(name, spark.table(name).count(), version, location))
+        location = DeltaTable.forName(spark, name).detail().select("location").first()["location"]
+        states.append(TableState(name, spark.table(name).count(), delta_version(spark, name), location))
     return states
 
 
