@@ -3,7 +3,8 @@
 #   make test   set everything up (idempotent) and run the test suite
 # Set-up = a venv with the pinned environment (constraints.txt) + the Delta JARs
 # resolved from Maven Central into .jars/ + Horovod built from source (the second training
-# backend, build/horovod/install.sh; its wheel is cached). Re-running it is a no-op.
+# backend, build/horovod/install.sh; its wheel is cached) + Airflow in a venv of its own
+# (.venv-airflow, locked by build/airflow/constraints.txt). Re-running it is a no-op.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -11,10 +12,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 JARS   := .jars/.resolved-stamp
 HOROVOD := $(VENV)/.horovod-stamp
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW := $(AIRFLOW_VENV)/.installed-stamp
 
 .PHONY: setup setup-gpu demo test bench clean-warehouse
 
-setup: $(STAMP) $(JARS) $(HOROVOD)
+setup: $(STAMP) $(JARS) $(HOROVOD) $(AIRFLOW)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -27,6 +30,15 @@ $(STAMP): pyproject.toml constraints.txt
 $(HOROVOD): $(STAMP) build/horovod/install.sh build/horovod/cxx17.patch
 	@command -v cmake >/dev/null || { echo "need cmake and g++ on PATH to build Horovod"; exit 1; }
 	bash build/horovod/install.sh $(PY)
+	touch $@
+
+# Airflow's dependencies fight the project's pins (numpy 2, pandas 3, pyarrow 26), so it gets
+# its own venv. courier goes in without dependencies: the DAG files import only
+# courier.schedule (standard library); the jobs themselves run under spark-submit with .venv.
+$(AIRFLOW): build/airflow/requirements.txt build/airflow/constraints.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -c build/airflow/constraints.txt -r build/airflow/requirements.txt
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 $(JARS): build/delta-jars.pom.xml

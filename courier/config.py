@@ -180,6 +180,34 @@ class MlflowConfig:
     log_model: bool = True  # log + register the image encoder at the end of `courier train`
 
 
+
+# Held-out metrics where higher is better (courier.train.evaluate); promotion compares one of them.
+PROMOTION_METRICS = ("row_auc", "hit1", "inbatch_top1")
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    """``courier evaluate`` / ``courier promote``: when the ``mlflow.alias`` model replaces production.
+
+    ``courier evaluate`` scores the candidate and the current production model on the
+    candidate's held-out rows (one snapshot for both); ``courier promote`` moves
+    ``to_alias`` to the candidate if its ``metric`` beats production's by ``margin``.
+    """
+
+    to_alias: str = "production"
+    metric: str = "row_auc"
+    margin: float = 0.002
+    max_rows: int = 2048          # held-out rows scored per model
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        require(self.metric in PROMOTION_METRICS,
+                f"promote.metric must be one of {PROMOTION_METRICS}, got {self.metric!r}")
+        require(self.margin >= 0.0, f"promote.margin must be >= 0, got {self.margin}")
+        require(self.max_rows > 0 and self.batch_size > 0, "promote.max_rows and promote.batch_size must be > 0")
+        require(bool(self.to_alias), "promote.to_alias must name an alias")
+
+
 @dataclass(frozen=True)
 class CourierConfig:
     """The whole resolved configuration of one job."""
@@ -193,6 +221,7 @@ class CourierConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     assign: AssignConfig = field(default_factory=AssignConfig)

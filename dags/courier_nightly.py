@@ -1,36 +1,31 @@
-"""Airflow DAG: the courier pipeline, nightly, one spark-submit task per stage.
+"""courier, nightly: build_samples -> embed -> assign for the data interval's day(s).
 
-Drop this file (and the repository, installed on the workers) into the DAGs
-folder. Each task is `spark-submit jobs/<stage>.py --profile <profile> ...`,
-idempotent for its date, so retries and backfills never duplicate rows.
-The steps themselves live in courier.schedule (tested without Airflow).
+The steps and their commands live in courier.schedule; this file only names the schedule.
+The interval is one day, [00:00, 24:00) UTC, run after it closes; a backfill
+(`airflow backfill create --dag-id courier_nightly --from-date ... --to-date ...`) runs
+each day once, and re-running a day rewrites only that day (every stage is idempotent).
 """
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow import DAG
-from airflow.operators.bash import BashOperator
+from airflow.sdk import DAG
+from airflow.timetables.interval import CronDataIntervalTimetable
 
-from courier.schedule import NIGHTLY_STEPS, spark_submit_command
+from courier.schedule import NIGHTLY_STEPS, Deployment
+from courier.schedule.operators import chain_steps, default_args
+
+deployment = Deployment.from_env()
 
 with DAG(
     dag_id="courier_nightly",
-    schedule="@daily",
-    start_date=dt.datetime(2026, 1, 1),
+    description="impressions -> COURIER samples -> embeddings of new items -> their Cluster-IDs",
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=10)},
-    params={"profile": "conf/cluster.yaml", "repo": "/opt/courier"},
+    default_args=default_args(deployment),
+    params=deployment.params(),
     tags=["courier", "ml-features"],
 ) as dag:
-    tasks = {
-        step.task_id: BashOperator(
-            task_id=step.task_id,
-            bash_command=f"cd {{{{ params.repo }}}} && {spark_submit_command(step)}",
-        )
-        for step in NIGHTLY_STEPS
-    }
-    for step in NIGHTLY_STEPS:
-        for upstream in step.upstream:
-            tasks[upstream] >> tasks[step.task_id]
+    chain_steps(NIGHTLY_STEPS, deployment)

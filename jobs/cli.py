@@ -4,6 +4,8 @@
     courier build-samples --start D --end D     # raw_* -> item_images, courier_samples, courier_training_rows
     courier train [--run-name N] [--start D --end D] [--no-spark] [--resume RUN]
                                                 # COURIER pre-training on a pinned courier_training_rows snapshot
+    courier evaluate                            # candidate vs production on the candidate's held-out rows
+    courier promote [--skip-exit-code N]        # production alias -> candidate if it wins by promote.margin
     courier embed [--model URI] [--full]        # item_images -> item_embeddings (new or changed images only)
     courier cluster                             # item_embeddings -> a new cluster_version (faiss k-means)
     courier assign [--cluster-version V]        # every item -> its nearest centroid: item_image_features + views
@@ -109,6 +111,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     print(result.summary())
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from courier.train.promotion import evaluate_candidate
+
+    print(evaluate_candidate(_config(args)).summary())
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from courier.train.promotion import promote_candidate
+
+    decision = promote_candidate(_config(args))
+    print(decision.summary())
+    # A scheduler's "skipped" (Airflow: skip_on_exit_code): the steps after promotion do not run.
+    return 0 if decision.promoted or args.skip_exit_code is None else args.skip_exit_code
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -221,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", metavar="JSON", help="a pinned TrainingSnapshot (to_dict() as JSON) instead of pinning")
     p.add_argument("--no-spark", action="store_true",
                    help="train in this process without TorchDistributor (Spark only to pin a new snapshot)")
+    add("evaluate", cmd_evaluate, "score the candidate and the production model on the candidate's held-out rows")
+    p = add("promote", cmd_promote, "move the production alias to the candidate if its evaluation beats production")
+    p.add_argument("--skip-exit-code", type=int, metavar="N",
+                   help="exit with N (not 0) when the candidate is not promoted, e.g. 99 for Airflow's skip")
     p = add("embed", cmd_embed, "embed new or changed item images with the registered encoder (Spark UDF)")
     p.add_argument("--model", metavar="URI",
                    help="MLflow model URI (default: models:/<mlflow.registered_model>@<mlflow.alias>)")
@@ -255,8 +277,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from courier.features.cluster import ClusteringError
     from courier.features.model_ref import ModelResolutionError
     from courier.tables import ReconciliationError, SchemaError
+    from courier.train.errors import PromotionError
 
-    return ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError
+    return (ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError,
+            PromotionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from pyspark.sql import types as T
 
 from courier.config import CourierConfig, config_json
 from courier.features.kmeans import KMeansFit, fit_spherical_kmeans, gpu_available, match_cluster_ids
+from courier.sql_files import run_sql_file
 from courier.tables import RunRecord, ensure_table, timed, utc_now
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,35 @@ def _initial_centroids(previous: CentroidVersion | None, k: int, x: np.ndarray, 
     return np.ascontiguousarray(init, dtype=np.float32)
 
 
+def carried_centroids(spark: SparkSession, cfg: CourierConfig, previous: CentroidVersion,
+                      model_version: str) -> CentroidVersion | None:
+    """``previous`` (fitted on another model's embeddings) moved into ``model_version``'s space.
+
+    Another model's centroids live in another embedding space: neither a start nor a
+    match. Each previous cluster is carried over as the new model's mean embedding of
+    the items that hold its id now (sql/features/carried_centroids.sql), so the re-fit
+    starts from them and keeps their ids. None (fresh ids 0..k-1) when no item of the
+    previous version has a new embedding.
+    """
+    t = cfg.tables
+    rows = run_sql_file(spark, "features/carried_centroids", {
+        "item_image_features": t.qualified("item_image_features"), "item_embeddings": t.qualified("item_embeddings"),
+        "cluster_version": previous.cluster_version, "model_version": model_version,
+    }).toArrow()
+    if rows.num_rows == 0:
+        log.info("cluster version %d clustered model version %s and no item of it has a %s embedding: "
+                 "fitting from scratch", previous.cluster_version, previous.model_version, model_version)
+        return None
+    cluster, pos = rows.column("cluster_id").to_numpy(), rows.column("pos").to_numpy()
+    ids, row = np.unique(cluster, return_inverse=True)
+    means = np.zeros((len(ids), int(pos.max()) + 1), dtype=np.float32)  # [k_carried, d]
+    means[row, pos] = rows.column("value").to_numpy().astype(np.float32)
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    log.info("cluster version %d (model version %s): %d of its %d clusters carried into model version %s's space",
+             previous.cluster_version, previous.model_version, len(ids), len(previous.ids), model_version)
+    return CentroidVersion(previous.cluster_version, model_version, ids.astype(np.int64), means)
+
+
 def cluster_embeddings(spark: SparkSession, cfg: CourierConfig, run_id: str | None = None) -> ClusterResult:
     """Fit a new cluster version over the embeddings of one model version and publish it atomically.
 
@@ -169,11 +199,7 @@ def cluster_embeddings(spark: SparkSession, cfg: CourierConfig, run_id: str | No
                               f"{model_version} in {embeddings}: lower cluster.k")
     previous = read_centroid_version(spark, centroids_table) if c.warm_start else None
     if previous is not None and previous.model_version != model_version:
-        # Another model's centroids live in another embedding space: neither a useful start nor
-        # a meaningful id match. A new model starts a fresh id space (ids 0..k-1).
-        log.info("cluster version %d clustered model version %s, not %s: fitting from scratch",
-                 previous.cluster_version, previous.model_version, model_version)
-        previous = None
+        previous = carried_centroids(spark, cfg, previous, model_version)
     init = _initial_centroids(previous, c.k, x, c.seed)
     gpu = c.use_gpu == "yes" or (c.use_gpu == "auto" and gpu_available())
     with timed(timings, "fit"):

@@ -58,8 +58,9 @@ class ClusterConfig:
         model_version: the encoder version whose embeddings are clustered; None = the
             newest version present in item_embeddings.
         warm_start: initialise from the newest cluster version and match the new clusters
-            to its ids, so ids stay stable across re-fits. Only when that version clustered
-            the same model version: another model's embedding space starts fresh ids.
+            to its ids, so ids stay stable across re-fits. When that version clustered another
+            model, its clusters are first carried into the new model's space (each one the
+            new model's mean embedding of the items holding its id).
         use_gpu: ``auto`` uses faiss-gpu when it is installed and sees a GPU.
     """
 

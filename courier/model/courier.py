@@ -30,6 +30,36 @@ def _check_batch(batch: Mapping[str, torch.Tensor]) -> None:
         raise ValueError("pv and click tensors disagree on the batch size")
 
 
+def encode_valid_images(encoder: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed only the valid images of a batch with ``encoder`` ([N, 3, H, W] -> [N, d]), in one call.
+
+    Returns:
+        e_pv [B, Lp, d] and e_click [B, Lc, d]; padded slots are zeros.
+    """
+    _check_batch(batch)
+    pv_images, click_images = batch["pv_images"], batch["click_images"]
+    b, l_pv = pv_images.shape[:2]
+    l_click = click_images.shape[1]
+    pv_idx = (batch["pv_labels"] >= 0).reshape(-1).nonzero().squeeze(1)  # [n_pv]
+    click_idx = batch["click_mask"].bool().reshape(-1).nonzero().squeeze(1)  # [n_click]
+    n_pv = pv_idx.numel()
+    if n_pv + click_idx.numel() == 0:
+        raise ValueError("batch holds no valid image (all PV and click slots are padding)")
+    # One call for PV and clicks: BatchNorm statistics see only real images,
+    # and the backbone runs once per step.
+    images = torch.cat(
+        [
+            pv_images.flatten(0, 1).index_select(0, pv_idx),
+            click_images.flatten(0, 1).index_select(0, click_idx),
+        ]
+    )  # [n_pv + n_click, 3, H, W]
+    emb = encoder(images)  # [n_pv + n_click, d]
+    d = emb.shape[1]
+    e_pv = emb.new_zeros(b * l_pv, d).index_copy(0, pv_idx, emb[:n_pv]).view(b, l_pv, d)
+    e_click = emb.new_zeros(b * l_click, d).index_copy(0, click_idx, emb[n_pv:]).view(b, l_click, d)
+    return e_pv, e_click
+
+
 class CourierModel(nn.Module):
     """COURIER pre-training model.
 
@@ -59,33 +89,8 @@ class CourierModel(nn.Module):
         )
 
     def encode_batch(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embed only the valid images of a batch, in one backbone call.
-
-        Returns:
-            e_pv [B, Lp, d] and e_click [B, Lc, d]; padded slots are zeros.
-        """
-        _check_batch(batch)
-        pv_images, click_images = batch["pv_images"], batch["click_images"]
-        b, l_pv = pv_images.shape[:2]
-        l_click = click_images.shape[1]
-        pv_idx = (batch["pv_labels"] >= 0).reshape(-1).nonzero().squeeze(1)  # [n_pv]
-        click_idx = batch["click_mask"].bool().reshape(-1).nonzero().squeeze(1)  # [n_click]
-        n_pv = pv_idx.numel()
-        if n_pv + click_idx.numel() == 0:
-            raise ValueError("batch holds no valid image (all PV and click slots are padding)")
-        # One call for PV and clicks: BatchNorm statistics see only real images,
-        # and the backbone runs once per step.
-        images = torch.cat(
-            [
-                pv_images.flatten(0, 1).index_select(0, pv_idx),
-                click_images.flatten(0, 1).index_select(0, click_idx),
-            ]
-        )  # [n_pv + n_click, 3, H, W]
-        emb = self.encoder(images)  # [n_pv + n_click, d]
-        d = emb.shape[1]
-        e_pv = emb.new_zeros(b * l_pv, d).index_copy(0, pv_idx, emb[:n_pv]).view(b, l_pv, d)
-        e_click = emb.new_zeros(b * l_click, d).index_copy(0, click_idx, emb[n_pv:]).view(b, l_click, d)
-        return e_pv, e_click
+        """Embed only the valid images of a batch, in one backbone call (see ``encode_valid_images``)."""
+        return encode_valid_images(self.encoder, batch)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> LossOutput:
         """batch: ``pv_images`` [B,Lp,3,H,W], ``pv_labels`` [B,Lp] (1/0/-1 padding),

@@ -16,3 +16,7 @@ class ResumeError(TrainingError):
 
 class CheckpointError(ResumeError):
     """A checkpoint file that cannot be loaded safely (not weights-only)."""
+
+
+class PromotionError(TrainingError):
+    """The registry lacks what evaluate/promote need (the message names the model, alias or tag)."""
