@@ -6,13 +6,16 @@ an analyst can open ``courier sql`` later and query it.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import struct
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from courier.config import PROJECT_ROOT, SparkConfig
@@ -21,6 +24,64 @@ log = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+class CatalogUnavailableError(RuntimeError):
+    """The table catalog cannot be opened (the message names it and says what to do)."""
+
+
+def derby_lock_holder(metastore_dir: Path) -> int | None:
+    """The pid of the process whose JVM has the Derby database ``metastore_dir`` open, or None.
+
+    Derby holds a POSIX lock on ``dbex.lck`` while a JVM has the database booted; asking for
+    it (F_GETLK) takes no lock, so this never disturbs a JVM that is booting it.
+    """
+    lock = metastore_dir / "dbex.lck"
+    if not lock.exists():
+        return None
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock, whole file
+        kind, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, probe))
+    finally:
+        os.close(fd)
+    return None if kind == fcntl.F_UNLCK else pid
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "?"
+
+
+def check_embedded_catalog_free(warehouse: str) -> None:
+    """CatalogUnavailableError naming the other process when the embedded Derby metastore is in use.
+
+    Embedded Derby admits one JVM: a second job would fail deep inside Hive with "Unable to
+    instantiate SessionHiveMetaStoreClient". Called only before this process starts Spark.
+    """
+    metastore = Path(warehouse) / "metastore_db"
+    holder = derby_lock_holder(metastore)
+    if holder is not None:
+        raise CatalogUnavailableError(
+            f"the embedded catalog (Derby metastore {metastore}) is open in another process, pid {holder} "
+            f"({_process_name(holder)}). The embedded default (spark.catalog: derby) serves one process at a "
+            "time: wait for that job to finish, or run the jobs against a shared Hive metastore "
+            "(spark.catalog: external, see conf/cluster.example.yaml)")
+
+
+def _catalog_error(exc: Exception, cfg: SparkConfig) -> CatalogUnavailableError | None:
+    """A CatalogUnavailableError for Hive's "cannot reach the metastore" errors, else None."""
+    text = str(exc)
+    if "SessionHiveMetaStoreClient" not in text and "Could not connect to meta store" not in text:
+        return None
+    uris = cfg.conf.get("spark.hadoop.hive.metastore.uris") or cfg.conf.get("spark.hadoop.javax.jdo.option.ConnectionURL")
+    where = f"the Hive metastore at {uris}" if uris else f"the catalog of spark.catalog={cfg.catalog}"
+    return CatalogUnavailableError(
+        f"cannot open {where} ({text.splitlines()[0][:300]}). Check that the metastore service is up and "
+        "reachable from this machine (spark.conf spark.hadoop.hive.metastore.uris in the profile), "
+        "or use the embedded default (--profile local)")
 
 
 def resolve_path(path: str) -> str:
@@ -94,15 +155,23 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
         # Local Python workers must run the driver's interpreter (the project venv), not `python3` on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    conf = spark_conf(cfg)
+    if cfg.catalog == "derby" and SparkContext._active_spark_context is None:
+        check_embedded_catalog_free(conf["spark.sql.warehouse.dir"])
     builder = SparkSession.builder
-    for key, value in spark_conf(cfg).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     if cfg.catalog != "in-memory":
         builder = builder.enableHiveSupport()
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     if database:
-        spark.sql("CREATE DATABASE IF NOT EXISTS IDENTIFIER(:database)", args={"database": database})
+        try:
+            spark.sql("CREATE DATABASE IF NOT EXISTS IDENTIFIER(:database)", args={"database": database})
+        except Exception as exc:  # noqa: BLE001 - Py4J/AnalysisException wrapping Hive's MetaException
+            if (error := _catalog_error(exc, cfg)) is not None:
+                raise error from exc
+            raise
     log.info("spark %s, master %s, warehouse %s", spark.version, spark.sparkContext.master,
              spark.conf.get("spark.sql.warehouse.dir"))
     return spark
