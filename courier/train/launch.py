@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from courier.config import CourierConfig
+from courier.config import CourierConfig, config_json
+from courier.tables import RunRecord, utc_now
 from courier.train.checkpoint import load_checkpoint, read_json
 from courier.train.errors import CheckpointError, ResumeError, TrainingDataError
 from courier.train.rundir import RESULT, RunManifest, frozen_config_differences, new_run_name
@@ -33,6 +34,7 @@ OBJECTIVES = ("courier", "random_init", "label_aligned", "simclr")
 BATCH_GROUPINGS = ("none", "query")
 BACKENDS = ("torch_distributor", "horovod")
 
+STAGE = "train"
 log = logging.getLogger("courier.train")
 
 
@@ -327,6 +329,25 @@ def embedding_model(encoder: Any, image_size: int) -> Any:
     return EmbeddingModel(encoder, spec).eval()
 
 
+def _record_run(spark: Any, cfg: CourierConfig, manifest: RunManifest, result: dict[str, Any],
+                version: str | None, started: dt.datetime, dates: tuple[dt.date, dt.date] | None) -> None:
+    """One pipeline_runs row for this (possibly resumed) training process, as every stage writes."""
+    holdout = manifest.holdout or {}
+    metrics = {
+        "table_version": manifest.snapshot["version"],
+        "train_rows": sum(manifest.snapshot["file_rows"]),
+        "holdout_rows": sum(holdout.get("file_rows", [])),
+        "steps": result["global_step"],
+        "train_seconds": round(result["train_seconds"]),
+        "resumes": manifest.resumes,
+    }
+    if version is not None and str(version).isdigit():
+        metrics["model_version"] = int(version)
+    start, end = dates if dates else (None, None)
+    RunRecord(manifest.run_name, STAGE, start, end, started, metrics, config_json(cfg)).save(
+        spark, cfg.tables.qualified("pipeline_runs"))
+
+
 def run_training(
     cfg: CourierConfig,
     *,
@@ -371,6 +392,7 @@ def run_training(
 
     mlc = tracking.client(tracking_uri)
     run_id = manifest.mlflow_run_id
+    started = utc_now()
     try:
         result_path = run_dir / RESULT
         # Stale results and errors of an earlier attempt must not be read as this one's.
@@ -399,6 +421,8 @@ def run_training(
                 mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
                 log.info("registered %s version %s, alias %r", cfg.mlflow.registered_model, version, cfg.mlflow.alias)
         mlc.set_terminated(run_id, "FINISHED")
+        if spark is not None:
+            _record_run(spark, cfg, manifest, result, version, started, dates)
     except BaseException:
         # KeyboardInterrupt included: the run is resumable, but MLflow should not show it running.
         mlc.set_terminated(run_id, "FAILED")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
 from courier.train import ResumeError, run_training
@@ -143,3 +144,15 @@ def test_a_finished_run_is_not_trained_again(trained):
         run_training(cfg, resume=result.mlflow_run_id, distributed=False)
     with pytest.raises(ResumeError, match="already finished"):
         run_training(cfg, run_name=result.run_name, distributed=False)
+
+
+def test_the_run_is_recorded_in_pipeline_runs(spark, trained):
+    cfg, result = trained
+    rows = spark.table(cfg.tables.qualified("pipeline_runs")).where(
+        (F.col("stage") == "train") & (F.col("run_id") == result.run_name)).collect()
+    assert len(rows) == 1
+    m = rows[0]["metrics"]
+    assert m["steps"] == STEPS and m["model_version"] == int(result.model_version)
+    assert m["train_rows"] == sum(result.snapshot["file_rows"])
+    assert m["holdout_rows"] == sum(result.holdout["file_rows"]) > 0
+    assert m["table_version"] == result.snapshot["version"]
