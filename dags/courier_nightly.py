@@ -7,13 +7,11 @@ each day once, and re-running a day rewrites only that day (every stage is idemp
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import DAG
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from courier.schedule import NIGHTLY_STEPS, Deployment
-from courier.schedule.operators import chain_steps, default_args
+from courier.schedule.operators import chain_steps, dag_settings
 
 deployment = Deployment.from_env()
 
@@ -21,11 +19,7 @@ with DAG(
     dag_id="courier_nightly",
     description="impressions -> COURIER samples -> embeddings of new items -> their Cluster-IDs",
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(deployment),
-    params=deployment.params(),
     tags=["courier", "ml-features"],
+    **dag_settings(deployment),
 ) as dag:
     chain_steps(NIGHTLY_STEPS, deployment)

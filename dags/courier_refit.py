@@ -6,12 +6,10 @@ is embedded with the new model, the clusters are re-fitted from the previous cen
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import DAG
 
 from courier.schedule import PRODUCTION_MODEL, REFIT_STEPS, Deployment
-from courier.schedule.operators import asset, chain_steps, default_args
+from courier.schedule.operators import asset, chain_steps, dag_settings
 
 deployment = Deployment.from_env()
 
@@ -19,11 +17,7 @@ with DAG(
     dag_id="courier_refit",
     description="new production model -> its embeddings -> a warm-started cluster version -> Cluster-IDs",
     schedule=[asset(PRODUCTION_MODEL)],
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(deployment),
-    params=deployment.params(),
     tags=["courier", "ml-features"],
+    **dag_settings(deployment),
 ) as dag:
     chain_steps(REFIT_STEPS, deployment)

@@ -7,13 +7,11 @@ is scheduled (re-embed, warm re-cluster, re-assign).
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import DAG
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from courier.schedule import RETRAINING_STEPS, Deployment
-from courier.schedule.operators import chain_steps, default_args
+from courier.schedule.operators import chain_steps, dag_settings
 
 deployment = Deployment.from_env()
 
@@ -21,11 +19,7 @@ with DAG(
     dag_id="courier_retraining",
     description="COURIER pre-training on the newest samples; promoted only if it beats production",
     schedule=CronTriggerTimetable("0 4 * * 0", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args=default_args(deployment),
-    params=deployment.params(),
     tags=["courier", "ml-training"],
+    **dag_settings(deployment),
 ) as dag:
     chain_steps(RETRAINING_STEPS, deployment)

@@ -19,10 +19,19 @@ from courier.schedule import Deployment, Step, application, asset_uri, python_co
 
 
 
-def default_args(deployment: Deployment) -> dict[str, object]:
-    """Every task's retries: safe, since every stage is idempotent for its arguments."""
-    return {"retries": deployment.retries, "retry_delay": dt.timedelta(minutes=5),
-            "retry_exponential_backoff": True}
+def dag_settings(deployment: Deployment) -> dict[str, object]:
+    """What every courier DAG shares: start, no catch-up, one run at a time, retries, the params.
+
+    Retries are safe since every stage is idempotent for its arguments.
+    """
+    return {
+        "start_date": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": {"retries": deployment.retries, "retry_delay": dt.timedelta(minutes=5),
+                         "retry_exponential_backoff": True},
+        "params": deployment.params(),
+    }
 
 
 def asset(path: str) -> Asset:
