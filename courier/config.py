@@ -41,9 +41,12 @@ class SparkConfig:
     app_name: str = "courier"
     # Root of the embedded warehouse: Delta tables and the Derby metastore live here.
     warehouse_dir: str = "warehouse"
-    # "derby": a persistent Hive metastore on Derby inside warehouse_dir (embedded default);
+    # "derby": a persistent Hive metastore on Derby inside warehouse_dir (embedded default), served
+    # to every process by Derby's network server, started on demand (courier.catalog);
     # "external": use the Hive metastore configured in `conf` (cluster); "in-memory": none.
     catalog: str = "derby"
+    # The Derby server stops after this many seconds without a courier process using it.
+    catalog_idle_s: int = 300
     # Folder of Delta JARs resolved by `make setup`; None when spark-submit --packages provides them.
     jars_dir: str | None = ".jars"
     shuffle_partitions: int = 8

@@ -1,15 +1,14 @@
 """The SparkSession every job and test uses: Delta enabled, a named catalog.
 
 On the embedded default the catalog is a Hive metastore on Derby inside the
-warehouse folder, so ``courier.courier_samples`` keeps its name across jobs and
-an analyst can open ``courier sql`` later and query it.
+warehouse folder, served by Derby's network server (courier.catalog), so
+``courier.courier_samples`` keeps its name across jobs and an analyst can run
+``courier sql`` against it while a job is writing.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import struct
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,57 +17,13 @@ from typing import Iterator, Mapping
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from courier.catalog import CatalogServer, CatalogUnavailableError, DerbyJars, ensure_catalog_server, find_derby_jars
 from courier.config import PROJECT_ROOT, SparkConfig
 
 log = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-
-
-class CatalogUnavailableError(RuntimeError):
-    """The table catalog cannot be opened (the message names it and says what to do)."""
-
-
-def derby_lock_holder(metastore_dir: Path) -> int | None:
-    """The pid of the process whose JVM has the Derby database ``metastore_dir`` open, or None.
-
-    Derby holds a POSIX lock on ``dbex.lck`` while a JVM has the database booted; asking for
-    it (F_GETLK) takes no lock, so this never disturbs a JVM that is booting it.
-    """
-    lock = metastore_dir / "dbex.lck"
-    if not lock.exists():
-        return None
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        probe = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock, whole file
-        kind, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, probe))
-    finally:
-        os.close(fd)
-    return None if kind == fcntl.F_UNLCK else pid
-
-
-def _process_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
-    except OSError:
-        return "?"
-
-
-def check_embedded_catalog_free(warehouse: str) -> None:
-    """CatalogUnavailableError naming the other process when the embedded Derby metastore is in use.
-
-    Embedded Derby admits one JVM: a second job would fail deep inside Hive with "Unable to
-    instantiate SessionHiveMetaStoreClient". Called only before this process starts Spark.
-    """
-    metastore = Path(warehouse) / "metastore_db"
-    holder = derby_lock_holder(metastore)
-    if holder is not None:
-        raise CatalogUnavailableError(
-            f"the embedded catalog (Derby metastore {metastore}) is open in another process, pid {holder} "
-            f"({_process_name(holder)}). The embedded default (spark.catalog: derby) serves one process at a "
-            "time: wait for that job to finish, or run the jobs against a shared Hive metastore "
-            "(spark.catalog: external, see conf/cluster.example.yaml)")
 
 
 def _catalog_error(exc: Exception, cfg: SparkConfig) -> CatalogUnavailableError | None:
@@ -104,8 +59,17 @@ def delta_jars(jars_dir: str) -> list[str]:
     return jars
 
 
-def spark_conf(cfg: SparkConfig) -> dict[str, str]:
-    """The Spark settings for ``cfg``, before user-supplied ``cfg.conf`` overrides."""
+def derby_jars(cfg: SparkConfig) -> DerbyJars:
+    """The embedded catalog's Derby JARs, from ``spark.jars_dir`` (or, when spark-submit gives the
+    JARs, the default folder ``make setup`` fills)."""
+    return find_derby_jars(Path(resolve_path(cfg.jars_dir or SparkConfig.jars_dir)))
+
+
+def spark_conf(cfg: SparkConfig, catalog: CatalogServer | None = None) -> dict[str, str]:
+    """The Spark settings for ``cfg``, before user-supplied ``cfg.conf`` overrides.
+
+    ``catalog``: the Derby server of the warehouse, required by ``spark.catalog: derby``.
+    """
     warehouse = resolve_path(cfg.warehouse_dir)
     conf: dict[str, str] = {
         "spark.app.name": cfg.app_name,
@@ -119,9 +83,8 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         # Delta's own defaults are sized for clusters; 50 snapshot partitions dominate small jobs.
         "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.shuffle_partitions)),
     }
-    java_options = [f"-Dlog4j2.configurationFile=file:{resolve_path(cfg.log4j_config)}"] if cfg.log4j_config else []
-    if java_options:
-        conf["spark.driver.extraJavaOptions"] = " ".join(java_options)
+    if cfg.log4j_config:
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{resolve_path(cfg.log4j_config)}"
     if cfg.master:
         conf["spark.master"] = cfg.master
     if cfg.jars_dir:
@@ -129,18 +92,16 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
     if cfg.catalog == "derby":
         if "://" in warehouse:
             raise ValueError(f"spark.catalog=derby needs a local warehouse_dir, got {warehouse}")
-        Path(warehouse).mkdir(parents=True, exist_ok=True)
-        conf.update(
-            {
-                "spark.sql.catalogImplementation": "hive",
-                "spark.hadoop.javax.jdo.option.ConnectionURL": (
-                    f"jdbc:derby:;databaseName={warehouse}/metastore_db;create=true"
-                ),
-                # Keeps derby.log inside the warehouse instead of the working directory.
-                "spark.driver.extraJavaOptions": " ".join([f"-Dderby.system.home={warehouse}", *java_options]),
-                "spark.hadoop.hive.metastore.warehouse.dir": warehouse,
-            }
-        )
+        if catalog is None:
+            raise ValueError("spark.catalog=derby needs the warehouse's catalog server (courier.catalog)")
+        conf.update(catalog.spark_conf())
+        conf.update({
+            "spark.sql.catalogImplementation": "hive",
+            "spark.hadoop.hive.metastore.warehouse.dir": warehouse,
+            # JDBC's DriverManager only hands out drivers of the JVM's own class path, not spark.jars'.
+            # Effective when this process starts the JVM; under spark-submit, --driver-class-path.
+            "spark.driver.extraClassPath": derby_jars(cfg).client,
+        })
     elif cfg.catalog == "in-memory":
         conf["spark.sql.catalogImplementation"] = "in-memory"
     elif cfg.catalog != "external":
@@ -149,15 +110,30 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
     return conf
 
 
+def _require_derby_client(spark: SparkSession, jars: DerbyJars) -> None:
+    """CatalogUnavailableError unless the JVM (started by spark-submit, say) can load the Derby client."""
+    try:
+        spark.sparkContext._jvm.java.lang.ClassLoader.getSystemClassLoader().loadClass(
+            "org.apache.derby.client.ClientAutoloadedDriver")
+    except Exception as exc:  # noqa: BLE001 - Py4JJavaError wrapping ClassNotFoundException
+        raise CatalogUnavailableError(
+            f"the embedded catalog's Derby client is not on the Spark driver's class path: pass "
+            f"--driver-class-path {jars.client} to spark-submit (courier's DAGs do)") from exc
+
+
 def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkSession:
-    """Create (or return the running) SparkSession for ``cfg``; create ``database`` if given."""
+    """Create (or return the running) SparkSession for ``cfg``; create ``database`` if given.
+
+    On the embedded default this first finds (or starts) the warehouse's catalog server.
+    """
     if (cfg.master or "").startswith("local"):
         # Local Python workers must run the driver's interpreter (the project venv), not `python3` on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    conf = spark_conf(cfg)
-    if cfg.catalog == "derby" and SparkContext._active_spark_context is None:
-        check_embedded_catalog_free(conf["spark.sql.warehouse.dir"])
+    catalog = None
+    if cfg.catalog == "derby":
+        catalog = ensure_catalog_server(resolve_path(cfg.warehouse_dir), derby_jars(cfg), cfg.catalog_idle_s)
+    conf = spark_conf(cfg, catalog)
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -165,6 +141,8 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
         builder = builder.enableHiveSupport()
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if catalog is not None:
+        _require_derby_client(spark, derby_jars(cfg))
     if database:
         try:
             spark.sql("CREATE DATABASE IF NOT EXISTS IDENTIFIER(:database)", args={"database": database})

@@ -277,7 +277,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from courier.features.cluster import ClusteringError
     from courier.features.model_ref import ModelResolutionError
     from courier.tables import ReconciliationError, SchemaError
-    from courier.spark import CatalogUnavailableError
+    from courier.catalog import CatalogUnavailableError
     from courier.train.errors import PromotionError
 
     return (ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError,

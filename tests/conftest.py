@@ -21,8 +21,11 @@ time.tzset()
 
 @pytest.fixture(scope="session")
 def warehouse_dir() -> Iterator[Path]:
+    from courier.catalog import stop_catalog_server
+
     path = Path(tempfile.mkdtemp(prefix="courier-test-wh-"))
     yield path
+    stop_catalog_server(path)
     shutil.rmtree(path, ignore_errors=True)
 
 

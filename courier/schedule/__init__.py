@@ -107,6 +107,9 @@ class Deployment:
                             with --archives; empty = the executors share COURIER_PYTHON
         COURIER_JARS        comma-separated JARs for --jars (default: <home>/.jars/*.jar)
         COURIER_PACKAGES    Maven coordinates for --packages when there are no JARs
+        COURIER_DRIVER_CLASS_PATH  --driver-class-path (default: <home>/.jars/derbyclient-*.jar, the
+                            embedded catalog's JDBC client, which must be on the driver JVM's own class
+                            path; empty with an external metastore)
         COURIER_SPARK_CONN  the Airflow connection naming the Spark master (spark_default)
         COURIER_RETRIES     task retries (default 2; each stage is idempotent, so a retry is safe)
     """
@@ -117,6 +120,7 @@ class Deployment:
     env_archive: str
     jars: str
     packages: str
+    driver_class_path: str
     spark_conn_id: str
     retries: int = 2
 
@@ -126,6 +130,7 @@ class Deployment:
         home = env.get("COURIER_HOME") or str(Path(__file__).resolve().parents[2])
         local_jars = ",".join(sorted(str(p) for p in (Path(home) / ".jars").glob("*.jar")))
         jars = env.get("COURIER_JARS", local_jars)
+        derby_client = ":".join(sorted(str(p) for p in (Path(home) / ".jars").glob("derbyclient-*.jar")))
         return cls(
             home=home,
             profile=env.get("COURIER_PROFILE") or f"{home}/conf/cluster.yaml",
@@ -133,6 +138,7 @@ class Deployment:
             env_archive=env.get("COURIER_ENV_ARCHIVE", ""),
             jars=jars,
             packages=env.get("COURIER_PACKAGES", "" if jars else "io.delta:delta-spark_2.13:4.0.1"),
+            driver_class_path=env.get("COURIER_DRIVER_CLASS_PATH", derby_client),
             spark_conn_id=env.get("COURIER_SPARK_CONN", "spark_default"),
             retries=int(env.get("COURIER_RETRIES", "2")),
         )
@@ -152,6 +158,7 @@ class Deployment:
         return {
             "profile": self.profile, "courier_home": self.home, "python": self.python,
             "executor_python": executor_python, "jars": self.jars, "packages": self.packages,
+            "driver_class_path": self.driver_class_path,
         }
 
 

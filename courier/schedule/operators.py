@@ -55,6 +55,7 @@ def make_task(step: Step, deployment: Deployment) -> BaseOperator:
         conf=spark_submit_conf(),
         archives=deployment.archives,
         jars="{{ params.jars }}",
+        driver_class_path="{{ params.driver_class_path }}",
         packages="{{ params.packages }}",
         name=f"courier-{step.task_id}",
         outlets=outlets,

@@ -127,8 +127,11 @@ def test_a_python_step_passes_templated_values_as_environment_not_as_shell_text(
 def test_the_deployment_defaults_come_from_the_environment(tmp_path):
     (tmp_path / ".jars").mkdir()
     (tmp_path / ".jars" / "delta-spark_2.13-4.0.1.jar").touch()
+    (tmp_path / ".jars" / "derbyclient-10.16.1.1.jar").touch()
     local = Deployment.from_env({"COURIER_HOME": str(tmp_path)})
-    assert local.jars.endswith("delta-spark_2.13-4.0.1.jar") and local.packages == ""
+    assert local.jars.split(",")[0].endswith("delta-spark_2.13-4.0.1.jar") and local.packages == ""
+    # The embedded catalog's JDBC client goes on the driver JVM's own class path.
+    assert local.params()["driver_class_path"] == str(tmp_path / ".jars" / "derbyclient-10.16.1.1.jar")
     assert local.archives is None and local.params()["executor_python"] == local.python
     packed = Deployment.from_env({"COURIER_HOME": "/opt/courier", "COURIER_ENV_ARCHIVE": "/opt/courier-env.tar.gz",
                                   "COURIER_JARS": ""})

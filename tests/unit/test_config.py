@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from courier.config import CONF_DIR, ConfigError, load_config
+from courier.catalog import CatalogServer
 from courier.spark import spark_conf
 
 
@@ -61,18 +62,21 @@ def test_missing_profile_is_named():
         load_config("nope")
 
 
-def test_spark_conf_has_delta_and_derby_catalog(tmp_path):
+def test_spark_conf_has_delta_and_the_derby_server_catalog(tmp_path):
     cfg = load_config("local", [f"spark.warehouse_dir={tmp_path}"])
-    conf = spark_conf(cfg.spark)
+    with pytest.raises(ValueError, match="needs the warehouse's catalog server"):
+        spark_conf(cfg.spark)
+    conf = spark_conf(cfg.spark, CatalogServer(tmp_path, 41527, "s3cret"))
     assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert conf["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")
-    assert f"databaseName={tmp_path}/metastore_db" in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
+    assert conf["spark.hadoop.javax.jdo.option.ConnectionURL"] == (
+        f"jdbc:derby://127.0.0.1:41527/{tmp_path}/metastore_db;create=true")
+    assert conf["spark.hadoop.javax.jdo.option.ConnectionPassword"] == "s3cret"
+    assert conf["spark.driver.extraClassPath"].endswith(".jars/derbyclient-10.16.1.1.jar")
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert any("delta-spark" in jar for jar in conf["spark.jars"].split(","))
-    # Both JVM options survive: derby.log in the warehouse, and the quiet log4j2 configuration.
-    java = conf["spark.driver.extraJavaOptions"]
-    assert f"-Dderby.system.home={tmp_path}" in java
-    assert "-Dlog4j2.configurationFile=file:" in java and java.endswith("conf/log4j2.properties")
+    assert conf["spark.driver.extraJavaOptions"].startswith("-Dlog4j2.configurationFile=file:")
+    assert conf["spark.driver.extraJavaOptions"].endswith("conf/log4j2.properties")
 
 
 def test_missing_delta_jars_say_how_to_fix(tmp_path):
