@@ -99,9 +99,7 @@ class DerbyJars:
 
 def find_derby_jars(jars_dir: Path) -> DerbyJars:
     """The Derby JARs for the server and the client; an error saying how to get them if missing."""
-    import pyspark
-
-    spark_jars = Path(pyspark.__file__).parent / "jars"
+    spark_jars = _spark_home() / "jars"
     engine = sorted(spark_jars.glob("derby-*.jar"))
     if not engine:
         raise CatalogUnavailableError(f"no derby-*.jar in {spark_jars}: this pyspark has no Derby engine")
@@ -115,6 +113,15 @@ def find_derby_jars(jars_dir: Path) -> DerbyJars:
             f"the embedded catalog's Derby {version} JARs are missing ({', '.join(missing)}): run `make setup` "
             "(it resolves derbynet and derbyclient from Maven Central with the Delta JARs)")
     return DerbyJars(tuple(engine_jars), str(server), str(client))
+
+
+def _spark_home() -> Path:
+    """SPARK_HOME (spark-submit sets it; there pyspark itself is imported from a zip), else pyspark's folder."""
+    if os.environ.get("SPARK_HOME"):
+        return Path(os.environ["SPARK_HOME"])
+    import pyspark
+
+    return Path(pyspark.__file__).parent
 
 
 # --- the client side: find or start the server, register this process ----------------------------

@@ -1,16 +1,20 @@
 """Delta table plumbing shared by every stage: schema checks, idempotent writes,
-the rejects table and the per-run metrics table."""
+write conflicts with concurrent runs, the rejects table and the per-run metrics table."""
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
+from delta import exceptions as delta_errors
+from delta.exceptions import captured as _delta_captured  # noqa: F401 - makes PySpark raise Delta's conflict classes
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -24,6 +28,80 @@ class SchemaError(ValueError):
 
 class ReconciliationError(RuntimeError):
     """Counts in do not equal counts out + dropped + rejected: a row went missing."""
+
+
+class WriteConflict(RuntimeError):
+    """A commit to ``table`` lost to a concurrent run's commit, or found the table changed under it."""
+
+    def __init__(self, table: str, detail: str) -> None:
+        super().__init__(f"{table}: {detail}")
+        self.table = table
+
+
+class ConcurrentRunError(RuntimeError):
+    """A stage gave up after write conflicts with a concurrent run; the message names the table."""
+
+
+# Delta's optimistic concurrency: the commit that comes second finds its reads overtaken.
+DELTA_CONFLICTS = (
+    delta_errors.DeltaConcurrentModificationException, delta_errors.ConcurrentWriteException,
+    delta_errors.MetadataChangedException, delta_errors.ProtocolChangedException,
+    delta_errors.ConcurrentAppendException, delta_errors.ConcurrentDeleteReadException,
+    delta_errors.ConcurrentDeleteDeleteException, delta_errors.ConcurrentTransactionException,
+)
+# Two runs creating the same new table: the catalog admits one.
+_CREATE_RACES = ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_CREATE_TABLE_WITH_DIFFERENT_PROPERTY",
+                 "DELTA_CREATE_TABLE_SCHEME_MISMATCH")
+
+_T = TypeVar("_T")
+
+
+def _conflict_detail(exc: BaseException) -> str | None:
+    """What a concurrent run did, if ``exc`` is a write conflict; None for any other error."""
+    if isinstance(exc, DELTA_CONFLICTS):
+        text = str(exc)
+        first = text.splitlines()[0][:300]
+        operation = text.split('"operation":"', 1)[1].split('"', 1)[0] if '"operation":"' in text else "?"
+        return f"{first} (the concurrent commit: {operation})"
+    if isinstance(exc, AnalysisException) and (exc.getCondition() or "") in _CREATE_RACES:
+        return f"created by a concurrent run ({exc.getCondition()})"
+    return None
+
+
+@contextmanager
+def committing(table: str) -> Iterator[None]:
+    """Delta commit conflicts inside the block become a WriteConflict naming ``table``."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a conflict
+        detail = _conflict_detail(exc)
+        if detail is None:
+            raise
+        raise WriteConflict(table, detail) from exc
+
+
+def retry_on_conflict(stage: str, attempt: Callable[[], _T], attempts: int = 3, pause_s: float = 2.0) -> _T:
+    """Run a whole idempotent stage, and run it again after a write conflict with a concurrent run.
+
+    A stage re-run converges on the same tables (that is what makes it idempotent), so the
+    run that lost a commit starts over from what the winner committed, rather than
+    re-applying a write planned on tables that changed. After ``attempts`` losses it stops
+    with a ConcurrentRunError naming the table and what the other run did.
+    """
+    for number in range(1, attempts + 1):
+        try:
+            return attempt()
+        except WriteConflict as conflict:
+            if number == attempts:
+                raise ConcurrentRunError(
+                    f"{stage}: gave up after {attempts} write conflicts with a concurrent run; the last on "
+                    f"{conflict}. Nothing of the lost attempts stayed half-written (every Delta commit is "
+                    f"atomic); run {stage} again once the other run has finished") from conflict
+            pause = pause_s * number * random.uniform(0.5, 1.5)
+            log.warning("%s: a concurrent run changed %s (%s); starting over in %.1f s (attempt %d of %d)",
+                        stage, conflict.table, str(conflict).split(": ", 1)[1], pause, number + 1, attempts)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -116,16 +194,13 @@ def replace_where(
 
     The idempotency primitive: re-running a date range replaces those partitions,
     never duplicates them. Delta checks that every written row matches ``predicate``.
+    A new table is created empty first (see ensure_table), then written like any other.
+    Raises WriteConflict when a concurrent run committed to those rows first.
     """
     spark = df.sparkSession
-    if table_exists(spark, qualified_name):
+    ensure_table(spark, qualified_name, df.schema, partition_by=partition_by)
+    with committing(qualified_name):
         _overwrite_where(df, qualified_name, predicate)
-        return
-    writer = df.write.format("delta")
-    partition_by = list(partition_by)
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    writer.mode("error").saveAsTable(qualified_name)
 
 
 def _overwrite_where(df: DataFrame, qualified_name: str, predicate: str) -> None:
@@ -154,9 +229,61 @@ def date_range_predicate(start: dt.date, end: dt.date, column: str = "dt") -> st
     return f"{column} >= DATE'{start.isoformat()}' AND {column} <= DATE'{end.isoformat()}'"
 
 
-def ensure_table(spark: SparkSession, qualified_name: str, schema: T.StructType) -> None:
-    if not table_exists(spark, qualified_name):
-        spark.createDataFrame([], schema).write.format("delta").saveAsTable(qualified_name)
+def ensure_table(spark: SparkSession, qualified_name: str, schema: T.StructType | str,
+                 properties: Mapping[str, str] | None = None, partition_by: Iterable[str] = ()) -> None:
+    """Create the Delta table empty (``schema``: a StructType or DDL) unless it exists.
+
+    Tables are only ever created empty, and data written after: creating one commits its
+    first Delta version and then registers it in the catalog, so a run killed between the
+    two leaves an empty folder behind, which the next run moves aside
+    (clear_orphaned_location) instead of failing on it. Two runs may create the table at
+    once: the one that loses the race finds it made.
+    """
+    if table_exists(spark, qualified_name):
+        return
+    clear_orphaned_location(spark, qualified_name)
+    writer = spark.createDataFrame([], schema).write.format("delta")
+    for key, value in (properties or {}).items():
+        writer = writer.option(key, value)
+    partition_by = list(partition_by)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    try:
+        with committing(qualified_name):
+            writer.saveAsTable(qualified_name)
+    except WriteConflict:
+        if not table_exists(spark, qualified_name):
+            raise
+
+
+def clear_orphaned_location(spark: SparkSession, qualified_name: str) -> str | None:
+    """Move aside the empty table a killed run left where ``qualified_name`` goes; its new path, or None.
+
+    Spark refuses to create a managed table where a folder exists
+    (DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION). A folder holding only an empty table's
+    first commit is what a run killed while creating the table leaves: it is renamed
+    (kept, not deleted). Anything more is not for a job to guess about: SchemaError.
+    """
+    database, name = qualified_name.split(".")
+    location = f"{spark.catalog.getDatabase(database).locationUri.rstrip('/')}/{name.lower()}"
+    hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    path = hadoop_path(location)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        return None
+    log_dir = hadoop_path(f"{location}/_delta_log")
+    commits = [s.getPath().getName() for s in fs.listStatus(log_dir)] if fs.exists(log_dir) else []
+    first_only = [c for c in commits if c.endswith(".json")] == [f"{0:020d}.json"]
+    if not (first_only and spark.read.format("delta").load(location).limit(1).count() == 0):
+        raise SchemaError(
+            f"table {qualified_name} is not in the catalog, but its folder {location} holds data: move the folder "
+            "away (or register it: CREATE TABLE ... USING delta LOCATION) and run the job again")
+    aside = f"{location}.orphaned-{utc_now():%Y%m%dT%H%M%S%f}"
+    if not fs.rename(path, hadoop_path(aside)):
+        raise RuntimeError(f"table {qualified_name}: cannot move the orphaned folder {location} aside to {aside}")
+    log.warning("table %s: %s held an empty table that a killed run left unregistered; moved to %s",
+                qualified_name, location, aside)
+    return aside
 
 
 def _reject_rows(rejects: DataFrame, stage: str, run_id: str) -> DataFrame:
@@ -187,7 +314,8 @@ def write_rejects(
     ensure_table(spark, rejects_table, REJECTS_SCHEMA)
     rows = _reject_rows(rejects, stage, run_id)
     predicate = f"stage = '{stage}' AND ({scope_predicate})"
-    _overwrite_where(rows, rejects_table, predicate)
+    with committing(rejects_table):
+        _overwrite_where(rows, rejects_table, predicate)
 
 
 def merge_rejects(spark: SparkSession, rejects_table: str, rejects: DataFrame, stage: str, run_id: str) -> None:
@@ -196,14 +324,15 @@ def merge_rejects(spark: SparkSession, rejects_table: str, rejects: DataFrame, s
     if rejects.isEmpty():  # a MERGE costs a few Delta jobs even with nothing to merge
         return
     rows = _reject_rows(rejects, stage, run_id)
-    (
-        DeltaTable.forName(spark, rejects_table)
-        .alias("t")
-        .merge(rows.alias("s"), "t.stage = s.stage AND t.key = s.key AND t.reason = s.reason")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    with committing(rejects_table):
+        (
+            DeltaTable.forName(spark, rejects_table)
+            .alias("t")
+            .merge(rows.alias("s"), "t.stage = s.stage AND t.key = s.key AND t.reason = s.reason")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
 
 
 @dataclass

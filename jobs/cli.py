@@ -276,12 +276,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from courier.ctr.data import CtrDataError
     from courier.features.cluster import ClusteringError
     from courier.features.model_ref import ModelResolutionError
-    from courier.tables import ReconciliationError, SchemaError
+    from courier.tables import ConcurrentRunError, ReconciliationError, SchemaError
     from courier.catalog import CatalogUnavailableError
     from courier.train.errors import PromotionError
 
     return (ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError,
-            PromotionError, CatalogUnavailableError)
+            PromotionError, CatalogUnavailableError, ConcurrentRunError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,9 @@
 New items go to the existing centroids: nothing is re-fit. The MERGE is a single
 Delta commit (a killed run publishes nothing) that touches only changed rows, with
 Change Data Feed on, and keeps the history (valid_from / valid_to) that an as-of
-join reads. A re-run with nothing new stages nothing and commits nothing.
+join reads. A re-run with nothing new stages nothing and commits nothing. A
+concurrent run that publishes first makes this one start over (retry_on_conflict):
+the MERGE acts on an item only while its current row is the one staged.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from pyspark.sql import functions as F
 from courier.config import CourierConfig, config_json
 from courier.features.cluster import CentroidVersion, ClusteringError, read_centroid_version
 from courier.sql_files import run_sql_file
-from courier.tables import RunRecord, count_by, reconcile, timed, utc_now
+from courier.tables import (RunRecord, WriteConflict, committing, count_by, ensure_table, reconcile,
+                            retry_on_conflict, timed, utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +92,22 @@ class AssignResult:
                 f"{m['unchanged']:,} unchanged\n" + self.record.summary())
 
 
-def _ensure_features_table(spark: SparkSession, table: str) -> None:
-    if not spark.catalog.tableExists(table):
-        (spark.createDataFrame([], ITEM_IMAGE_FEATURES_DDL).write.format("delta")
-         .option("delta.enableChangeDataFeed", "true").saveAsTable(table))
-
-
 def assign_items(spark: SparkSession, cfg: CourierConfig, cluster_version: int | None = None,
                  run_id: str | None = None) -> AssignResult:
     """Assign every embedded item (of the version's model) and publish the changes in one MERGE.
 
     Raises:
         ClusteringError: no cluster version, or the requested one does not exist.
+        ConcurrentRunError: concurrent runs kept publishing first (after 3 attempts).
     """
+    run_id = run_id or uuid.uuid4().hex[:12]
+    return retry_on_conflict(STAGE, lambda: _assign_once(spark, cfg, cluster_version, run_id))
+
+
+def _assign_once(spark: SparkSession, cfg: CourierConfig, cluster_version: int | None, run_id: str) -> AssignResult:
     from courier.features.views import create_feature_views
 
     t = cfg.tables
-    run_id = run_id or uuid.uuid4().hex[:12]
     started = utc_now()
     timings: dict[str, int] = {}
     centroids_table, features = t.qualified("cluster_centroids"), t.qualified("item_image_features")
@@ -113,7 +115,7 @@ def assign_items(spark: SparkSession, cfg: CourierConfig, cluster_version: int |
     if version is None:
         raise ClusteringError(f"table {centroids_table} holds no cluster version: run `courier cluster` first")
     embeddings = spark.table(t.qualified("item_embeddings")).where(F.col("model_version") == version.model_version)
-    _ensure_features_table(spark, features)
+    ensure_table(spark, features, ITEM_IMAGE_FEATURES_DDL, {"delta.enableChangeDataFeed": "true"})
 
     with timed(timings, "assign"):
         assigned = (assign_embeddings(spark, embeddings, version)
@@ -127,13 +129,14 @@ def assign_items(spark: SparkSession, cfg: CourierConfig, cluster_version: int |
             "assignments": "item_assignments", "item_image_features": features,
             "published_at": published_at, "first_valid_from": cfg.assign.first_valid_from_ts,
         }).localCheckpoint(eager=True)
-    counts = count_by(staged.where("merge_key IS NULL"), "CASE WHEN has_current THEN 'changed' ELSE 'new_items' END")
+    counts = count_by(staged.where("role = 'insert'"), "CASE WHEN has_current THEN 'changed' ELSE 'new_items' END")
     items_in = assigned.count()
     metrics = {"items_in": items_in, "new_items": counts.get("new_items", 0), "changed": counts.get("changed", 0)}
     metrics["unchanged"] = items_in - metrics["new_items"] - metrics["changed"]
     if metrics["new_items"] + metrics["changed"]:
         with timed(timings, "merge"):
-            _merge(spark, features, staged, published_at)
+            _merge(spark, features, staged, published_at,
+                   inserts=metrics["new_items"] + metrics["changed"], closes=metrics["changed"])
     else:
         log.info("assign: nothing changed; %s is left as it is (no commit)", features)
     reconcile("assign items", items_in, {k: metrics[k] for k in ("new_items", "changed", "unchanged")})
@@ -147,16 +150,33 @@ def assign_items(spark: SparkSession, cfg: CourierConfig, cluster_version: int |
     return AssignResult(record, version)
 
 
-def _merge(spark: SparkSession, table: str, staged: DataFrame, published_at) -> None:
-    """Close the changed items' current rows and insert their new ones: one commit."""
+def _merge(spark: SparkSession, table: str, staged: DataFrame, published_at, inserts: int, closes: int) -> None:
+    """Close the changed items' current rows and insert their new ones: one commit.
+
+    Guarded by the current row each item had when staged (``expected_from``): a close row
+    matches only that row, an insert row only a *different* current row (then a concurrent
+    run published this item first, and the row does nothing), so at most one source row
+    meets any target row.
+
+    Raises:
+        WriteConflict: a concurrent run committed first, or changed items since they were staged.
+    """
     insert = {c: f"s.{c}" for c in ("item_id", "image_cluster_id", "cluster_similarity", "model_version",
                                     "cluster_version", "valid_from")}
     insert.update({"valid_to": "CAST(NULL AS TIMESTAMP)", "updated_at": "s.updated_at"})
     source = staged.withColumn("updated_at", F.lit(published_at).cast("timestamp"))
-    (
-        DeltaTable.forName(spark, table).alias("t")
-        .merge(source.alias("s"), "t.item_id = s.merge_key AND t.valid_to IS NULL")
-        .whenMatchedUpdate(set={"valid_to": "s.updated_at", "updated_at": "s.updated_at"})
-        .whenNotMatchedInsert(values=insert)
-        .execute()
-    )
+    on = ("t.item_id = s.item_id AND t.valid_to IS NULL "
+          "AND (s.role = 'close') = (t.valid_from <=> s.expected_from)")
+    with committing(table):
+        done = (
+            DeltaTable.forName(spark, table).alias("t")
+            .merge(source.alias("s"), on)
+            .whenMatchedUpdate(condition="s.role = 'close'",
+                               set={"valid_to": "s.updated_at", "updated_at": "s.updated_at"})
+            .whenNotMatchedInsert(condition="s.role = 'insert'", values=insert)
+            .execute().first()
+        )
+    if (done["num_inserted_rows"], done["num_updated_rows"]) != (inserts, closes):
+        raise WriteConflict(table, f"a concurrent run changed items' current rows after this run read them "
+                                   f"({done['num_inserted_rows']} of {inserts} new rows and "
+                                   f"{done['num_updated_rows']} of {closes} closings applied)")

@@ -2,11 +2,14 @@
 
     pick the model version -> sample k x max_points_per_centroid embeddings in Spark
     -> faiss spherical k-means on the driver (warm-started from the previous version)
-    -> match the new clusters to the previous ids -> MLflow run -> one Delta append
+    -> match the new clusters to the previous ids -> MLflow run -> one Delta commit
 
-The append is one commit, so a version is visible whole or not at all; the
-MLflow run records the fit (k, d, iterations, objective, imbalance, empty
-clusters, the model version) and the centroids as an artifact.
+The version is published by one insert-only MERGE keyed on its number: visible
+whole or not at all, and never twice. Two runs that picked the same number
+conflict (Delta's optimistic commit) or find it taken; the second stops with a
+ConcurrentRunError and its MLflow run fails. The MLflow run records the fit (k, d,
+iterations, objective, imbalance, empty clusters, the model version) and the
+centroids as an artifact.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -25,7 +29,7 @@ from pyspark.sql import types as T
 from courier.config import CourierConfig, config_json
 from courier.features.kmeans import KMeansFit, fit_spherical_kmeans, gpu_available, match_cluster_ids
 from courier.sql_files import run_sql_file
-from courier.tables import RunRecord, ensure_table, timed, utc_now
+from courier.tables import ConcurrentRunError, RunRecord, WriteConflict, committing, ensure_table, timed, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +231,31 @@ def _max_version(spark: SparkSession, table: str) -> int:
 
 
 def _publish(spark: SparkSession, table: str, version: CentroidVersion, fit: KMeansFit, mlflow_run_id: str) -> None:
-    """Append the version's k rows in one Delta commit: readers see all of it or none of it."""
+    """Insert the version's k rows in one Delta commit, unless that version number is already taken.
+
+    Raises:
+        ConcurrentRunError: another run published this version number first (nothing was written).
+    """
     now = utc_now()
     rows = [(version.cluster_version, int(cid), [float(v) for v in centroid], int(size), version.model_version,
              mlflow_run_id, now)
             for cid, centroid, size in zip(version.ids, version.centroids, fit.sizes)]
     ensure_table(spark, table, CLUSTER_CENTROIDS_SCHEMA)
-    spark.createDataFrame(rows, CLUSTER_CENTROIDS_SCHEMA).writeTo(table).append()
+    source = spark.createDataFrame(rows, CLUSTER_CENTROIDS_SCHEMA)
+    try:
+        with committing(table):
+            metrics = (DeltaTable.forName(spark, table).alias("t")
+                       .merge(source.alias("s"), "t.cluster_version = s.cluster_version")
+                       .whenNotMatchedInsertAll()
+                       .execute().first())
+            if metrics["num_inserted_rows"] != len(rows):
+                raise WriteConflict(table, f"cluster version {version.cluster_version} was published by another "
+                                           "run while this one was fitting")
+    except WriteConflict as conflict:
+        # Not retried: each run of `courier cluster` publishes a version of its own.
+        raise ConcurrentRunError(
+            f"cluster: {conflict}; this run published nothing. Run `courier cluster` again if a newer "
+            "version is wanted") from conflict
 
 
 def _track(cfg: CourierConfig, version: CentroidVersion, fit: KMeansFit, n_items: int,

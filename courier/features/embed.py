@@ -27,7 +27,8 @@ from courier.features.config import EmbedConfig
 from courier.features.model_ref import ResolvedModel, default_model_uri, resolve_model
 from courier.spark import session_conf
 from courier.sql_files import run_sql_file
-from courier.tables import RunRecord, count_by, merge_rejects, reconcile, require_columns, timed, utc_now
+from courier.tables import (RunRecord, committing, count_by, ensure_table, merge_rejects, reconcile, require_columns,
+                            retry_on_conflict, timed, utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,6 @@ class EmbedResult:
         return head + "\n" + self.record.summary()
 
 
-def _ensure_embeddings_table(spark: SparkSession, table: str) -> None:
-    if not spark.catalog.tableExists(table):
-        spark.createDataFrame([], ITEM_EMBEDDINGS_DDL).write.format("delta").saveAsTable(table)
-
-
 def _check_image_size(to_embed: DataFrame, item_images: str, resolved: ResolvedModel) -> None:
     """The model decides the input size; item_images prepared at another size is a config error, not a reject."""
     sizes = [r[0] for r in to_embed.select("image_size").distinct().collect()]
@@ -151,11 +147,17 @@ def embed_items(spark: SparkSession, cfg: CourierConfig, model_uri: str | None =
         ModelResolutionError: the model, alias or version does not exist.
         SchemaError: item_images is missing or lacks a column.
         ReconciliationError: a catalogue item was neither embedded, unchanged nor rejected.
+        ConcurrentRunError: concurrent runs kept committing first (after 3 attempts).
     """
+    run_id = run_id or uuid.uuid4().hex[:12]
+    return retry_on_conflict(STAGE, lambda: _embed_once(spark, cfg, model_uri, full, run_id))
+
+
+def _embed_once(spark: SparkSession, cfg: CourierConfig, model_uri: str | None, full: bool,
+                run_id: str) -> EmbedResult:
     from courier.train.tracking import resolve_tracking_uri
 
     t, e = cfg.tables, cfg.embed
-    run_id = run_id or uuid.uuid4().hex[:12]
     started = utc_now()
     timings: dict[str, int] = {}
     tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
@@ -166,7 +168,7 @@ def embed_items(spark: SparkSession, cfg: CourierConfig, model_uri: str | None =
 
     item_images, table = t.qualified("item_images"), t.qualified("item_embeddings")
     require_columns(spark, item_images, ITEM_IMAGES_COLUMNS)
-    _ensure_embeddings_table(spark, table)
+    ensure_table(spark, table, ITEM_EMBEDDINGS_DDL)
     args = {"raw_items": t.qualified("raw_items"), "item_images": item_images, "item_embeddings": table,
             "model_version": resolved.model_version, "full": full}
     with timed(timings, "candidates"):
@@ -227,11 +229,12 @@ def _merge(spark: SparkSession, table: str, good: DataFrame, model_version: str)
     source = good.select(
         "item_id", F.lit(model_version).alias("model_version"), "content_hash", "embedding",
         F.current_timestamp().alias("computed_at"))
-    (
-        DeltaTable.forName(spark, table).alias("t")
-        .merge(source.alias("s"), "t.item_id = s.item_id AND t.model_version = s.model_version")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    with committing(table):
+        (
+            DeltaTable.forName(spark, table).alias("t")
+            .merge(source.alias("s"), "t.item_id = s.item_id AND t.model_version = s.model_version")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
     return good.count()
