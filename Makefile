@@ -15,7 +15,7 @@ HOROVOD := $(VENV)/.horovod-stamp
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW := $(AIRFLOW_VENV)/.installed-stamp
 
-.PHONY: setup setup-gpu demo test bench clean-warehouse
+.PHONY: setup setup-gpu demo test bench dist clean-warehouse
 
 setup: $(STAMP) $(JARS) $(HOROVOD) $(AIRFLOW)
 
@@ -63,6 +63,11 @@ test: setup
 
 bench: setup
 	$(PY) bench/sample_build.py
+
+# The wheel and the packed environment for spark-submit --archives (build/dist.sh; docs/PRODUCTION.md,
+# "Deploying"): dist/courier-<version>-py3-none-any.whl and dist/courier-env.tar.gz.
+dist: $(STAMP) $(HOROVOD)
+	bash build/dist.sh
 
 clean-warehouse:
 	rm -rf warehouse

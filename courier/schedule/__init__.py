@@ -103,8 +103,11 @@ class Deployment:
         COURIER_HOME        the folder holding jobs/ (a checkout or an unpacked dist)
         COURIER_PROFILE     the courier profile YAML (default <home>/conf/cluster.yaml)
         COURIER_PYTHON      the driver's Python, with courier installed (default <home>/.venv/bin/python)
-        COURIER_ENV_ARCHIVE the packed environment for the executors (`make dist`), shipped
-                            with --archives; empty = the executors share COURIER_PYTHON
+        COURIER_ENV_ARCHIVE the packed environment for the executors (`make dist` writes
+                            dist/courier-env.tar.gz; a path or a URI such as hdfs://, s3a://), shipped
+                            with --archives and run as ./environment/bin/python. Empty (the default) =
+                            the executors use COURIER_PYTHON: a local master needs that, since its
+                            Python workers do not start where Spark unpacks archives (docs/PRODUCTION.md)
         COURIER_JARS        comma-separated JARs for --jars (default: <home>/.jars/*.jar)
         COURIER_PACKAGES    Maven coordinates for --packages when there are no JARs
         COURIER_DRIVER_CLASS_PATH  --driver-class-path (default: <home>/.jars/derbyclient-*.jar, the
@@ -135,7 +138,7 @@ class Deployment:
             home=home,
             profile=env.get("COURIER_PROFILE") or f"{home}/conf/cluster.yaml",
             python=env.get("COURIER_PYTHON") or f"{home}/.venv/bin/python",
-            env_archive=env.get("COURIER_ENV_ARCHIVE", ""),
+            env_archive=checked_env_archive(env.get("COURIER_ENV_ARCHIVE", "")),
             jars=jars,
             packages=env.get("COURIER_PACKAGES", "" if jars else "io.delta:delta-spark_2.13:4.0.1"),
             driver_class_path=env.get("COURIER_DRIVER_CLASS_PATH", derby_client),
@@ -160,6 +163,22 @@ class Deployment:
             "executor_python": executor_python, "jars": self.jars, "packages": self.packages,
             "driver_class_path": self.driver_class_path,
         }
+
+
+# What spark-submit --archives unpacks; any other file would reach the executors as a plain file.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def checked_env_archive(archive: str) -> str:
+    """COURIER_ENV_ARCHIVE as given, or a ValueError naming it when Spark could not unpack it.
+
+    Checks only the name: the DAG files may be parsed on a machine that does not hold the file.
+    """
+    if archive and (not archive.endswith(ARCHIVE_SUFFIXES) or "#" in archive):
+        raise ValueError(f"COURIER_ENV_ARCHIVE={archive}: want an archive ending in {', '.join(ARCHIVE_SUFFIXES)}, "
+                         "without a #alias (it is unpacked as #environment), e.g. the dist/courier-env.tar.gz "
+                         "that `make dist` writes")
+    return archive
 
 
 def spark_submit_conf() -> dict[str, str]:

@@ -138,6 +138,9 @@ def test_the_deployment_defaults_come_from_the_environment(tmp_path):
     assert packed.archives == "/opt/courier-env.tar.gz#environment"
     assert packed.params()["executor_python"] == "./environment/bin/python"
     assert packed.packages.startswith("io.delta:delta-spark_2.13:")
+    for unpackable in ("/opt/courier-env.whl", "/opt/courier-env.tar.gz#env"):
+        with pytest.raises(ValueError, match="COURIER_ENV_ARCHIVE=/opt/courier-env"):
+            Deployment.from_env({"COURIER_ENV_ARCHIVE": unpackable})
 
 
 # ---------------------------------------------------------------- the nightly DAG, end to end
