@@ -257,11 +257,11 @@ def ensure_table(spark: SparkSession, qualified_name: str, schema: T.StructType 
 
 
 def clear_orphaned_location(spark: SparkSession, qualified_name: str) -> str | None:
-    """Move aside the empty table a killed run left where ``qualified_name`` goes; its new path, or None.
+    """Move aside what a run killed while creating ``qualified_name`` left in its folder; the new path, or None.
 
     Spark refuses to create a managed table where a folder exists
-    (DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION). A folder holding only an empty table's
-    first commit is what a run killed while creating the table leaves: it is renamed
+    (DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION). A folder with no Delta commit yet, or
+    holding only an empty table's first commit, is what such a run leaves: it is renamed
     (kept, not deleted). Anything more is not for a job to guess about: SchemaError.
     """
     database, name = qualified_name.split(".")
@@ -272,16 +272,18 @@ def clear_orphaned_location(spark: SparkSession, qualified_name: str) -> str | N
     if not fs.exists(path):
         return None
     log_dir = hadoop_path(f"{location}/_delta_log")
-    commits = [s.getPath().getName() for s in fs.listStatus(log_dir)] if fs.exists(log_dir) else []
-    first_only = [c for c in commits if c.endswith(".json")] == [f"{0:020d}.json"]
-    if not (first_only and spark.read.format("delta").load(location).limit(1).count() == 0):
+    commits = [c for c in (s.getPath().getName() for s in fs.listStatus(log_dir)) if c.endswith(".json")] \
+        if fs.exists(log_dir) else []
+    uncommitted = not commits  # files of a write killed before its first commit: no table at all
+    empty_create = commits == [f"{0:020d}.json"] and spark.read.format("delta").load(location).limit(1).count() == 0
+    if not (uncommitted or empty_create):
         raise SchemaError(
             f"table {qualified_name} is not in the catalog, but its folder {location} holds data: move the folder "
             "away (or register it: CREATE TABLE ... USING delta LOCATION) and run the job again")
     aside = f"{location}.orphaned-{utc_now():%Y%m%dT%H%M%S%f}"
     if not fs.rename(path, hadoop_path(aside)):
         raise RuntimeError(f"table {qualified_name}: cannot move the orphaned folder {location} aside to {aside}")
-    log.warning("table %s: %s held an empty table that a killed run left unregistered; moved to %s",
+    log.warning("table %s: %s held what a run killed while creating the table left; moved to %s",
                 qualified_name, location, aside)
     return aside
 

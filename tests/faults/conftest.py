@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+import psutil
 import pytest
 from delta.tables import DeltaTable
 
@@ -119,3 +120,26 @@ class CourierProcess:
         self.proc.wait(timeout=timeout_s)
         self._reader.join(timeout=10)
         return self.proc.returncode
+
+
+def torch_workers(root: int, busy: bool = False) -> list[psutil.Process]:
+    """Spark Python workers under process ``root`` that have loaded torch (the embed UDF's model);
+    ``busy``: only those using CPU right now. (Spark starts other Python workers early, e.g. to
+    look up Python data sources, so a worker's existence alone says nothing.)"""
+    found = []
+    for proc in psutil.Process(root).children(recursive=True):
+        try:
+            if "pyspark" not in " ".join(proc.cmdline()):
+                continue
+            with open(f"/proc/{proc.pid}/maps") as maps:
+                if "libtorch_cpu" not in maps.read():
+                    continue
+            if busy:
+                before = sum(proc.cpu_times()[:2])
+                time.sleep(0.1)
+                if sum(proc.cpu_times()[:2]) <= before:
+                    continue
+            found.append(proc)
+        except (psutil.Error, OSError):  # a process that ended while we looked
+            continue
+    return found

@@ -12,7 +12,7 @@ from courier.features.embed import embed_items
 from courier.samples.build import build_samples
 from tests.conftest import TRAIN_DB, TRAIN_END, TRAIN_START
 from tests.faults.conftest import (CourierProcess, assert_same_rows, commits, delta_log, restore, table_rows,
-                                   table_versions)
+                                   table_versions, torch_workers)
 
 pytestmark = pytest.mark.slow
 
@@ -65,22 +65,12 @@ def test_embed_killed_while_embedding_then_rerun(spark, features_cfg: CourierCon
 
     job = CourierProcess(features_cfg, tmp_path, "embed")
     # The model is resolved and the UDF's job has started: its workers are loading or running it.
-    job.kill_when(lambda: "embedding with" in job.output and _udf_running(job))
+    # Killed while its Python workers run the model over the images.
+    job.kill_when(lambda: bool(torch_workers(job.proc.pid)))
     assert spark.table(t.qualified("item_embeddings")).count() == 0  # nothing half-published
 
     embed_items(spark, features_cfg)
     assert_same_rows(table_rows(spark, t.qualified("item_embeddings")), expected, "item_embeddings")
-
-
-def _udf_running(job: CourierProcess) -> bool:
-    """True once a Python worker of the job's Spark has been forked (the embed UDF runs in one)."""
-    import psutil
-
-    try:
-        children = psutil.Process(job.proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return False
-    return any("pyspark.daemon" in " ".join(c.cmdline()) for c in children if c.is_running())
 
 
 def test_assign_killed_after_its_merge_then_rerun(spark, features_cfg: CourierConfig, tmp_path):
