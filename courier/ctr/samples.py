@@ -18,11 +18,17 @@ import uuid
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from courier.config import CourierConfig, config_json
 from courier.features.assign import ITEM_IMAGE_FEATURES_DDL
-from courier.samples.build import RAW_IMPRESSIONS_COLUMNS, RAW_ITEMS_COLUMNS, click_history_views
+from courier.samples.build import (
+    RAW_IMPRESSIONS_COLUMNS,
+    RAW_ITEMS_COLUMNS,
+    click_history_views,
+    impression_rejects,
+    rejects_scope,
+    window_params,
+)
 from courier.sql_files import run_sql_file
 from courier.tables import (
     ReconciliationError,
@@ -61,10 +67,12 @@ def build_ctr_samples(
     with timed(timings, "plan"):
         checked, samples = _sample_frames(spark, cfg, start, end)
     in_range = date_range_predicate(start, end)
+    in_scope = rejects_scope(in_range)
     with timed(timings, "reconcile"):
-        metrics = _reconcile(checked.where(in_range), samples)
+        metrics = _reconcile(checked.where(in_scope), samples)
     with timed(timings, "write_rejects"):
-        write_rejects(spark, t.qualified("rejects"), _rejects(checked.where(in_range)), STAGE, run_id, in_range)
+        write_rejects(spark, t.qualified("rejects"), impression_rejects(checked.where(in_scope)), STAGE, run_id,
+                      in_scope)
     with timed(timings, "write_samples"):
         replace_where(samples, t.qualified("ctr_samples"), in_range, partition_by=["dt"])
     checked.unpersist()
@@ -83,10 +91,7 @@ def _sample_frames(spark: SparkSession, cfg: CourierConfig, start: dt.date, end:
         "raw_impressions": t.qualified("raw_impressions"),
         "raw_items": t.qualified("raw_items"),
         "item_images": t.qualified("item_images"),
-        "history_start": start - dt.timedelta(days=s.history_lookback_days),
-        "start_dt": start,
-        "end_dt": end,
-        "max_event_ts": max_event_ts,
+        **window_params(start, end, s.history_lookback_days, max_event_ts),
         # page_views' negative sampling does not touch the history (clicks only): keep all
         "negative_keep_rate": 1.0,
         "sampling_seed": 0,
@@ -122,13 +127,6 @@ def _as_of(spark: SparkSession, events_view: str, features: str, name: str) -> D
     df = run_sql_file(spark, "features/item_features_as_of", {"events": events_view, "item_image_features": features})
     df.createOrReplaceTempView(name)
     return df
-
-
-def _rejects(checked_in_range: DataFrame) -> DataFrame:
-    return checked_in_range.where("reject_reason IS NOT NULL").select(
-        F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
-                    F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
-        F.col("reject_reason").alias("reason"), F.col("reject_detail").alias("detail"), "dt")
 
 
 def _reconcile(checked_in_range: DataFrame, samples: DataFrame) -> dict[str, int]:

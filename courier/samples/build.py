@@ -170,12 +170,16 @@ def build_samples(
         raise ValueError(f"--end {end} is before --start {start}")
     run_id = run_id or uuid.uuid4().hex[:12]
     t, s = cfg.tables, cfg.samples
+    # Both raw tables before anything is written: a wrong schema stops the job at once,
+    # not after item_images was merged.
+    require_columns(spark, t.qualified("raw_impressions"), RAW_IMPRESSIONS_COLUMNS)
+    require_columns(spark, t.qualified("raw_items"), RAW_ITEMS_COLUMNS)
+    _image_column(spark, t.qualified("raw_items"))
     items_record = build_item_images(spark, cfg, run_id)
     items_record.save(spark, t.qualified("pipeline_runs"))
 
     started = utc_now()
     timings: dict[str, int] = {}
-    require_columns(spark, t.qualified("raw_impressions"), RAW_IMPRESSIONS_COLUMNS)
     max_event_ts = dt.datetime.fromisoformat(s.max_event_ts) if s.max_event_ts else started
     with timed(timings, "plan_views"):
         views = sample_views(
@@ -184,16 +188,11 @@ def build_samples(
             item_images=t.qualified("item_images"))
     checked, draft = views.checked, views.draft
     in_range = date_range_predicate(start, end)
+    in_scope = rejects_scope(in_range)
 
     with timed(timings, "write_rejects"):
-        rejects = checked.where(f"reject_reason IS NOT NULL AND ({in_range})").select(
-            F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
-                        F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
-            F.col("reject_reason").alias("reason"),
-            F.col("reject_detail").alias("detail"),
-            "dt",
-        )
-        write_rejects(spark, t.qualified("rejects"), rejects, "build_samples", run_id, in_range)
+        write_rejects(spark, t.qualified("rejects"), impression_rejects(checked.where(in_scope)),
+                      "build_samples", run_id, in_scope)
 
     with timed(timings, "write_samples"), session_conf(spark, SORT_AGGREGATE):
         kept = draft.where("drop_reason IS NULL").select(
@@ -202,7 +201,7 @@ def build_samples(
         replace_where(kept, t.qualified("courier_samples"), in_range, partition_by=["dt"])
 
     with timed(timings, "reconcile"):
-        metrics = _sample_metrics(checked.where(in_range), draft)
+        metrics = _sample_metrics(checked.where(in_scope), draft)
     views.unpersist()  # frees the cached impressions before the image-heavy write
     with timed(timings, "write_training_rows"):
         _write_training_rows(spark, cfg, start, end)
@@ -250,10 +249,7 @@ def sample_views(
         "raw_impressions": raw_impressions,
         "raw_items": raw_items,
         "item_images": item_images,
-        "history_start": start - dt.timedelta(days=s.history_lookback_days),
-        "start_dt": start,
-        "end_dt": end,
-        "max_event_ts": max_event_ts,
+        **window_params(start, end, s.history_lookback_days, max_event_ts),
         "negative_keep_rate": float(s.negative_keep_rate),
         "sampling_seed": int(s.sampling_seed),
         "l_pv": int(s.l_pv),
@@ -262,6 +258,50 @@ def sample_views(
     checked, page_views = click_history_views(spark, args)
     draft = run_sql_file(spark, "samples/samples_draft", args).persist(StorageLevel.MEMORY_AND_DISK)
     return SampleViews(args, checked, page_views, draft)
+
+
+def window_params(start: dt.date, end: dt.date, lookback_days: int, max_event_ts: dt.datetime) -> dict[str, str]:
+    """The dates the sample SQL takes: ``history_start`` (``start`` - ``lookback_days``), ``start_dt``,
+    ``end_dt`` and ``max_event_ts``.
+
+    ISO strings, which the SQL casts: PySpark binds a ``datetime.date`` through
+    ``strftime('%Y-%m-%d')``, which writes a year before 1000 without its leading zeros
+    (``1-01-01``, refused by Spark), and a ``datetime`` before 1582 through the Julian
+    calendar (0001-01-05 arrives as 0001-01-07). ``history_start`` stops at 0001-01-01,
+    the first date Python has, where the subtraction would overflow.
+    """
+    try:
+        history_start = start - dt.timedelta(days=lookback_days)
+    except OverflowError:
+        history_start = dt.date.min
+    return {"history_start": history_start.isoformat(), "start_dt": start.isoformat(), "end_dt": end.isoformat(),
+            "max_event_ts": max_event_ts.isoformat(sep=" ")}
+
+
+def rejects_scope(in_range: str) -> str:
+    """The impressions a build of ``in_range`` reports: its dates, and the undated ones.
+
+    impressions_checked dates an impression without dt by its event_ts; one with
+    neither belongs to no range, so every build rejects it again (under dt NULL,
+    replaced, never added twice) rather than none.
+    """
+    return f"({in_range}) OR dt IS NULL"
+
+
+def impression_rejects(checked: DataFrame) -> DataFrame:
+    """The rejected rows of impressions_checked as rejects rows (key, reason, detail, dt).
+
+    The key is ``request_id/item_id``, ``NULL`` for a missing part. A request_id may
+    hold a ``/`` itself: split a key at its last one. Keys are kept whole, however
+    long the request_id, so that a key finds its raw row.
+    """
+    return checked.where("reject_reason IS NOT NULL").select(
+        F.concat_ws("/", F.coalesce("request_id", F.lit("NULL")),
+                    F.coalesce(F.col("item_id").cast("string"), F.lit("NULL"))).alias("key"),
+        F.col("reject_reason").alias("reason"),
+        F.col("reject_detail").alias("detail"),
+        "dt",
+    )
 
 
 def click_history_views(spark: SparkSession, args: dict[str, Any]) -> tuple[DataFrame, DataFrame]:

@@ -54,11 +54,12 @@ class ImageLimits:
 
 
 def prepare_image(data: bytes | None, size: int, quality: int, limits: ImageLimits) -> PreparedImage:
-    """Decode ``data``, resize its shorter side to ``size``, center-crop ``size`` x ``size``, encode JPEG.
+    """Decode ``data``, center-crop its largest square, resize that to ``size`` x ``size``, encode JPEG.
 
     The hash is SHA-256 of the source bytes, so identical uploads share it and a
     changed image is detectable without decoding. Sources beyond ``limits`` are
-    rejected as ``image_too_large`` without decoding their pixels.
+    rejected as ``image_too_large`` without decoding their pixels; anything else
+    the decoder cannot read is ``undecodable_image``: this never raises.
     """
     if data is None or len(data) == 0:
         return PreparedImage(None, None, None, None, "empty_image", "image is null or 0 bytes")
@@ -72,19 +73,24 @@ def prepare_image(data: bytes | None, size: int, quality: int, limits: ImageLimi
                 return PreparedImage(None, None, width, height, "image_too_large",
                                      f"{width}x{height} = {width * height:,} pixels > samples.max_image_pixels "
                                      f"{limits.max_pixels:,}")
+            if width == 0 or height == 0:
+                return PreparedImage(None, None, width, height, "empty_image", f"image is {width}x{height}")
             img.load()
             rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS), when it is below ours
+        return PreparedImage(None, None, None, None, "image_too_large", str(exc)[:300])
+    except Exception as exc:  # noqa: BLE001  (hostile bytes reach Pillow's plugins, which raise
+        # SyntaxError, struct.error, zlib.error, EOFError, IndexError... besides OSError: one bad
+        # upload must cost a reject, never the Spark task and with it the whole build)
         return PreparedImage(None, None, None, None, "undecodable_image", f"{type(exc).__name__}: {exc}"[:300])
-    if width == 0 or height == 0:
-        return PreparedImage(None, None, width, height, "empty_image", f"image is {width}x{height}")
-    scale = size / min(width, height)
-    resized = rgb.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
-    left = (resized.width - size) // 2
-    top = (resized.height - size) // 2
-    cropped = resized.crop((left, top, left + size, top + size))
+    # Crop first, then resize only the crop (``box``): resizing the whole image first would
+    # blow a 1 x 1,000,000 strip up to 16 x 16,000,000 pixels before cropping it.
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = rgb.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
     out = io.BytesIO()
-    cropped.save(out, format="JPEG", quality=quality)
+    square.save(out, format="JPEG", quality=quality)
     return PreparedImage(out.getvalue(), hashlib.sha256(data).hexdigest(), width, height)
 
 

@@ -6,7 +6,7 @@
 -- dropped: a CTR model is evaluated on what users were shown. An impression
 -- without history keeps an empty history.
 --
--- Parameters: :start_dt, :end_dt (DATE). Reads the temp views
+-- Parameters: :start_dt, :end_dt (DATE or 'YYYY-MM-DD'). Reads the temp views
 -- impressions_checked and click_history of the sample SQL, and ctr_items.
 SELECT
   c.request_id, c.user_id, c.item_id, i.category, c.query, c.position, c.event_ts,
@@ -14,4 +14,4 @@ SELECT
 FROM impressions_checked c
 JOIN click_history h USING (request_id)
 JOIN ctr_items i USING (item_id)
-WHERE c.reject_reason IS NULL AND c.dt BETWEEN :start_dt AND :end_dt
+WHERE c.reject_reason IS NULL AND c.dt BETWEEN CAST(:start_dt AS DATE) AND CAST(:end_dt AS DATE)

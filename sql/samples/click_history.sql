@@ -12,7 +12,7 @@
 --    after the page view, not even from a page view of the same instant.
 -- Within one page view, clicks count as older the higher they were on the page.
 --
--- Parameters: :l_click (INT), :start_dt, :end_dt (DATE). Window frame bounds
+-- Parameters: :l_click (INT), :start_dt, :end_dt (DATE or 'YYYY-MM-DD'). Window frame bounds
 -- must be literals, so the frame uses Spark's variable substitution:
 -- ${courier.l_click_preceding} = l_click - 1 (in spark-sql: SET courier.l_click_preceding=4).
 WITH clicking AS (
@@ -31,7 +31,7 @@ snapshots AS (
 stream AS (
   SELECT user_id, event_ts, 0 AS kind, request_id, CAST(NULL AS ARRAY<BIGINT>) AS snapshot
   FROM page_views
-  WHERE dt BETWEEN :start_dt AND :end_dt
+  WHERE dt BETWEEN CAST(:start_dt AS DATE) AND CAST(:end_dt AS DATE)
   UNION ALL
   SELECT user_id, event_ts, 1 AS kind, request_id,
     -- the newest :l_click of them (slice with a negative start would return [] for short arrays)

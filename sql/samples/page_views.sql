@@ -20,7 +20,9 @@ SELECT
   request_id,
   any_value(user_id)  AS user_id,
   any_value(event_ts) AS event_ts,
-  any_value(query)    AS query,
+  -- the rows agree on the query or leave it NULL (impressions_checked): max() takes the
+  -- non-NULL one whatever the row order
+  max(query)          AS query,
   any_value(dt)       AS dt,
   -- collect_list skips NULLs, so each CASE keeps only its own kind of impression.
   transform(array_sort(collect_list(CASE WHEN clicked = 1 THEN struct(position, item_id) END)), x -> x.item_id)

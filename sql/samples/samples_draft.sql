@@ -6,7 +6,7 @@
 -- by position, trimmed to :l_pv and padded with item -1 / label -1.
 -- click_item_ids: the history, oldest to newest, left-padded with -1 to :l_click.
 --
--- Parameters: :l_pv, :l_click (INT), :start_dt, :end_dt (DATE).
+-- Parameters: :l_pv, :l_click (INT), :start_dt, :end_dt (DATE or 'YYYY-MM-DD').
 WITH joined AS (
   SELECT
     pv.*,
@@ -14,7 +14,7 @@ WITH joined AS (
     concat(pv.clicked_item_ids, pv.kept_negative_item_ids) AS candidates
   FROM page_views pv
   JOIN click_history h USING (request_id)
-  WHERE pv.dt BETWEEN :start_dt AND :end_dt
+  WHERE pv.dt BETWEEN CAST(:start_dt AS DATE) AND CAST(:end_dt AS DATE)
 ),
 shaped AS (
   SELECT
