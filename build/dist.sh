@@ -56,7 +56,7 @@ trap 'rm -rf "$work" "$stage"' EXIT
 # 1. The wheel, built from a copy of the sources: setuptools writes build/ and *.egg-info next
 #    to what it builds, and build/ here holds the project's own build files. No build isolation:
 #    the venv's setuptools builds it offline.
-tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md courier jobs \
+tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md courier jobs conf sql \
     | (mkdir -p "$work/src" && tar -C "$work/src" -xf -)
 PYTHONDONTWRITEBYTECODE=1 PYTHONWARNINGS=ignore::UserWarning \
     "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$work/wheel" "$work/src"
@@ -111,6 +111,14 @@ for name in ("courier.config", "courier.samples.build", "jobs.cli", "pyspark", "
     where = Path(importlib.import_module(name).__file__).resolve()
     if prefix not in where.parents:
         sys.exit(f"{name} imports from {where}, outside the environment {prefix}")
+# A driver in cluster mode has no checkout: conf/ and sql/ come from the wheel's data files.
+from courier import config, sql_files
+
+if prefix not in config.PROJECT_ROOT.resolve().parents:
+    sys.exit(f"courier reads conf/ and sql/ from {config.PROJECT_ROOT}, outside the environment {prefix}")
+for profile in ("local", "cluster.example"):
+    config.load_config(profile)
+sql_files.sql_text("samples/samples_draft")
 EOF
 
 # 4. The archive: entries relative to the environment's root, no "./".

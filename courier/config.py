@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,21 @@ from courier.features.config import AssignConfig, ClusterConfig, EmbedConfig, Re
 from courier.model.config import LossConfig, ModelConfig
 from courier.world.config import WorldConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+def _project_root() -> Path:
+    """The folder holding conf/ and sql/ (and against which relative paths resolve).
+
+    The checkout courier is imported from (an editable install, PYTHONPATH), or, for courier
+    installed from its wheel (a packed environment's driver in cluster mode),
+    ``<sys.prefix>/share/courier``, where the wheel puts them (pyproject.toml, data-files).
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "conf" / "base.yaml").is_file():
+        return checkout
+    installed = Path(sys.prefix) / "share" / "courier"
+    return installed if (installed / "conf" / "base.yaml").is_file() else checkout
+
+
+PROJECT_ROOT = _project_root()
 CONF_DIR = PROJECT_ROOT / "conf"
 
 

@@ -36,7 +36,7 @@ def base_config(warehouse_dir: Path) -> CourierConfig:
         "local",
         [
             f"spark.warehouse_dir={warehouse_dir}",
-            "spark.master=local[2]",
+            "spark.master=local[2,2]",  # as the embedded default: a failed task gets a second attempt
             "spark.shuffle_partitions=2",
             "spark.ui_enabled=false",
             "spark.driver_memory=3g",

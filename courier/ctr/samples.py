@@ -38,6 +38,7 @@ from courier.tables import (
     reconcile,
     replace_where,
     require_columns,
+    retry_on_conflict,
     table_exists,
     timed,
     utc_now,
@@ -52,10 +53,17 @@ STAGE = "ctr_samples"
 def build_ctr_samples(
     spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date, run_id: str | None = None
 ) -> RunRecord:
-    """Build ``ctr_samples`` for ``[start, end]``; re-running a range replaces exactly its partitions."""
+    """Build ``ctr_samples`` for ``[start, end]``; re-running a range replaces exactly its partitions.
+
+    A run that loses a Delta commit to a concurrent one starts over (ConcurrentRunError after 3).
+    """
     if end < start:
         raise ValueError(f"--end {end} is before --start {start}")
     run_id = run_id or uuid.uuid4().hex[:12]
+    return retry_on_conflict(STAGE, lambda: _build_once(spark, cfg, start, end, run_id))
+
+
+def _build_once(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date, run_id: str) -> RunRecord:
     t = cfg.tables
     started = utc_now()
     timings: dict[str, int] = {}

@@ -29,12 +29,15 @@ from courier.tables import (
     ReconciliationError,
     RunRecord,
     SchemaError,
+    committing,
     count_by,
     date_range_predicate,
+    ensure_table,
     merge_rejects,
     reconcile,
     replace_where,
     require_columns,
+    retry_on_conflict,
     timed,
     utc_now,
     write_rejects,
@@ -103,8 +106,7 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
     started = utc_now()
     require_columns(spark, raw_items, RAW_ITEMS_COLUMNS)
     image_column, from_uri = _image_column(spark, raw_items)
-    if not spark.catalog.tableExists(item_images):
-        spark.createDataFrame([], ITEM_IMAGES_SCHEMA_DDL).write.format("delta").saveAsTable(item_images)
+    ensure_table(spark, item_images, ITEM_IMAGES_SCHEMA_DDL)
 
     args = {"raw_items": raw_items, "item_images": item_images, "image_column": image_column,
             "image_size": s.image_size}
@@ -140,7 +142,7 @@ def build_item_images(spark: SparkSession, cfg: CourierConfig, run_id: str) -> R
         .whenMatchedUpdate(set={c: f"s.{c}" for c in good.columns})
         .whenNotMatchedInsert(condition="s.reject_reason IS NULL", values={c: f"s.{c}" for c in good.columns})
     )
-    with timed(timings, "merge_images"):
+    with timed(timings, "merge_images"), committing(item_images):
         merge.execute()
     with timed(timings, "merge_rejects"):
         merge_rejects(spark, t.qualified("rejects"), rejects, "item_images", run_id)
@@ -164,11 +166,17 @@ def build_samples(
 ) -> SampleBuildResult:
     """Build item_images, then courier_samples and courier_training_rows for ``[start, end]``.
 
-    Re-running a range replaces exactly its partitions (and its rejects).
+    Re-running a range replaces exactly its partitions (and its rejects). A run that loses a
+    Delta commit to a concurrent one starts over (ConcurrentRunError after 3 attempts).
     """
     if end < start:
         raise ValueError(f"--end {end} is before --start {start}")
     run_id = run_id or uuid.uuid4().hex[:12]
+    return retry_on_conflict("build_samples", lambda: _build_samples_once(spark, cfg, start, end, run_id))
+
+
+def _build_samples_once(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date,
+                        run_id: str) -> SampleBuildResult:
     t, s = cfg.tables, cfg.samples
     # Both raw tables before anything is written: a wrong schema stops the job at once,
     # not after item_images was merged.

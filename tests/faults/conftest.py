@@ -26,9 +26,9 @@ from courier.config import PROJECT_ROOT, CourierConfig
 VOLATILE = {"prepared_at", "computed_at", "updated_at", "run_id", "created_at", "mlflow_run_id"}
 
 
-def table_rows(spark, table: str, drop: Iterable[str] = ()) -> list[tuple]:
-    """The rows of ``table``, volatile columns and ``drop`` left out, as sorted tuples."""
-    df = spark.table(table)
+def table_rows(spark, table: str, drop: Iterable[str] = (), where: str | None = None) -> list[tuple]:
+    """The rows of ``table`` (matching ``where``), volatile columns and ``drop`` left out, as sorted tuples."""
+    df = spark.table(table) if where is None else spark.table(table).where(where)
     keep = [c for c in df.columns if c not in VOLATILE and c not in set(drop)]
     return sorted((tuple(_plain(v) for v in row) for row in df.select(*keep).collect()), key=repr)
 
@@ -143,3 +143,19 @@ def torch_workers(root: int, busy: bool = False) -> list[psutil.Process]:
         except (psutil.Error, OSError):  # a process that ended while we looked
             continue
     return found
+
+
+def built_rows(spark, database: str, start, end) -> dict[str, list[tuple]]:
+    """What a sample build of ``[start, end]`` wrote to ``database``: item_images, the range's samples,
+    training rows and rejects (the images' rejects, the build's of the range)."""
+    from courier.samples.build import rejects_scope
+    from courier.tables import date_range_predicate
+
+    in_range = date_range_predicate(start, end)
+    return {
+        "item_images": table_rows(spark, f"{database}.item_images"),
+        "courier_samples": table_rows(spark, f"{database}.courier_samples", where=in_range),
+        "courier_training_rows": table_rows(spark, f"{database}.courier_training_rows", where=in_range),
+        "rejects": table_rows(spark, f"{database}.rejects", where=(
+            f"stage = 'item_images' OR (stage = 'build_samples' AND ({rejects_scope(in_range)}))")),
+    }

@@ -20,8 +20,8 @@ from courier.samples.build import build_samples
 from courier.sql_files import run_sql_file
 from courier.tables import (ConcurrentRunError, SchemaError, WriteConflict, committing, ensure_table, replace_where,
                             retry_on_conflict)
-from tests.conftest import TRAIN_DB
-from tests.faults.conftest import CourierProcess, assert_same_rows, table_rows
+from tests.conftest import TRAIN_DB, TRAIN_START
+from tests.faults.conftest import CourierProcess, assert_same_rows, built_rows
 
 DB = "courier_faults_concurrency"
 
@@ -143,20 +143,19 @@ def test_a_cluster_version_number_is_published_once(spark, db):
 def test_two_runs_of_build_samples_on_the_same_days_at_once(spark, feature_db, tmp_path):
     """One in this process, one in another: both finish (the loser of a commit starts over) or the
     loser stops naming the conflict; the tables equal one run's, with nothing twice."""
-    from tests.conftest import TRAIN_END, TRAIN_START
-
     cfg: CourierConfig = feature_db("courier_faults_two_runs")
-    t = cfg.tables
-    other = CourierProcess(cfg, tmp_path, "build-samples", "--start", str(TRAIN_START), "--end", str(TRAIN_END))
+    day = TRAIN_START + dt.timedelta(days=1)  # one day: the build's cost is in its days
+    other = CourierProcess(cfg, tmp_path, "build-samples", "--start", str(day), "--end", str(day))
     mine_error: list[BaseException] = []
     try:
-        build_samples(spark, cfg, TRAIN_START, TRAIN_END)
+        build_samples(spark, cfg, day, day)
     except ConcurrentRunError as exc:
         mine_error.append(exc)
     rc = other.wait()
     assert rc == 0 or (rc == 2 and "gave up after 3 write conflicts with a concurrent run" in other.output), \
         other.output[-3000:]
     assert not mine_error or rc == 0, "both runs gave up"
-    for name in ("item_images", "courier_samples", "courier_training_rows", "rejects"):
-        assert_same_rows(table_rows(spark, t.qualified(name)), table_rows(spark, f"{TRAIN_DB}.{name}"), name)
+    expected, rebuilt = built_rows(spark, TRAIN_DB, day, day), built_rows(spark, cfg.tables.database, day, day)
+    for name, rows in expected.items():
+        assert_same_rows(rebuilt[name], rows, name)
     print("the other run's conflicts:", [line for line in other.lines if "concurrent run" in line])

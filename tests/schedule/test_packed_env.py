@@ -15,11 +15,10 @@ standard library's equivalent rule (tarfile's "data" filter).
 
 Proof that the Python workers ran from the archive: a .pth file added to the unpacked copy
 records sys.prefix and the command line of every Python process started from it, and the
-pyspark workers of the stage must be among them. Where courier's own code comes from: the
-driver reads conf/ and sql/ beside the code it imports, which an installed wheel does not
-carry, so the driver gets this checkout on PYTHONPATH (client mode: the Airflow worker holds
-COURIER_HOME); local-mode workers inherit that variable, executors on a cluster do not and
-import the wheel (build/dist.sh checks that the environment imports courier from itself).
+pyspark workers of the stage must be among them. Nothing of this checkout is used either: the
+application is the wheel's own jobs/build_samples.py inside the environment, there is no
+PYTHONPATH, and the driver reads conf/ and sql/ from the wheel's data files (the layout of
+cluster deploy mode, where the driver runs on a node without a checkout).
 """
 from __future__ import annotations
 
@@ -38,7 +37,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from courier.config import PROJECT_ROOT
-from courier.schedule import Deployment, spark_submit_conf
+from courier.schedule import NIGHTLY_STEPS, Deployment, spark_submit_conf
+from courier.schedule import application as application_of
 
 DATABASE = "courier_packed_env_test"
 FIRST_DAY, LAST_DAY = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
@@ -90,14 +90,13 @@ def _render(template: str, params: dict[str, str]) -> str:
     return re.sub(r"\{\{ params\.(\w+) \}\}", lambda m: params[m.group(1)], template)
 
 
-def _node_environment(environment: Path, probe_log: Path, python_path: Path) -> dict[str, str]:
-    """The driver's environment: the unpacked environment's bin/ and the system's, no dev venv."""
+def _node_environment(environment: Path, probe_log: Path) -> dict[str, str]:
+    """The driver's environment: the unpacked environment's bin/ and the system's, no dev venv or checkout."""
     env = {"HOME": os.environ["HOME"], "TZ": "UTC", "PATH": f"{environment / 'bin'}:/usr/bin:/bin",
-           "PYTHONPATH": str(python_path), "COURIER_PROBE_LOG": str(probe_log)}
+           "COURIER_PROBE_LOG": str(probe_log)}
     if "JAVA_HOME" in os.environ:
         env["JAVA_HOME"] = os.environ["JAVA_HOME"]
-    dev_venv = str(PROJECT_ROOT / ".venv")
-    assert not any(dev_venv in value for value in env.values()), env
+    assert not any(str(PROJECT_ROOT) in value for value in env.values()), env
     return env
 
 
@@ -134,7 +133,9 @@ def test_a_stage_runs_under_spark_submit_from_the_packed_environment(spark, tmp_
         assert list(out.glob("courier-*-py3-none-any.whl"))
 
         # The Python settings of the DAGs, for a deployment that ships this archive.
-        deployment = Deployment.from_env({"COURIER_HOME": str(PROJECT_ROOT), "COURIER_ENV_ARCHIVE": str(archive),
+        # COURIER_HOME is the wheel's install folder (it holds jobs/): no checkout on the node.
+        site_packages = environment / "lib" / "python3.11" / "site-packages"
+        deployment = Deployment.from_env({"COURIER_HOME": str(site_packages), "COURIER_ENV_ARCHIVE": str(archive),
                                           "COURIER_PYTHON": str(environment / "bin" / "python")})
         assert deployment.archives == f"{archive}#environment"
         conf = {key: _render(value, deployment.params()) for key, value in spark_submit_conf().items()}
@@ -146,14 +147,17 @@ def test_a_stage_runs_under_spark_submit_from_the_packed_environment(spark, tmp_
                               timeout=600), "unpacking the archive")
         archive.unlink()  # 8 GB
         took["unpack"] = time.monotonic() - started - took["pack+world"]
-        (environment / "lib" / "python3.11" / "site-packages" / "courier_test_probe.pth").write_text(PROBE_PTH)
+        (site_packages / "courier_test_probe.pth").write_text(PROBE_PTH)
 
         probe_log = tmp_path / "probe.jsonl"
+        build_step = next(step for step in NIGHTLY_STEPS if step.task_id == "build_samples")
+        application = Path(_render(application_of(build_step), deployment.params()))
+        assert application.is_file(), application
         submit = [str(environment / "bin" / "spark-submit"), "--master", "local[2]", "--jars", ",".join(jars),
                   *[arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")],
-                  str(PROJECT_ROOT / "jobs" / "build_samples.py"), "--profile", str(profile),
+                  str(application), "--profile", str(profile),
                   "--start", FIRST_DAY.isoformat(), "--end", LAST_DAY.isoformat()]
-        _check(subprocess.run(submit, cwd=node, env=_node_environment(environment, probe_log, PROJECT_ROOT),
+        _check(subprocess.run(submit, cwd=node, env=_node_environment(environment, probe_log),
                               capture_output=True, text=True, timeout=600),
                "spark-submit jobs/build_samples.py from the packed environment")
         took["stage"] = time.monotonic() - started - took["pack+world"] - took["unpack"]
@@ -166,7 +170,7 @@ def test_a_stage_runs_under_spark_submit_from_the_packed_environment(spark, tmp_
         for process in workers:
             assert Path(process["prefix"]) == environment, process
             assert Path(process["executable"]) == environment / "bin" / "python", process
-        driver = [p for p in processes if str(PROJECT_ROOT / "jobs" / "build_samples.py") in p["argv"]]
+        driver = [p for p in processes if str(application) in p["argv"]]
         assert len(driver) == 1 and Path(driver[0]["prefix"]) == environment, processes
     finally:
         shutil.rmtree(node, ignore_errors=True)

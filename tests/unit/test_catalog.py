@@ -70,22 +70,6 @@ def test_a_server_that_cannot_start_says_why(tmp_path):
     assert "Is `java` (Java 17) on PATH or JAVA_HOME set?" in err
 
 
-def test_tables_keep_their_names_across_jobs(tmp_path):
-    _courier(tmp_path, "CREATE TABLE courier.handoff USING delta AS SELECT 42 AS answer")
-    out = _courier(tmp_path, "SELECT answer FROM courier.handoff")
-    assert "42" in out
-    assert (tmp_path / "metastore_db").is_dir() and (tmp_path / "courier.db" / "handoff" / "_delta_log").is_dir()
-
-
-def _courier_fails(*args: str) -> str:
-    cmd = [sys.executable, "-m", "jobs.cli", "sql", "--set", "spark.ui_enabled=false", "--set", "spark.master=local[1]",
-           *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
-    assert "Traceback" not in done.stderr
-    return done.stderr
-
-
 def test_an_analyst_query_runs_while_a_job_is_writing(spark, warehouse_dir):
     """The session's JVM is a job in the middle of a Delta write; `courier sql` in another process
     reads the same warehouse through the shared catalog and sees the last committed version."""
@@ -124,6 +108,15 @@ def _cells(table_text: str) -> list[str]:
     """The cells of the one data row of a DataFrame.show() table."""
     rows = [line for line in table_text.splitlines() if line.startswith("|")]
     return [cell.strip() for cell in rows[1].strip("|").split("|")]
+
+
+def _courier_fails(*args: str) -> str:
+    cmd = [sys.executable, "-m", "jobs.cli", "sql", "--set", "spark.ui_enabled=false", "--set", "spark.master=local[1]",
+           *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr
+    return done.stderr
 
 
 def test_an_unreachable_metastore_is_named_with_what_to_do(tmp_path):
