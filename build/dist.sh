@@ -55,8 +55,12 @@ trap 'rm -rf "$work" "$stage"' EXIT
 
 # 1. The wheel, built from a copy of the sources: setuptools writes build/ and *.egg-info next
 #    to what it builds, and build/ here holds the project's own build files. No build isolation:
-#    the venv's setuptools builds it offline.
-tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md courier jobs conf sql \
+#    the venv's setuptools builds it offline. Of conf/ and sql/, only what git tracks: a
+#    conf/cluster.yaml filled in with a deployment's metastore and keys never enters the wheel.
+mapfile -t data_files < <(git -C "$ROOT" ls-files conf sql) && [ ${#data_files[@]} -gt 0 ] \
+    || die "cannot list conf/ and sql/ with git in $ROOT: build from a checkout"
+tar -C "$ROOT" --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md courier jobs \
+        "${data_files[@]}" \
     | (mkdir -p "$work/src" && tar -C "$work/src" -xf -)
 PYTHONDONTWRITEBYTECODE=1 PYTHONWARNINGS=ignore::UserWarning \
     "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$work/wheel" "$work/src"
@@ -95,7 +99,7 @@ outside=$(find "$stage" -type l -lname '/*')
 [ -z "$outside" ] || die "absolute symlinks left in the environment: $outside"
 stale=$(grep -l "$VENV\|$stage" "$stage"/bin/* 2>/dev/null || true)
 [ -z "$stale" ] || die "scripts still naming $VENV or the staging folder: $stale"
-"$stage/bin/python" -I - "$stage" <<'EOF' || die "the packed environment is incomplete (above)"
+"$stage/bin/python" -I - "$stage" "${data_files[@]}" <<'EOF' || die "the packed environment is incomplete (above)"
 """Every module a job or an executor needs imports from inside the environment; no .pth leads out."""
 import importlib
 import sys
@@ -116,6 +120,10 @@ from courier import config, sql_files
 
 if prefix not in config.PROJECT_ROOT.resolve().parents:
     sys.exit(f"courier reads conf/ and sql/ from {config.PROJECT_ROOT}, outside the environment {prefix}")
+# pyproject.toml's data-files name them folder by folder: a file in a folder it does not name is missing.
+missing = sorted(name for name in sys.argv[2:] if not (config.PROJECT_ROOT / name).is_file())
+if missing:
+    sys.exit(f"the wheel lacks {missing}: add their folder to pyproject.toml's data-files")
 for profile in ("local", "cluster.example"):
     config.load_config(profile)
 sql_files.sql_text("samples/samples_draft")

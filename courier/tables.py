@@ -365,7 +365,8 @@ class RunRecord:
 
     def summary(self) -> str:
         width = max((len(k) for k in self.metrics), default=0)
-        lines = [f"{self.stage} run {self.run_id} ({self.start_dt} .. {self.end_dt})"]
+        dates = f" ({self.start_dt} .. {self.end_dt})" if self.start_dt or self.end_dt else ""  # dateless stages
+        lines = [f"{self.stage} run {self.run_id}{dates}"]
         lines += [f"  {k:<{width}}  {v:>12,}" for k, v in self.metrics.items()]
         return "\n".join(lines)
 

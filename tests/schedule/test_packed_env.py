@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pyspark.sql import functions as F
 
 from courier.config import PROJECT_ROOT
 from courier.schedule import NIGHTLY_STEPS, Deployment, spark_submit_conf
