@@ -7,7 +7,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
-from courier.experiment.run import run_experiment
+from courier.experiment.run import encoder_window, run_experiment
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings
 from courier.features.embed import embed_items
@@ -68,7 +68,8 @@ def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
     world = write_world(spark, cfg)
     start, end = world_date_range(cfg)
     built = build_samples(spark, cfg, start, end)
-    trained = run_training(cfg, spark=spark)
+    # The published model is scored by the short experiment: it learns from the CTR training days only.
+    trained = run_training(cfg, spark=spark, dates=encoder_window(cfg, start, end))
     embedded = embed_items(spark, cfg)
     clustered = cluster_embeddings(spark, cfg)
     assigned = assign_items(spark, cfg)

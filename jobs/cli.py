@@ -12,6 +12,7 @@
     courier report [--out DIR]                  # cluster image grid and embedding map (PNGs)
     courier export-features --format mmrec OUT  # image_feat.npy + i_id_mapping.csv for MMRec
     courier ctr-samples --start D --end D       # raw_impressions + as-of item_image_features -> ctr_samples
+    courier export-training-set FILE            # encoder rows + decoded images + CTR rows before the test days
     courier experiment                          # the CTR comparison of experiment.variants: RESULTS.md + report
     courier demo                                # everything above on the embedded default, then a summary
     courier status                              # latest run per stage, rejects, table versions, aliases, clusters
@@ -27,6 +28,7 @@ import argparse
 import datetime as dt
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from courier.config import CourierConfig, load_config
@@ -187,6 +189,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_training_set(args: argparse.Namespace) -> int:
+    from courier.experiment.run import date_range
+    from courier.experiment.trainset import export_training_set
+
+    cfg = _config(args)
+    spark = _spark(cfg)
+    start, end = date_range(spark, cfg)
+    ts = export_training_set(spark, cfg, start, end, Path(args.out))
+    size = Path(args.out).stat().st_size / 1e6
+    print(f"{args.out}: {len(ts.item_ids):,} items at {ts.meta['image_size']} px, {len(ts.pv_items):,} training rows "
+          f"of {ts.meta['encoder_window'][0]}..{ts.meta['encoder_window'][1]} (history {ts.meta['l_click']}), "
+          f"{len(ts.ctr['label']):,} CTR rows up to the last validation day {ts.meta['split']['validation'][1]}; "
+          f"{size:.1f} MB")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from courier.demo import DEMO_DEFAULTS, run_demo
 
@@ -261,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_date, required=True, help="last dt (YYYY-MM-DD), inclusive")
     add("experiment", cmd_experiment, "run the CTR comparison (experiment.variants x seeds), resumable; "
         "write RESULTS.md and the HTML report")
+    p = add("export-training-set", cmd_export_training_set,
+            "write the encoder's training rows, decoded item images and the CTR rows before the test days to one "
+            "file (for bench/gpu_recipe.py and the recipe search)")
+    p.add_argument("out", metavar="FILE", help="the .npz to write")
     add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
     add("status", cmd_status, "the latest run of each stage, table versions and counts, model aliases, clusters")
     p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
@@ -278,10 +300,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from courier.features.model_ref import ModelResolutionError
     from courier.tables import ConcurrentRunError, ReconciliationError, SchemaError
     from courier.catalog import CatalogUnavailableError
+    from courier.experiment.run import LeakageError
+    from courier.experiment.trainset import TrainingSetError
     from courier.train.errors import PromotionError
 
     return (ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError,
-            PromotionError, CatalogUnavailableError, ConcurrentRunError)
+            PromotionError, CatalogUnavailableError, ConcurrentRunError, LeakageError, TrainingSetError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

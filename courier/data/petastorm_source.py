@@ -64,6 +64,7 @@ class DecodeTransform:
             "pv_images": (d.l_pv, 3, s, s), "pv_labels": (d.l_pv,),
             "click_images": (d.l_click, 3, s, s), "click_mask": (d.l_click,),
             "pv_item_ids": (d.l_pv,), "click_item_ids": (d.l_click,), "request_keys": (), "group_keys": (),
+            "pv_image_keys": (d.l_pv,), "click_image_keys": (d.l_click,),
         }
         assert set(self.row_shapes) == set(DECODED_KEYS)
 

@@ -57,6 +57,7 @@ class ArmSummary:
 class ExperimentSummary:
     rows: list[ArmSummary]
     test_days: tuple[dt.date, dt.date]
+    validation_days: tuple[dt.date, dt.date]
     test_impressions: int
     encoders: dict[str, dict[str, Any]]
     style: dict[str, dict[str, float]] = field(default_factory=dict)  # variant -> knn / nmi
@@ -102,7 +103,7 @@ def summarise(cfg: CourierConfig, results: dict[str, list["ArmResult"]], data: C
         for r in rows:
             if r.arm not in ("none", "oracle"):
                 r.share_of_oracle = r.lift_mean / oracle.lift_mean
-    return ExperimentSummary(rows, data.split.test, len(labels), dict(state.encoders))
+    return ExperimentSummary(rows, data.split.test, data.split.validation, len(labels), dict(state.encoders))
 
 
 def style_scores(spark: SparkSession, cfg: CourierConfig, variant: str) -> dict[str, float]:
@@ -256,6 +257,8 @@ def _markdown(cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> 
         f"{summary.test_impressions:,} test impressions. Lift: test AUC minus the same seed's `none`, in AUC "
         "points x 100; the interval is a paired bootstrap over the test impressions of the mean over seeds.",
         "",
+        *_windows_lines(summary),
+        "",
         "| arm | seeds | test AUC | lift | 95% CI | GAUC lift | share of oracle |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -278,6 +281,19 @@ def _markdown(cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> 
     lines += ["", f"Pictures and the HTML report: `{out_dir}` (report.html, lift_bars.png, lift_by_category.png, "
               "lift_by_steps.png, <variant>/embedding_map.png, <variant>/cluster_grid.png).", ""]
     return "\n".join(lines)
+
+
+def _windows_lines(summary: ExperimentSummary) -> list[str]:
+    """Which days each encoder learned from, against the CTR validation and test days."""
+    windows: dict[str, list[str]] = {}
+    for variant, record in summary.encoders.items():
+        window = record.get("train_window")
+        if window:
+            windows.setdefault(f"{window[0]}..{window[1]}", []).append(variant)
+    lines = [f"Encoders learned from the CTR training days only: CTR validation days {summary.validation_days[0]}.."
+             f"{summary.validation_days[1]}, test days {summary.test_days[0]}..{summary.test_days[1]}."]
+    lines += [f"- {w}: {', '.join(v)}" for w, v in windows.items()]
+    return lines
 
 
 def _html(summary: ExperimentSummary, out_dir: Path) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from courier.config import CourierConfig
-from courier.ctr.data import CtrDataError, ImageFeatureOverride, ImageVectors
+from courier.ctr.data import CtrDataError, DateSplit, ImageFeatureOverride, ImageVectors
 from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
 from courier.experiment.arms import Arm, arms, base_config, variant_config
 from courier.experiment.config import encoder_variants
@@ -82,9 +82,60 @@ def date_range(spark: SparkSession, cfg: CourierConfig) -> tuple[dt.date, dt.dat
             dt.date.fromisoformat(e.end) if e.end else row["hi"])
 
 
+class LeakageError(ValueError):
+    """An encoder's training days reach into the CTR validation or test days it is scored on."""
+
+
+def encoder_window(cfg: CourierConfig, start: dt.date, end: dt.date) -> tuple[dt.date, dt.date]:
+    """The days an encoder of this experiment trains on: the CTR training days only.
+
+    Strictly before the validation and test days, so no click those days score can shape the
+    embeddings whose Cluster-IDs are scored on them (the CTR model trains on the same days).
+    """
+    s = cfg.ctr_samples
+    return DateSplit.last_days(start, end, s.validation_days, s.test_days).train
+
+
+def check_no_leakage(encoders: dict[str, dict[str, Any]], split: DateSplit) -> None:
+    """Refuse encoders whose training window is unknown or reaches the validation or test days."""
+    for variant, record in encoders.items():
+        if "ctr_samples" in record and "train_window" not in record:
+            continue  # the feature-less tables of none / oracle: no encoder
+        window = record.get("train_window")
+        if window is None:
+            raise LeakageError(f"encoder {variant}: its training days are not recorded (built by an older courier, "
+                               "or on every day): start the experiment in a new experiment.out_dir")
+        last = dt.date.fromisoformat(window[1])
+        if last >= split.validation[0]:
+            raise LeakageError(f"encoder {variant} trained on {window[0]}..{window[1]}, which reaches the CTR "
+                               f"validation days {split.validation[0]}..{split.validation[1]} (test "
+                               f"{split.test[0]}..{split.test[1]}): its features would be scored on days it "
+                               "learned from. Train it on days before the validation days only")
+
+
+def published_window(cfg: CourierConfig, model_versions: tuple[str, ...]) -> list[str] | None:
+    """The training days (``courier.dates`` tag) of the registered model behind the published features.
+
+    None when the model trained on every day of its table ("all") or its run records no dates.
+    """
+    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    mlc = tracking.client(uri)
+    windows = set()
+    for version in model_versions:
+        run_id = mlc.get_model_version(cfg.mlflow.registered_model, version).run_id
+        dates = mlc.get_run(run_id).data.tags.get("courier.dates", "all")
+        if dates == "all":
+            return None
+        windows.add(tuple(dates.split("..")))
+    if len(windows) != 1:
+        return None
+    return list(windows.pop())
+
+
 def build_encoder_features(spark: SparkSession, cfg: CourierConfig, variant: str, start: dt.date, end: dt.date,
                            k_values: tuple[int, ...] = ()) -> dict[str, Any]:
-    """train -> embed -> cluster -> assign -> ctr-samples for one encoder variant (and each extra k)."""
+    """train (on the CTR training days only) -> embed -> cluster -> assign -> ctr-samples for one encoder
+    variant (and each extra k)."""
     from courier.ctr.samples import build_ctr_samples
     from courier.features.assign import assign_items
     from courier.features.cluster import cluster_embeddings
@@ -92,7 +143,8 @@ def build_encoder_features(spark: SparkSession, cfg: CourierConfig, variant: str
     from courier.train.launch import run_training
 
     vcfg = variant_config(cfg, variant)
-    trained = run_training(vcfg, spark=spark, run_name=f"experiment-{variant}", distributed=False)
+    window = encoder_window(cfg, start, end)
+    trained = run_training(vcfg, spark=spark, run_name=f"experiment-{variant}", dates=window, distributed=False)
     model_uri = f"models:/{vcfg.mlflow.registered_model}/{trained.model_version}"
     embed_items(spark, vcfg, model_uri=model_uri, full=True)
     for k in (None, *k_values):
@@ -100,8 +152,10 @@ def build_encoder_features(spark: SparkSession, cfg: CourierConfig, variant: str
         cluster_embeddings(spark, kcfg)
         assign_items(spark, kcfg)
         build_ctr_samples(spark, kcfg, start, end)
+    # The image-only baselines read item_images (no behaviour, no day); COURIER reads the window's rows.
     return {"model_version": trained.model_version, "mlflow_run_id": trained.mlflow_run_id,
-            "train_steps": trained.result.get("global_step", 0)}
+            "train_steps": trained.result.get("global_step", 0),
+            "train_window": [window[0].isoformat(), window[1].isoformat()]}
 
 
 def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummary":
@@ -115,6 +169,8 @@ def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummar
     if e.generate_world:
         _generate_shop(spark, cfg)
     start, end = date_range(spark, cfg)
+    split = DateSplit.last_days(start, end, cfg.ctr_samples.validation_days, cfg.ctr_samples.test_days)
+    check_no_leakage(state.encoders, split)  # a state.json of an earlier run may hold leaky encoders
     parent = _parent_run(cfg, state)
     for variant in encoder_variants(e):
         if variant not in state.encoders:
@@ -134,6 +190,9 @@ def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummar
     results: dict[str, list[ArmResult]] = {}
     datasets: dict[str, CtrDataset] = {}
     reference = _dataset(spark, shared_cfg, start, end, datasets)  # the test labels every arm is scored on
+    if shared == "published":
+        state.encoders[shared]["train_window"] = published_window(cfg, reference.model_versions)
+        check_no_leakage(state.encoders, split)
     for arm in arms(e):
         results[arm.name] = [
             _arm_result(spark, cfg, arm, seed, start, end, shared_cfg, datasets, out_dir, parent) for seed in e.seeds]

@@ -34,6 +34,8 @@ class ModelConfig:
         channels_last: feed images to the backbone in NHWC memory format.
         compile: ``nn.Module.compile`` the image encoder (not the loss, whose
             shapes change every batch).
+        distinct_images: encode each distinct item of a batch once and reuse its embedding in
+            every slot it fills (``encode_valid_images``); False encodes every slot.
     """
 
     backbone: str = "small_cnn"
@@ -42,6 +44,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     channels_last: bool = True
     compile: bool = False
+    distinct_images: bool = True
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

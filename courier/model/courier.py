@@ -30,8 +30,60 @@ def _check_batch(batch: Mapping[str, torch.Tensor]) -> None:
         raise ValueError("pv and click tensors disagree on the batch size")
 
 
-def encode_valid_images(encoder: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed only the valid images of a batch with ``encoder`` ([N, 3, H, W] -> [N, d]), in one call.
+def _slot_indices(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the valid PV slots [n_pv] and valid click slots [n_click] of a batch."""
+    pv_idx = (batch["pv_labels"] >= 0).reshape(-1).nonzero().squeeze(1)  # [n_pv]
+    click_idx = batch["click_mask"].bool().reshape(-1).nonzero().squeeze(1)  # [n_click]
+    if pv_idx.numel() + click_idx.numel() == 0:
+        raise ValueError("batch holds no valid image (all PV and click slots are padding)")
+    return pv_idx, click_idx
+
+
+def _image_key_names(batch: Mapping[str, torch.Tensor]) -> tuple[str, str]:
+    """The batch keys that tell images apart: the loader's image keys (a hash of each slot's JPEG),
+    else the item ids (a batch built from one image per item, e.g. the in-memory trainer's)."""
+    if "pv_image_keys" in batch and "click_image_keys" in batch:
+        return "pv_image_keys", "click_image_keys"
+    return "pv_item_ids", "click_item_ids"
+
+
+def _distinct_slots(
+    batch: Mapping[str, torch.Tensor], pv_idx: torch.Tensor, click_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which valid slots hold the first copy of each distinct item, and where every slot's copy is.
+
+    Returns:
+        first_pv: [U_pv] flat PV slots encoded (the first slot of an item seen first among PV slots);
+        first_click: [U_click] flat click slots encoded (items that appear only in the history);
+        inverse: [n_pv + n_click] row of each valid slot (PV slots first) in ``[first_pv; first_click]``.
+    """
+    pv_key, click_key = _image_key_names(batch)
+    ids = torch.cat([batch[pv_key].reshape(-1).index_select(0, pv_idx),
+                     batch[click_key].reshape(-1).index_select(0, click_idx)])  # [n]
+    n, n_pv = ids.numel(), pv_idx.numel()
+    distinct, inverse = torch.unique(ids, return_inverse=True)  # [U], [n]
+    slots = torch.arange(n, device=ids.device)
+    first = torch.full_like(distinct, n).scatter_reduce(0, inverse, slots, reduce="amin")  # [U] first slot
+    from_pv = first < n_pv  # [U]
+    # Encoded order: distinct items first seen in a PV slot, then those first seen in the history.
+    order = torch.cat([from_pv.nonzero().squeeze(1), (~from_pv).nonzero().squeeze(1)])  # [U]
+    position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=ids.device))
+    return pv_idx.index_select(0, first[from_pv]), click_idx.index_select(0, first[~from_pv] - n_pv), \
+        position.index_select(0, inverse)
+
+
+def encode_valid_images(
+    encoder: nn.Module, batch: Mapping[str, torch.Tensor], distinct: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed the valid images of a batch with ``encoder`` ([N, 3, H, W] -> [N, d]), in one call.
+
+    With ``distinct`` (and the batch's ``pv_image_keys`` / ``click_image_keys``, or its item ids),
+    each distinct image is encoded once and its embedding gathered into every PV and click slot it
+    fills: the loss is the same function of the same embeddings, and its gradient reaches the one
+    copy through every slot. Popular items recur across the rows of a
+    batch, so at history 20 and batch 256 about half the slots are repeats (docs/BENCHMARKS.md).
+    BatchNorm in training mode then normalises over distinct images rather than over slots
+    (docs/TRAINING.md); in eval mode, or without BatchNorm, both paths give the same numbers.
 
     Returns:
         e_pv [B, Lp, d] and e_click [B, Lc, d]; padded slots are zeros.
@@ -40,20 +92,20 @@ def encode_valid_images(encoder: nn.Module, batch: Mapping[str, torch.Tensor]) -
     pv_images, click_images = batch["pv_images"], batch["click_images"]
     b, l_pv = pv_images.shape[:2]
     l_click = click_images.shape[1]
-    pv_idx = (batch["pv_labels"] >= 0).reshape(-1).nonzero().squeeze(1)  # [n_pv]
-    click_idx = batch["click_mask"].bool().reshape(-1).nonzero().squeeze(1)  # [n_click]
+    pv_idx, click_idx = _slot_indices(batch)
     n_pv = pv_idx.numel()
-    if n_pv + click_idx.numel() == 0:
-        raise ValueError("batch holds no valid image (all PV and click slots are padding)")
+    gather: torch.Tensor | None = None  # [n_pv + n_click]: each slot's row of the encoded images
+    pv_src, click_src = pv_idx, click_idx
+    if distinct and ("pv_item_ids" in batch or "pv_image_keys" in batch):
+        pv_src, click_src, gather = _distinct_slots(batch, pv_idx, click_idx)
     # One call for PV and clicks: BatchNorm statistics see only real images,
     # and the backbone runs once per step.
     images = torch.cat(
-        [
-            pv_images.flatten(0, 1).index_select(0, pv_idx),
-            click_images.flatten(0, 1).index_select(0, click_idx),
-        ]
-    )  # [n_pv + n_click, 3, H, W]
-    emb = encoder(images)  # [n_pv + n_click, d]
+        [pv_images.flatten(0, 1).index_select(0, pv_src), click_images.flatten(0, 1).index_select(0, click_src)]
+    )  # [U or n_pv + n_click, 3, H, W]
+    emb = encoder(images)  # [U or n_pv + n_click, d]
+    if gather is not None:
+        emb = emb.index_select(0, gather)  # [n_pv + n_click, d]
     d = emb.shape[1]
     e_pv = emb.new_zeros(b * l_pv, d).index_copy(0, pv_idx, emb[:n_pv]).view(b, l_pv, d)
     e_click = emb.new_zeros(b * l_click, d).index_copy(0, click_idx, emb[n_pv:]).view(b, l_click, d)
@@ -90,7 +142,7 @@ class CourierModel(nn.Module):
 
     def encode_batch(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed only the valid images of a batch, in one backbone call (see ``encode_valid_images``)."""
-        return encode_valid_images(self.encoder, batch)
+        return encode_valid_images(self.encoder, batch, self.model_cfg.distinct_images)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> LossOutput:
         """batch: ``pv_images`` [B,Lp,3,H,W], ``pv_labels`` [B,Lp] (1/0/-1 padding),

@@ -41,14 +41,18 @@ def test_the_table_has_every_arm_and_the_oracle_is_the_ceiling(first_run):
     assert [r.arm for r in first_run.rows] == ["none", "oracle", "random_init"]
     oracle, random_init = first_run.row("oracle"), first_run.row("random_init")
     assert oracle.lift_mean > 1.0 and oracle.bootstrap.low > 0
-    assert random_init.share_of_oracle is not None and random_init.share_of_oracle < 1.0
+    assert random_init.share_of_oracle == pytest.approx(random_init.lift_mean / oracle.lift_mean, rel=1e-12)
     assert first_run.encoders["random_init"]["train_steps"] == 0
+    # 6 days: 4 CTR training days, 1 validation day, 1 test day; encoders learn from the first 4 only
+    assert first_run.encoders["random_init"]["train_window"] == ["2026-01-01", "2026-01-04"]
     assert set(first_run.style["random_init"]) == {"style_knn10", "style_nmi", "category_nmi"}
 
 
 def test_results_md_report_and_pictures_are_written(first_run, exp_cfg):
     md = first_run.files["results_md"].read_text()
     assert "| oracle | 1 |" in md and "style 10-NN" in md
+    assert "CTR validation days 2026-01-05..2026-01-05, test days 2026-01-06..2026-01-06" in md
+    assert "- 2026-01-01..2026-01-04: random_init" in md
     html = first_run.files["report"].read_text()
     for key in ("lift_bars", "lift_by_category", "random_init/embedding_map", "random_init/cluster_grid"):
         assert first_run.files[key].stat().st_size > 1000
