@@ -185,6 +185,9 @@ class TrainConfig:
     # Files (row groups) whose rows are shuffled together: larger windows mix more (and give
     # purer query groups) at the cost of decoded memory (the loader logs its estimate).
     shuffle_window: int = 4
+    # Train on the newest N clicks of each row's history (the rows hold samples.l_click); None = all
+    # of them. Lets one sample build serve encoders with shorter histories (the experiment's arms).
+    history_clicks: int | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,20 @@ BATCH_KEYS = ("pv_images", "pv_labels", "click_images", "click_mask", "pv_item_i
 DECODED_KEYS = BATCH_KEYS + ("group_keys",)
 
 
+CLICK_KEYS = ("click_images", "click_mask", "click_item_ids", "click_image_keys")
+
+
+def newest_clicks(batch: dict[str, torch.Tensor], n: int | None) -> dict[str, torch.Tensor]:
+    """The batch with only the newest ``n`` click slots of each history (train.history_clicks).
+
+    Histories are left-padded oldest -> newest, so the last ``n`` slots are the newest clicks, as a
+    sample build with ``samples.l_click = n`` would have kept them.
+    """
+    if n is None:
+        return batch
+    return {k: v[:, -n:] if k in CLICK_KEYS else v for k, v in batch.items()}
+
+
 class DecodeError(ValueError):
     """A row breaks the courier_training_rows contract (missing image, wrong size, ragged arrays)."""
 

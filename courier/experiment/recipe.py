@@ -200,14 +200,15 @@ def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...
     """Train ``cfg``'s COURIER model on ``ts`` up to max(eval_steps) steps (or ``seconds_budget``),
     scoring the encoder at each of ``eval_steps`` (and at the end) when ``selection`` is given.
 
-    cfg.train: batch_size, lr, weight_decay, seed, batch_grouping, shuffle_window, mixed_precision;
-    cfg.samples.l_click: the newest clicks of each row kept; cfg.model, cfg.loss as `courier train`.
+    cfg.train: batch_size, lr, weight_decay, seed, batch_grouping, shuffle_window, mixed_precision,
+    history_clicks (else cfg.samples.l_click): the newest clicks of each row kept; cfg.model, cfg.loss
+    as `courier train`.
     """
     from courier.train.precision import resolve_precision
 
     device = device or torch.device("cpu")
     tc = cfg.train
-    ts = ts.with_history(cfg.samples.l_click)
+    ts = ts.with_history(tc.history_clicks or cfg.samples.l_click)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, device, tc.seed)
     model.train()

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from courier.data.decode import newest_clicks
 from courier.data.source import BatchSource
 from courier.model import CourierModel, alignment, attention_entropy, embedding_std, uniformity
 from courier.model.losses import courier_loss
@@ -156,8 +157,10 @@ def evaluate_reconstruction(
     max_rows: int,
     epoch: int = 0,
     batch_norm_stats: str = "running",
+    history_clicks: int | None = None,
 ) -> dict[str, float]:
-    """Evaluate ``model`` on up to ``max_rows`` rows of ``source`` (one pass of ``epoch``).
+    """Evaluate ``model`` on up to ``max_rows`` rows of ``source`` (one pass of ``epoch``), on the
+    newest ``history_clicks`` clicks of each history (train.history_clicks; None = all).
 
     Runs single-process (no collectives) and in fp32, in eval mode; BatchNorm
     uses its running statistics (``batch_norm_stats="running"``, how the trained
@@ -172,7 +175,7 @@ def evaluate_reconstruction(
         for batch in batches:
             if t.rows >= max_rows:
                 break
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in newest_clicks(batch, history_clicks).items()}
             _evaluate_batch(model, batch, t)
     return _finish(t)
 

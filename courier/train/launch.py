@@ -112,6 +112,9 @@ def check_train_config(cfg: CourierConfig) -> None:
         problems.append(f"train.simclr_tau must be positive, got {tc.simclr_tau}")
     if tc.max_steps is not None and tc.max_steps <= 0:
         problems.append(f"train.max_steps must be positive or null, got {tc.max_steps}")
+    if tc.history_clicks is not None and not 1 <= tc.history_clicks <= cfg.samples.l_click:
+        problems.append(f"train.history_clicks must be in 1..samples.l_click ({cfg.samples.l_click}) or null, "
+                        f"got {tc.history_clicks}")
     if not 0.0 <= tc.holdout_fraction < 1.0:
         problems.append(f"train.holdout_fraction must be in [0, 1), got {tc.holdout_fraction}")
     if "://" in tc.checkpoint_dir:

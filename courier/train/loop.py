@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from courier.config import CourierConfig, from_dict
+from courier.data.decode import newest_clicks
 from courier.model import CourierModel
 from courier.model.checkpointing import CheckpointSequential
 from courier.progress import Progress
@@ -297,6 +298,7 @@ class _Trainer:
         loop_start = time.perf_counter()
         while self.global_step < self.total_steps:
             for batch in _data_batches(self.source, self.epoch, self.step_in_epoch):
+                batch = newest_clicks(batch, tc.history_clicks)
                 window_images += _count_images(batch)
                 out = self._step(batch)
                 window += torch.stack([getattr(out, n).detach().to(torch.float64) for n in LOGGED_TERMS])
@@ -426,13 +428,15 @@ class _Trainer:
 
         started = time.perf_counter()
         metrics = {f"eval/{k}": v for k, v in
-                   evaluate_reconstruction(unwrap(self.model), source(), device, tc.eval_max_rows).items()}
+                   evaluate_reconstruction(unwrap(self.model), source(), device, tc.eval_max_rows,
+                                           history_clicks=tc.history_clicks).items()}
         if tc.eval_init_baseline:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 init_cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, compile=False))
                 init = build_model(init_cfg, device, tc.seed)
             metrics.update({f"eval_init/{k}": v for k, v in evaluate_reconstruction(
-                init, source(), device, tc.eval_max_rows, batch_norm_stats="batch").items()})
+                init, source(), device, tc.eval_max_rows, batch_norm_stats="batch",
+                history_clicks=tc.history_clicks).items()})
             del init
         log.info("held-out evaluation (%.1f s): %s", time.perf_counter() - started,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -128,3 +128,30 @@ def test_the_share_of_the_oracle():
     assert share_of_oracle(0.58, 0.56, 0.62) == pytest.approx(1 / 3)
     assert share_of_oracle(0.55, 0.56, 0.62) == pytest.approx(-1 / 6)
     assert share_of_oracle(0.58, 0.56, 0.56) is None and share_of_oracle(0.58, 0.56, 0.55) is None
+
+
+def test_the_gpu_script_trains_for_its_time_and_writes_the_encoder(exported, tmp_path):
+    # On this CPU-only machine it runs on the CPU: the same code path but the device.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from courier.config import load_config
+    from courier.model import build_image_encoder
+
+    path = tmp_path / "set.npz"
+    exported.save(path)
+    out = tmp_path / "gpu"
+    root = Path(__file__).resolve().parents[2]
+    sets = ["train.batch_size=16", "samples.l_click=3", "ctr.max_epochs=1", "ctr.embedding_dim=4", "cluster.k=8"]
+    done = subprocess.run([sys.executable, str(root / "bench" / "gpu_recipe.py"), str(path), "--minutes", "0.05",
+                           "--ctr-seeds", "0", "--out", str(out), *[a for s in sets for a in ("--set", s)]],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "distinct images/s; validation share of the oracle" in done.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["device"] == "cpu" and result["steps"] >= 1 and result["train_seconds"] >= 3.0
+    assert result["trainset"]["encoder_window"] == ["2026-01-01", "2026-01-02"]
+    encoder = build_image_encoder(load_config("local").model)
+    encoder.load_state_dict(torch.load(out / "encoder.pt", weights_only=True))

@@ -168,3 +168,26 @@ def test_the_config_stored_with_pipeline_runs_has_no_secrets():
 
     stored = config_json(load_config("local", SECRETS))
     assert "SECRET-" not in stored and '"spark.hadoop.fs.s3a.secret.key": "***"' in stored
+
+
+def test_history_clicks_must_fit_the_rows_history():
+    from courier.train.launch import check_train_config
+
+    check_train_config(load_config("local", ["samples.l_click=20", "train.history_clicks=5"]))
+    with pytest.raises(ValueError, match=r"train.history_clicks must be in 1..samples.l_click \(5\)"):
+        check_train_config(load_config("local", ["samples.l_click=5", "train.history_clicks=20"]))
+
+
+def test_newest_clicks_keeps_the_last_slots_of_every_click_key():
+    import torch
+
+    from courier.data.decode import newest_clicks
+
+    ids = torch.tensor([[-1, -1, 7, 8, 9], [1, 2, 3, 4, 5]])
+    batch = {"click_item_ids": ids, "click_mask": ids != -1, "click_images": ids[..., None].float(),
+             "click_image_keys": ids * 10, "pv_item_ids": torch.tensor([[1, 2], [3, 4]])}
+    short = newest_clicks(batch, 2)
+    assert short["click_item_ids"].tolist() == [[8, 9], [4, 5]]
+    assert short["click_image_keys"].tolist() == [[80, 90], [40, 50]] and short["click_mask"].all()
+    assert short["click_images"].shape == (2, 2, 1) and short["pv_item_ids"] is batch["pv_item_ids"]
+    assert newest_clicks(batch, None) is batch
