@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[250, 500, 1000])
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--decay", choices=("none", "cosine"), default="none")
+    parser.add_argument("--k-values", type=int, nargs="*", default=[], help="extra cluster counts scored")
     parser.add_argument("--ctr-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--out", default="bench/out/recipes.jsonl")
@@ -52,7 +53,8 @@ def main() -> None:
     cfg = load_config("local", [f"samples.image_size={ts.meta['image_size']}", *args.set])
     started = time.perf_counter()
     selection = Selection.from_trainset(ts, cfg, tuple(args.ctr_seeds), cache=out.with_suffix(".baselines.json"))
-    _, scored = train_recipe(cfg, ts, tuple(args.steps), selection, warmup=args.warmup, decay=args.decay)
+    _, scored = train_recipe(cfg, ts, tuple(args.steps), selection, warmup=args.warmup, decay=args.decay,
+                              k_values=tuple(args.k_values))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         for s in scored:
@@ -61,7 +63,7 @@ def main() -> None:
                                 "oracle_auc": selection.oracle_auc, **s.as_dict()}) + "\n")
     for s in scored:
         share = f"{s.share:.0%}" if s.share is not None else "-"
-        print(f"{args.name} step {s.step:>5}: validation share {share:>5}, AUC {s.validation_auc:.4f}, "
+        print(f"{args.name} step {s.step:>5} k {s.k:>4}: validation share {share:>5}, AUC {s.validation_auc:.4f}, "
               f"style 10-NN {s.style_knn10:.3f}, {s.images_encoded / max(s.seconds, 1e-9):,.0f} images/s")
     print(f"{args.name}: {time.perf_counter() - started:.0f} s")
 

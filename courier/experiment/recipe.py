@@ -47,6 +47,7 @@ class Scored:
     """One encoder scored at one point of its training."""
 
     step: int
+    k: int                # clusters of the Cluster-IDs scored
     images_encoded: int   # distinct images through the backbone so far (the compute axis)
     seconds: float        # training seconds so far
     validation_auc: float  # mean over CTR seeds
@@ -182,23 +183,33 @@ def embed_catalogue(model: Any, batches: MemoryBatches, chunk: int = 1024) -> np
 
 
 def score_embeddings(cfg: CourierConfig, ts: TrainingSet, selection: Selection, x: np.ndarray,
-                     step: int, images_encoded: int, seconds: float) -> Scored:
-    """k-means Cluster-IDs of ``x`` scored by the CTR model on the validation days, plus style metrics."""
-    fit = fit_spherical_kmeans(x, cfg.cluster.k, niter=cfg.cluster.niter, seed=cfg.cluster.seed)
+                     step: int, images_encoded: int, seconds: float, k: int | None = None) -> Scored:
+    """k-means Cluster-IDs of ``x`` (k: cluster.k unless given) scored by the CTR model on the
+    validation days, plus style metrics."""
+    k = k or cfg.cluster.k
+    fit = fit_spherical_kmeans(x, k, niter=cfg.cluster.niter, seed=cfg.cluster.seed)
     ids = np.argmax(x @ fit.centroids.T, axis=1).astype(np.int64)  # nearest centroid (cosine)
     auc, share = selection.share(cfg, ImageFeatureOverride("courier", ts.item_ids, ids))
     known = ts.style >= 0
-    return Scored(step, images_encoded, seconds, auc, share,
+    return Scored(step, k, images_encoded, seconds, auc, share,
                   knn_style_accuracy(x[known], ts.style[known], ts.category[known]),
                   normalized_mutual_information(ids[known], ts.style[known]),
                   normalized_mutual_information(ids, ts.category))
 
 
+def score_all_k(cfg: CourierConfig, ts: TrainingSet, selection: Selection, x: np.ndarray, step: int,
+                images_encoded: int, seconds: float, k_values: tuple[int, ...]) -> list[Scored]:
+    """``score_embeddings`` for cluster.k and each of ``k_values``."""
+    ks = dict.fromkeys((cfg.cluster.k, *k_values))
+    return [score_embeddings(cfg, ts, selection, x, step, images_encoded, seconds, k) for k in ks]
+
+
 def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...], selection: Selection | None,
                  device: torch.device | None = None, seconds_budget: float | None = None,
-                 warmup: int = 0, decay: str = "none") -> tuple[Any, list[Scored]]:
+                 warmup: int = 0, decay: str = "none", k_values: tuple[int, ...] = ()) -> tuple[Any, list[Scored]]:
     """Train ``cfg``'s COURIER model on ``ts`` up to max(eval_steps) steps (or ``seconds_budget``),
-    scoring the encoder at each of ``eval_steps`` (and at the end) when ``selection`` is given.
+    scoring the encoder at each of ``eval_steps`` (0: before the first step) and at the end of the
+    time budget, when ``selection`` is given.
 
     cfg.train: batch_size, lr, weight_decay, seed, batch_grouping, shuffle_window, mixed_precision,
     history_clicks (else cfg.samples.l_click): the newest clicks of each row kept; cfg.model, cfg.loss
@@ -219,6 +230,8 @@ def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...
     total = max(eval_steps)
     scored: list[Scored] = []
     images_encoded, seconds, step = 0, 0.0, 0
+    if selection is not None and 0 in eval_steps:  # the network at its initial weights: random init
+        scored += score_all_k(cfg, ts, selection, embed_catalogue(model, batches), 0, 0, 0.0, k_values)
     for batch in batches:
         started = time.perf_counter()
         for group in optimizer.param_groups:
@@ -240,10 +253,11 @@ def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...
                      images_encoded / max(seconds, 1e-9))
         out_of_time = seconds_budget is not None and seconds >= seconds_budget
         if selection is not None and (step in eval_steps or out_of_time):
-            s = score_embeddings(cfg, ts, selection, embed_catalogue(model, batches), step, images_encoded, seconds)
-            log.info("step %d: validation AUC %.4f, share %s, style 10-NN %.3f", step, s.validation_auc,
-                     f"{s.share:.0%}" if s.share is not None else "-", s.style_knn10)
-            scored.append(s)
+            for s in score_all_k(cfg, ts, selection, embed_catalogue(model, batches), step, images_encoded, seconds,
+                                 k_values):
+                log.info("step %d, k %d: validation AUC %.4f, share %s, style 10-NN %.3f", step, s.k,
+                         s.validation_auc, f"{s.share:.0%}" if s.share is not None else "-", s.style_knn10)
+                scored.append(s)
         if step >= total or out_of_time:
             break
     return model, scored
