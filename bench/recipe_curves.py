@@ -26,7 +26,7 @@ def load(path: Path) -> dict[str, list[dict]]:
     return {name: sorted(rows, key=lambda r: r["step"]) for name, rows in runs.items()}
 
 
-def plot(runs: dict[str, list[dict]], out: Path) -> Path:
+def plot(runs: dict[str, list[dict]], out: Path, marks: list[tuple[float, str]] = ()) -> Path:
     fig, (ax_share, ax_style) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, rows in runs.items():
         rows = [r for r in rows if r.get("k", 192) == 192]  # the curves at cluster.k; other k in the table
@@ -37,6 +37,9 @@ def plot(runs: dict[str, list[dict]], out: Path) -> Path:
         ax_style.plot(x, [r["style_knn10"] for r in rows], marker="o", label=name)
     ax_share.axhline(60, color="k", ls="--", lw=0.8)
     ax_share.text(0.0, 61, "goal 60%", fontsize=8)
+    for value, label in marks:  # measured references, e.g. a clustering from the hidden truth
+        ax_share.axhline(value, color="grey", ls=":", lw=0.8)
+        ax_share.text(0.0, value + 1, label, fontsize=8, color="grey")
     ax_share.set_ylabel("validation share of the oracle's lift (%)")
     ax_style.set_ylabel("style 10-NN within category (hidden truth; never chosen by)")
     for ax in (ax_share, ax_style):
@@ -59,17 +62,25 @@ def table(runs: dict[str, list[dict]]) -> str:
             sets = " ".join(o for o in r["overrides"] if not o.startswith("ctr.threads")) + (f" warmup={r['warmup']} decay={r['decay']}" if r["warmup"] else "")
             share = f"{100 * r['share']:.0f}%" if r["share"] is not None else ""
             lines.append(f"| {name} | {r['trainset']}: `{sets}` | {r['step']} | {r.get('k', 192)} | {r['images_encoded']:,} | "
-                         f"{r['validation_auc']:.4f} | {share} | {r['style_knn10']:.3f} | {r['category_nmi']:.3f} |")
+                         f"{r['validation_auc']:.4f} | {share} | {r['style_knn10']:.3f} | {_number(r['category_nmi'])} |")
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """3 decimals, or "-" for a value the run's log did not keep (NaN)."""
+    return "-" if value != value else f"{value:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results")
     parser.add_argument("--out", default="bench/out")
+    parser.add_argument("--mark", nargs=2, action="append", default=[], metavar=("PERCENT", "LABEL"),
+                        help="a measured reference line on the share panel")
     args = parser.parse_args()
     runs = load(Path(args.results))
-    print(f"picture: {plot(runs, Path(args.out))}\n")
+    marks = [(float(v), label) for v, label in args.mark]
+    print(f"picture: {plot(runs, Path(args.out), marks)}\n")
     print(table(runs))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from courier.config import load_config
-from courier.experiment.recipe import Selection, train_recipe
+from courier.experiment.recipe import Scored, Selection, train_recipe
 from courier.experiment.trainset import TrainingSet
 
 
@@ -53,14 +53,16 @@ def main() -> None:
     cfg = load_config("local", [f"samples.image_size={ts.meta['image_size']}", *args.set])
     started = time.perf_counter()
     selection = Selection.from_trainset(ts, cfg, tuple(args.ctr_seeds), cache=out.with_suffix(".baselines.json"))
-    _, scored = train_recipe(cfg, ts, tuple(args.steps), selection, warmup=args.warmup, decay=args.decay,
-                              k_values=tuple(args.k_values))
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        for s in scored:
+
+    def write(s: Scored) -> None:  # each point as it is measured: a stopped search keeps them
+        with out.open("a") as f:
             f.write(json.dumps({"name": args.name, "overrides": args.set, "warmup": args.warmup, "decay": args.decay,
                                 "trainset": Path(args.trainset).name, "none_auc": selection.none_auc,
                                 "oracle_auc": selection.oracle_auc, **s.as_dict()}) + "\n")
+
+    _, scored = train_recipe(cfg, ts, tuple(args.steps), selection, warmup=args.warmup, decay=args.decay,
+                             k_values=tuple(args.k_values), on_scored=write)
     for s in scored:
         share = f"{s.share:.0%}" if s.share is not None else "-"
         print(f"{args.name} step {s.step:>5} k {s.k:>4}: validation share {share:>5}, AUC {s.validation_auc:.4f}, "

@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -206,10 +206,12 @@ def score_all_k(cfg: CourierConfig, ts: TrainingSet, selection: Selection, x: np
 
 def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...], selection: Selection | None,
                  device: torch.device | None = None, seconds_budget: float | None = None,
-                 warmup: int = 0, decay: str = "none", k_values: tuple[int, ...] = ()) -> tuple[Any, list[Scored]]:
+                 warmup: int = 0, decay: str = "none", k_values: tuple[int, ...] = (),
+                 on_scored: Callable[[Scored], None] | None = None) -> tuple[Any, list[Scored]]:
     """Train ``cfg``'s COURIER model on ``ts`` up to max(eval_steps) steps (or ``seconds_budget``),
     scoring the encoder at each of ``eval_steps`` (0: before the first step) and at the end of the
-    time budget, when ``selection`` is given.
+    time budget, when ``selection`` is given; ``on_scored`` sees each score as it comes (a long
+    search keeps what it measured when it is stopped).
 
     cfg.train: batch_size, lr, weight_decay, seed, batch_grouping, shuffle_window, mixed_precision,
     history_clicks (else cfg.samples.l_click): the newest clicks of each row kept; cfg.model, cfg.loss
@@ -231,7 +233,10 @@ def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...
     scored: list[Scored] = []
     images_encoded, seconds, step = 0, 0.0, 0
     if selection is not None and 0 in eval_steps:  # the network at its initial weights: random init
-        scored += score_all_k(cfg, ts, selection, embed_catalogue(model, batches), 0, 0, 0.0, k_values)
+        for s in score_all_k(cfg, ts, selection, embed_catalogue(model, batches), 0, 0, 0.0, k_values):
+            scored.append(s)
+            if on_scored is not None:
+                on_scored(s)
     for batch in batches:
         started = time.perf_counter()
         for group in optimizer.param_groups:
@@ -258,6 +263,8 @@ def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...
                 log.info("step %d, k %d: validation AUC %.4f, share %s, style 10-NN %.3f", step, s.k,
                          s.validation_auc, f"{s.share:.0%}" if s.share is not None else "-", s.style_knn10)
                 scored.append(s)
+                if on_scored is not None:
+                    on_scored(s)
         if step >= total or out_of_time:
             break
     return model, scored
