@@ -204,6 +204,25 @@ def score_all_k(cfg: CourierConfig, ts: TrainingSet, selection: Selection, x: np
     return [score_embeddings(cfg, ts, selection, x, step, images_encoded, seconds, k) for k in ks]
 
 
+def _train_step(model: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Any,
+                batch: dict[str, torch.Tensor], device: torch.device) -> float:
+    """One step of `courier train`'s optimisation (autocast, scaled backward, Adam); its loss."""
+    optimizer.zero_grad()
+    with precision.autocast(device.type):
+        out = model(batch)
+    scaler.scale(out.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the step's time is the GPU's, not the launch's
+    return float(out.loss.detach())
+
+
+def _distinct_images(batch: dict[str, torch.Tensor]) -> int:
+    """Distinct items of a batch: the images the backbone encodes (one image per item here)."""
+    return int(torch.cat([batch["pv_item_ids"].flatten(), batch["click_item_ids"].flatten()]).unique().ge(0).sum())
+
+
 def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...], selection: Selection | None,
                  device: torch.device | None = None, seconds_budget: float | None = None,
                  warmup: int = 0, decay: str = "none", k_values: tuple[int, ...] = (),
@@ -222,49 +241,39 @@ def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...
     device = device or torch.device("cpu")
     tc = cfg.train
     ts = ts.with_history(tc.history_clicks or cfg.samples.l_click)
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, device, tc.seed)
-    model.train()
+    model = build_model(cfg, device, tc.seed).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     precision = resolve_precision(tc.mixed_precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
     batches = MemoryBatches(ts, tc.batch_size, tc.batch_grouping, tc.shuffle_window, device, tc.seed)
     total = max(eval_steps)
     scored: list[Scored] = []
-    images_encoded, seconds, step = 0, 0.0, 0
-    if selection is not None and 0 in eval_steps:  # the network at its initial weights: random init
-        for s in score_all_k(cfg, ts, selection, embed_catalogue(model, batches), 0, 0, 0.0, k_values):
+
+    def score(step: int, images: int, seconds: float) -> None:
+        assert selection is not None
+        for s in score_all_k(cfg, ts, selection, embed_catalogue(model, batches), step, images, seconds, k_values):
+            log.info("step %d, k %d: validation AUC %.4f, share %s, style 10-NN %.3f", step, s.k,
+                     s.validation_auc, f"{s.share:.0%}" if s.share is not None else "-", s.style_knn10)
             scored.append(s)
             if on_scored is not None:
                 on_scored(s)
+
+    images_encoded, seconds, step = 0, 0.0, 0
+    if selection is not None and 0 in eval_steps:  # the network at its initial weights: random init
+        score(0, 0, 0.0)
     for batch in batches:
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = tc.lr * lr_factor(step, total, warmup, decay)
-        optimizer.zero_grad()
-        with precision.autocast(device.type):
-            out = model(batch)
-        scaler.scale(out.loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        loss = _train_step(model, optimizer, scaler, precision, batch, device)
         seconds += time.perf_counter() - started
-        images_encoded += int(torch.cat([batch["pv_item_ids"].flatten(), batch["click_item_ids"].flatten()])
-                              .unique().ge(0).sum())
+        images_encoded += _distinct_images(batch)
         step += 1
         if step % 50 == 0:
-            log.info("step %d/%d loss %.4f, %.0f distinct images/s", step, total, out.loss.item(),
-                     images_encoded / max(seconds, 1e-9))
+            log.info("step %d/%d loss %.4f, %.0f distinct images/s", step, total, loss, images_encoded / seconds)
         out_of_time = seconds_budget is not None and seconds >= seconds_budget
         if selection is not None and (step in eval_steps or out_of_time):
-            for s in score_all_k(cfg, ts, selection, embed_catalogue(model, batches), step, images_encoded, seconds,
-                                 k_values):
-                log.info("step %d, k %d: validation AUC %.4f, share %s, style 10-NN %.3f", step, s.k,
-                         s.validation_auc, f"{s.share:.0%}" if s.share is not None else "-", s.style_knn10)
-                scored.append(s)
-                if on_scored is not None:
-                    on_scored(s)
+            score(step, images_encoded, seconds)
         if step >= total or out_of_time:
             break
     return model, scored
