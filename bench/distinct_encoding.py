@@ -18,7 +18,7 @@ import time
 import torch
 
 from courier.config import load_config
-from courier.experiment.recipe import MemoryBatches
+from courier.experiment.recipe import MemoryBatches, distinct_images as count_distinct
 from courier.experiment.trainset import TrainingSet
 from courier.train.loop import build_model
 
@@ -51,8 +51,7 @@ def bench(ts: TrainingSet, history: int, batch_size: int, steps: int) -> dict:
                 times[distinct].append(seconds)
         if i:
             slots += int((batch["pv_labels"] >= 0).sum() + batch["click_mask"].sum())
-            ids = torch.cat([batch["pv_item_ids"].flatten(), batch["click_item_ids"].flatten()])
-            distinct_images += int(ids.unique().ge(0).sum())
+            distinct_images += count_distinct(batch)
     per_slot, once = statistics.median(times[False]), statistics.median(times[True])
     return {"history": history, "batch": batch_size, "slots_per_step": slots / steps,
             "distinct_per_step": distinct_images / steps, "rows_per_s_per_slot": batch_size / per_slot,

@@ -218,7 +218,7 @@ def _train_step(model: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.
     return float(out.loss.detach())
 
 
-def _distinct_images(batch: dict[str, torch.Tensor]) -> int:
+def distinct_images(batch: dict[str, torch.Tensor]) -> int:
     """Distinct items of a batch: the images the backbone encodes (one image per item here)."""
     return int(torch.cat([batch["pv_item_ids"].flatten(), batch["click_item_ids"].flatten()]).unique().ge(0).sum())
 
@@ -267,7 +267,7 @@ def train_recipe(cfg: CourierConfig, ts: TrainingSet, eval_steps: tuple[int, ...
             group["lr"] = tc.lr * lr_factor(step, total, warmup, decay)
         loss = _train_step(model, optimizer, scaler, precision, batch, device)
         seconds += time.perf_counter() - started
-        images_encoded += _distinct_images(batch)
+        images_encoded += distinct_images(batch)
         step += 1
         if step % 50 == 0:
             log.info("step %d/%d loss %.4f, %.0f distinct images/s", step, total, loss, images_encoded / seconds)

@@ -167,7 +167,7 @@ def export_training_set(spark: Any, cfg: Any, start: dt.date, end: dt.date, path
             "encoder_window": [window[0].isoformat(), window[1].isoformat()],
             "split": {k: [d.isoformat() for d in getattr(split, k)] for k in ("train", "validation", "test")}}
     out = TrainingSet(meta, item_ids, images, items.column("category").to_numpy(zero_copy_only=False).astype(str),
-                      style, pv_items, rows["pv_labels"].map(list).apply(np.asarray).pipe(np.stack).astype(np.int8),
+                      style, pv_items, np.stack(rows["pv_labels"].to_numpy()).astype(np.int8),
                       click_items, np.fromiter((stable_key(q or "") for q in rows["query"]), dtype=np.int64,
                                                count=len(rows)), ctr_fields)
     out.save(path)
