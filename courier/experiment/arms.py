@@ -56,15 +56,23 @@ def arms(exp: ExperimentConfig) -> list[Arm]:
     return out
 
 
-def variant_config(cfg: CourierConfig, variant: str, k: int | None = None) -> CourierConfig:
-    """``cfg`` pointed at the variant's own tables and registered model (``published``: unchanged)."""
+def variant_config(cfg: CourierConfig, variant: str, k: int | None = None, seed: int | None = None) -> CourierConfig:
+    """``cfg`` pointed at the variant's own tables and registered model (``published``: unchanged).
+
+    ``seed``: the encoder of that seed (train.seed = seed, tables ``exp_<variant>_s<seed>_``);
+    None: the variant's one encoder, trained with train.seed.
+    """
     variants = encoder_variants(cfg.experiment)
     if variant not in variants:
         return cfg
-    prefix = f"exp_{variant}_"
+    name = variant if seed is None else f"{variant}_s{seed}"
+    prefix = f"exp_{name}_"
     overrides = [f"tables.{t}={prefix}{t}" for t in FEATURE_TABLES]
-    overrides += [f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}",
-                  f"report.out_dir={cfg.experiment.out_dir}/{variant}"]
+    suffix = "" if seed is None else f"-s{seed}"
+    overrides += [f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}{suffix}",
+                  f"report.out_dir={cfg.experiment.out_dir}/{variant}" + ("" if seed is None else f"/seed{seed}")]
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
     if cfg.experiment.train_steps is not None:  # epochs = steps: the step budget governs, however long an epoch
         overrides += [f"train.max_steps={cfg.experiment.train_steps}", f"train.epochs={cfg.experiment.train_steps}"]
     overrides += variants[variant]  # last: courier_steps<N> sets its own budget

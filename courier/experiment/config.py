@@ -36,7 +36,11 @@ class ExperimentConfig:
     Attributes:
         variants: arms of the table (``VARIANTS``); ``none`` (no image feature) is the baseline
             every lift is measured against and is always run.
-        seeds: CTR model seeds per arm (the encoders are trained once, with train.seed).
+        seeds: seeds per arm: each seed trains its own CTR model and, with ``encoder_seeds``, its own
+            encoder (train.seed = the seed), so the spread over seeds covers both trainings.
+        encoder_seeds: one encoder per variant and seed (True), or one per variant trained with
+            train.seed and scored by every seed's CTR model (False: cheaper, but the CTR seeds alone
+            hide how much one encoder training varies from the next).
         usages: image usages compared for ``courier`` besides ``cluster_id``.
         k_values: extra cluster counts compared for ``courier`` besides ``cluster.k``.
         train_steps: train.max_steps of every encoder trained here; None = the train section's.
@@ -55,6 +59,7 @@ class ExperimentConfig:
                                  "courier_no_ucs", "courier_no_contrast", "courier_no_reconstruction",
                                  "courier_no_neg_pv")
     seeds: tuple[int, ...] = (0, 1, 2)
+    encoder_seeds: bool = True
     usages: tuple[str, ...] = ("vector", "simscore")
     k_values: tuple[int, ...] = ()
     train_steps: int | None = None
@@ -91,6 +96,27 @@ class ExperimentConfig:
                     raise ValueError(f"experiment.{name} must be an ISO date, got {value!r}") from None
         require(self.bootstrap_resamples >= 10,
                  f"experiment.bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}")
+
+
+def encoder_seed(exp: ExperimentConfig, seed: int) -> int | None:
+    """The seed of the encoder the CTR model of ``seed`` reads: ``seed``, or None (one shared encoder)."""
+    return seed if exp.encoder_seeds else None
+
+
+def encoder_key(variant: str, seed: int | None) -> str:
+    """The name of one built encoder in state.json: ``variant`` or ``variant@seed<s>``."""
+    return variant if seed is None else f"{variant}@seed{seed}"
+
+
+def variant_of(key: str) -> str:
+    """The variant of an ``encoder_key``."""
+    return key.split("@", 1)[0]
+
+
+def encoder_builds(exp: ExperimentConfig) -> list[tuple[str, int | None]]:
+    """(variant, encoder seed) of every encoder this experiment trains, in build order."""
+    seeds = exp.seeds if exp.encoder_seeds else (None,)
+    return [(variant, seed) for variant in encoder_variants(exp) for seed in seeds]
 
 
 def encoder_variants(exp: ExperimentConfig) -> dict[str, tuple[str, ...]]:

@@ -20,6 +20,8 @@ from pyspark.sql import functions as F
 from courier.config import CourierConfig
 from courier.ctr.evaluate import CtrDataset
 from courier.ctr.metrics import Lift, paired_bootstrap_lift
+from courier.experiment.config import variant_of
+from courier.features.report import write_report as feature_pictures
 from courier.spark import resolve_path
 
 if TYPE_CHECKING:
@@ -106,13 +108,13 @@ def summarise(cfg: CourierConfig, results: dict[str, list["ArmResult"]], data: C
     return ExperimentSummary(rows, data.split.test, data.split.validation, len(labels), dict(state.encoders))
 
 
-def style_scores(spark: SparkSession, cfg: CourierConfig, variant: str) -> dict[str, float]:
-    """Within-category 10-NN style accuracy and style NMI of one variant's embeddings and clusters."""
+def style_scores(spark: SparkSession, cfg: CourierConfig, variant: str, seed: int | None = None) -> dict[str, float]:
+    """Within-category 10-NN style accuracy and style NMI of one encoder's embeddings and clusters."""
     from courier.experiment.arms import variant_config
     from courier.experiment.style_metrics import knn_style_accuracy, normalized_mutual_information
     from courier.features.cluster import vectors
 
-    vcfg = variant_config(cfg, variant)
+    vcfg = variant_config(cfg, variant, seed=seed)
     t = vcfg.tables
     styles = spark.table(cfg.tables.qualified("eval_item_styles")).select("item_id", "style_id", "category")
     clusters_df = spark.table(t.qualified("item_clusters_current")).select("item_id", "image_cluster_id",
@@ -133,14 +135,17 @@ def style_scores(spark: SparkSession, cfg: CourierConfig, variant: str) -> dict[
 def write_report(spark: SparkSession, cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> None:
     """Pictures, report.html in ``out_dir`` and the Markdown summary at ``experiment.results_md``."""
     from courier.experiment.arms import variant_config
-    from courier.experiment.config import encoder_variants
-    from courier.features.report import write_report as feature_pictures
+    from courier.experiment.config import encoder_builds
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    published = ["published"] if "published" in cfg.experiment.variants else []
-    for variant in [*published, *encoder_variants(cfg.experiment)]:
-        summary.style[variant] = style_scores(spark, cfg, variant)
-        pictures = feature_pictures(spark, variant_config(cfg, variant), out_dir / variant)
+    builds: dict[str, list[int | None]] = {"published": [None]} if "published" in cfg.experiment.variants else {}
+    for variant, seed in encoder_builds(cfg.experiment):
+        builds.setdefault(variant, []).append(seed)
+    for variant, seeds in builds.items():
+        # The mean over the variant's encoders; the pictures show its first one.
+        scores = [style_scores(spark, cfg, variant, seed) for seed in seeds]
+        summary.style[variant] = {name: float(np.mean([s[name] for s in scores])) for name in scores[0]}
+        pictures = feature_pictures(spark, variant_config(cfg, variant, seed=seeds[0]), out_dir / variant)
         summary.files[f"{variant}/cluster_grid"] = pictures.cluster_grid
         summary.files[f"{variant}/embedding_map"] = pictures.embedding_map
     summary.files["lift_bars"] = _lift_bars(summary, out_dir / "lift_bars.png")
@@ -185,12 +190,20 @@ def steps_curve(summary: ExperimentSummary) -> list[tuple[int, str, ArmSummary]]
 
     arm_of = {"random_init": "random_init", "courier": "courier/cluster_id"}
     points = []
-    for variant, built in summary.encoders.items():
+    for variant, built in _first_builds(summary.encoders).items():
         if variant in arm_of or variant.startswith(STEPS_PREFIX):
             row = summary.row(arm_of.get(variant, variant))
             if row is not None:
                 points.append((int(built.get("train_steps", 0)), variant, row))
     return sorted(points, key=lambda p: p[0])
+
+
+def _first_builds(encoders: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The state.json record of each variant's first encoder (its seeds share the budget and window)."""
+    first: dict[str, dict[str, Any]] = {}
+    for key, record in encoders.items():
+        first.setdefault(variant_of(key), record)
+    return first
 
 
 def _lift_by_steps(summary: ExperimentSummary, path: Path) -> Path | None:
@@ -269,7 +282,7 @@ def _markdown(cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> 
         lines += ["", "| encoder | train steps | style 10-NN within category | style NMI | category NMI |",
                   "|---|---|---|---|---|"]
         for variant, s in summary.style.items():
-            steps = summary.encoders.get(variant, {}).get("train_steps", "")
+            steps = _first_builds(summary.encoders).get(variant, {}).get("train_steps", "")
             lines.append(f"| {variant} | {steps} | {s['style_knn10']:.3f} | {s['style_nmi']:.3f} | "
                          f"{s['category_nmi']:.3f} |")
     curve = steps_curve(summary)
@@ -286,10 +299,10 @@ def _markdown(cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> 
 def _windows_lines(summary: ExperimentSummary) -> list[str]:
     """Which days each encoder learned from, against the CTR validation and test days."""
     windows: dict[str, list[str]] = {}
-    for variant, record in summary.encoders.items():
+    for key, record in summary.encoders.items():
         window = record.get("train_window")
         if window:
-            windows.setdefault(f"{window[0]}..{window[1]}", []).append(variant)
+            windows.setdefault(f"{window[0]}..{window[1]}", []).append(key)
     lines = [f"Encoders learned from the CTR training days only: CTR validation days {summary.validation_days[0]}.."
              f"{summary.validation_days[1]}, test days {summary.test_days[0]}..{summary.test_days[1]}."]
     lines += [f"- {w}: {', '.join(v)}" for w, v in windows.items()]

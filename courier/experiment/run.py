@@ -1,11 +1,12 @@
 """``courier experiment``: the whole comparison table, resumable, tracked in MLflow.
 
-    per encoder variant (once): courier train -> embed -> cluster -> assign -> ctr-samples
-        (its own exp_<variant>_* tables; extra k values re-cluster the same embeddings)
+    per encoder variant and seed (experiment.encoder_seeds; else once per variant):
+        courier train -> embed -> cluster -> assign -> ctr-samples
+        (its own exp_<variant>_s<seed>_* tables; extra k values re-cluster the same embeddings)
     per arm and seed: the DIN CTR model on the same train / validation / test days
     -> lifts against ``none`` (paired, per seed and bootstrapped) -> RESULTS.md + report.html
 
-State lives in ``experiment.out_dir``: ``state.json`` (the encoders built, the MLflow
+State lives in ``experiment.out_dir``: ``state.json`` (the encoders built, by ``encoder_key``, the MLflow
 parent run) and ``results/<arm>__seed<s>.json|.npy`` per finished CTR model, so a
 re-run recomputes nothing that finished and a killed run continues where it stopped.
 """
@@ -26,7 +27,7 @@ from courier.config import CourierConfig
 from courier.ctr.data import CtrDataError, DateSplit, ImageFeatureOverride, ImageVectors
 from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
 from courier.experiment.arms import Arm, arms, base_config, variant_config
-from courier.experiment.config import encoder_variants
+from courier.experiment.config import encoder_builds, encoder_key, encoder_seed
 from courier.spark import resolve_path
 from courier.train import tracking
 
@@ -133,22 +134,23 @@ def published_window(cfg: CourierConfig, model_versions: tuple[str, ...]) -> lis
 
 
 def build_encoder_features(spark: SparkSession, cfg: CourierConfig, variant: str, start: dt.date, end: dt.date,
-                           k_values: tuple[int, ...] = ()) -> dict[str, Any]:
+                           k_values: tuple[int, ...] = (), seed: int | None = None) -> dict[str, Any]:
     """train (on the CTR training days only) -> embed -> cluster -> assign -> ctr-samples for one encoder
-    variant (and each extra k)."""
+    variant (and each extra k); ``seed``: that seed's encoder (``variant_config``)."""
     from courier.ctr.samples import build_ctr_samples
     from courier.features.assign import assign_items
     from courier.features.cluster import cluster_embeddings
     from courier.features.embed import embed_items
     from courier.train.launch import run_training
 
-    vcfg = variant_config(cfg, variant)
+    vcfg = variant_config(cfg, variant, seed=seed)
     window = encoder_window(cfg, start, end)
-    trained = run_training(vcfg, spark=spark, run_name=f"experiment-{variant}", dates=window, distributed=False)
+    trained = run_training(vcfg, spark=spark, run_name=f"experiment-{encoder_key(variant, seed)}", dates=window,
+                           distributed=False)
     model_uri = f"models:/{vcfg.mlflow.registered_model}/{trained.model_version}"
     embed_items(spark, vcfg, model_uri=model_uri, full=True)
     for k in (None, *k_values):
-        kcfg = variant_config(cfg, variant, k)
+        kcfg = variant_config(cfg, variant, k, seed)
         cluster_embeddings(spark, kcfg)
         assign_items(spark, kcfg)
         build_ctr_samples(spark, kcfg, start, end)
@@ -172,11 +174,12 @@ def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummar
     split = DateSplit.last_days(start, end, cfg.ctr_samples.validation_days, cfg.ctr_samples.test_days)
     check_no_leakage(state.encoders, split)  # a state.json of an earlier run may hold leaky encoders
     parent = _parent_run(cfg, state)
-    for variant in encoder_variants(e):
-        if variant not in state.encoders:
-            log.info("experiment: building the features of encoder variant %s", variant)
-            state.encoders[variant] = build_encoder_features(spark, cfg, variant, start, end,
-                                                             e.k_values if variant == "courier" else ())
+    for variant, seed in encoder_builds(e):
+        key = encoder_key(variant, seed)
+        if key not in state.encoders:
+            log.info("experiment: building the features of encoder %s", key)
+            state.encoders[key] = build_encoder_features(spark, cfg, variant, start, end,
+                                                         e.k_values if variant == "courier" else (), seed)
             state.save()
     # none and oracle ignore or replace the image features: they share a ctr_samples table,
     # the published one when it is an arm, else one built without features.
@@ -209,7 +212,8 @@ def _arm_result(spark: SparkSession, cfg: CourierConfig, arm: Arm, seed: int, st
     if stem.with_suffix(".json").is_file() and stem.with_suffix(".npy").is_file():
         return ArmResult(arm.name, seed, json.loads(stem.with_suffix(".json").read_text())["metrics"],
                          np.load(stem.with_suffix(".npy")))
-    acfg = shared_cfg if arm.variant in ("none", "oracle") else variant_config(cfg, arm.variant, arm.k)
+    acfg = (shared_cfg if arm.variant in ("none", "oracle")
+            else variant_config(cfg, arm.variant, arm.k, encoder_seed(cfg.experiment, seed)))
     data = _dataset(spark, acfg, start, end, datasets)
     images = None
     if arm.variant == "oracle":
@@ -232,9 +236,15 @@ def _arm_result(spark: SparkSession, cfg: CourierConfig, arm: Arm, seed: int, st
 
 def _dataset(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date,
              cache: dict[str, CtrDataset]) -> CtrDataset:
-    """ctr_samples of ``cfg``, read once per table; every table must hold the same impressions, in order."""
+    """ctr_samples of ``cfg``, read once per table; every table must hold the same impressions, in order.
+
+    The cache keeps the first table read (the reference every arm is scored on) and the last one:
+    with an encoder per seed there are 3 tables an arm, ~24 in all, which need not stay in memory.
+    """
     table = cfg.tables.qualified("ctr_samples")
     if table not in cache:
+        for stale in list(cache)[1:]:
+            del cache[stale]
         data = CtrDataset.load(spark, cfg, start, end)
         for other_table, other in cache.items():
             if not (np.array_equal(other.test.request_id, data.test.request_id)

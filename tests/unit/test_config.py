@@ -117,6 +117,26 @@ def test_experiment_encoder_variants_get_their_own_tables_budget_and_backbone():
     assert variant_config(cfg, "oracle") is cfg
 
 
+def test_each_seed_trains_its_own_encoder_into_its_own_tables():
+    from courier.experiment.arms import variant_config
+    from courier.experiment.config import encoder_builds, encoder_key, encoder_seed, variant_of
+
+    cfg = load_config("local", ["experiment.variants=[none,random_init,courier]", "experiment.seeds=[3,5]",
+                                "experiment.step_values=[40]"])
+    assert encoder_builds(cfg.experiment) == [("random_init", 3), ("random_init", 5), ("courier", 3), ("courier", 5),
+                                              ("courier_steps40", 3), ("courier_steps40", 5)]
+    five = variant_config(cfg, "courier_steps40", seed=encoder_seed(cfg.experiment, 5))
+    assert (five.train.seed, five.train.max_steps) == (5, 40)
+    assert five.tables.ctr_samples == "exp_courier_steps40_s5_ctr_samples"
+    assert five.mlflow.registered_model == "courier-image-encoder-exp-courier_steps40-s5"
+    assert variant_config(cfg, "courier", 16, 3).tables.ctr_samples == "exp_courier_s3_k16_ctr_samples"
+    assert variant_of(encoder_key("courier_steps40", 5)) == "courier_steps40"
+    shared = cfg.replace(["experiment.encoder_seeds=false", "train.seed=9"])
+    assert encoder_builds(shared.experiment) == [("random_init", None), ("courier", None), ("courier_steps40", None)]
+    one = variant_config(shared, "courier", seed=encoder_seed(shared.experiment, 5))
+    assert (one.train.seed, one.tables.ctr_samples) == (9, "exp_courier_ctr_samples")
+
+
 def test_train_section_rejects_an_unknown_batch_grouping():
     from courier.train.launch import check_train_config
 
