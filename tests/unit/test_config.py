@@ -211,3 +211,13 @@ def test_newest_clicks_keeps_the_last_slots_of_every_click_key():
     assert short["click_image_keys"].tolist() == [[80, 90], [40, 50]] and short["click_mask"].all()
     assert short["click_images"].shape == (2, 2, 1) and short["pv_item_ids"] is batch["pv_item_ids"]
     assert newest_clicks(batch, None) is batch
+
+
+def test_loading_the_config_and_the_sql_and_status_paths_imports_neither_torch_nor_faiss():
+    import subprocess
+    import sys
+
+    code = ("import sys, courier.config, courier.status, courier.sql_files, jobs.cli; "
+            "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
