@@ -15,7 +15,7 @@ HOROVOD := $(VENV)/.horovod-stamp
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW := $(AIRFLOW_VENV)/.installed-stamp
 
-.PHONY: setup setup-gpu demo test bench dist clean-warehouse
+.PHONY: setup setup-gpu demo test mutants bench dist clean-warehouse
 
 setup: $(STAMP) $(JARS) $(HOROVOD) $(AIRFLOW)
 
@@ -60,6 +60,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# One-line mutants of courier/ and sql/ (tests/mutants/*.toml), each against the tests that must
+# catch it, in a temporary copy of the checkout: every one must be killed. Slow (tens of minutes),
+# so not part of `make test`; `$(PY) tests/mutants/run.py --only NAME` runs some.
+mutants: setup
+	$(PY) tests/mutants/run.py
 
 bench: setup
 	$(PY) bench/sample_build.py

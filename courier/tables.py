@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -78,6 +79,34 @@ def committing(table: str) -> Iterator[None]:
         if detail is None:
             raise
         raise WriteConflict(table, detail) from exc
+
+
+# Test hook, off by default (tests/faults/test_concurrent_runs.py). With the variable set to a file
+# path, every write that passes through held_before_commit() waits inside its Delta transaction
+# until that file exists, so a test can make another run commit first, as two real runs at once
+# would. Python can only wait inside a transaction in the tasks that compute the written rows:
+# Delta reads the table's version when the write starts and checks for concurrent commits when it
+# commits, after those tasks.
+HOLD_BEFORE_COMMIT = "COURIER_TEST_HOLD_BEFORE_COMMIT"
+
+
+def held_before_commit(df: DataFrame) -> DataFrame:
+    """``df`` as it is, unless COURIER_TEST_HOLD_BEFORE_COMMIT=<file> is set (tests only): then ``df``
+    whose tasks create ``<file>.holding`` and wait until ``<file>`` exists before passing its rows on."""
+    release = os.environ.get(HOLD_BEFORE_COMMIT)
+    if not release:
+        return df
+
+    def hold(batches: Iterator) -> Iterator:  # pyarrow RecordBatches, passed on unchanged
+        import os
+        import time
+
+        open(f"{release}.holding", "a").close()
+        while not os.path.exists(release):
+            time.sleep(0.05)
+        yield from batches
+
+    return df.mapInArrow(hold, df.schema)
 
 
 def retry_on_conflict(stage: str, attempt: Callable[[], _T], attempts: int = 3, pause_s: float = 2.0) -> _T:
@@ -200,7 +229,7 @@ def replace_where(
     spark = df.sparkSession
     ensure_table(spark, qualified_name, df.schema, partition_by=partition_by)
     with committing(qualified_name):
-        _overwrite_where(df, qualified_name, predicate)
+        _overwrite_where(held_before_commit(df), qualified_name, predicate)
 
 
 def _overwrite_where(df: DataFrame, qualified_name: str, predicate: str) -> None:

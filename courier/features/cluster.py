@@ -29,7 +29,8 @@ from pyspark.sql import types as T
 from courier.config import CourierConfig, config_json
 from courier.features.kmeans import KMeansFit, fit_spherical_kmeans, gpu_available, match_cluster_ids
 from courier.sql_files import run_sql_file
-from courier.tables import ConcurrentRunError, RunRecord, WriteConflict, committing, ensure_table, timed, utc_now
+from courier.tables import (ConcurrentRunError, RunRecord, WriteConflict, committing, ensure_table,
+                            held_before_commit, timed, utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ def cluster_embeddings(spark: SparkSession, cfg: CourierConfig, run_id: str | No
         raise ClusteringError(f"cluster.k={c.k} is larger than the {n_items} items with embeddings of model version "
                               f"{model_version} in {embeddings}: lower cluster.k")
     previous = read_centroid_version(spark, centroids_table) if c.warm_start else None
+    # Ids the newest version used: items not yet re-assigned may hold any of them, carried or not.
+    used_ids = int(previous.ids.max()) + 1 if previous is not None and len(previous.ids) else 0
     if previous is not None and previous.model_version != model_version:
         previous = carried_centroids(spark, cfg, previous, model_version)
     init = _initial_centroids(previous, c.k, x, c.seed)
@@ -210,7 +213,7 @@ def cluster_embeddings(spark: SparkSession, cfg: CourierConfig, run_id: str | No
         fit = fit_spherical_kmeans(x, c.k, niter=c.niter, seed=c.seed, max_points_per_centroid=c.max_points_per_centroid,
                                    min_points_per_centroid=c.min_points_per_centroid, init_centroids=init, gpu=gpu)
     if previous is not None:
-        ids = match_cluster_ids(fit.centroids, previous.centroids, previous.ids)
+        ids = match_cluster_ids(fit.centroids, previous.centroids, previous.ids, first_fresh=used_ids)
     else:
         ids = np.arange(c.k, dtype=np.int64)
     version_number = _max_version(spark, centroids_table) + 1
@@ -241,7 +244,7 @@ def _publish(spark: SparkSession, table: str, version: CentroidVersion, fit: KMe
              mlflow_run_id, now)
             for cid, centroid, size in zip(version.ids, version.centroids, fit.sizes)]
     ensure_table(spark, table, CLUSTER_CENTROIDS_SCHEMA)
-    source = spark.createDataFrame(rows, CLUSTER_CENTROIDS_SCHEMA)
+    source = held_before_commit(spark.createDataFrame(rows, CLUSTER_CENTROIDS_SCHEMA))
     try:
         with committing(table):
             metrics = (DeltaTable.forName(spark, table).alias("t")

@@ -102,13 +102,15 @@ def fit_spherical_kmeans(
     )
 
 
-def match_cluster_ids(new: np.ndarray, old: np.ndarray, old_ids: np.ndarray) -> np.ndarray:
+def match_cluster_ids(new: np.ndarray, old: np.ndarray, old_ids: np.ndarray, first_fresh: int = 0) -> np.ndarray:
     """Stable ids for ``new`` centroids [k_new, d]: the id of the old centroid each is matched to.
 
     A one-to-one matching that maximises the total cosine between matched centroids
     (optimal for up to ``DENSE_MATCHING_MAX_PAIRS`` pairs; above, optimal over each new
     centroid's ``SPARSE_CANDIDATES`` nearest old ones, then greedy for the rest).
-    New centroids left over when k grew get fresh ids above the largest old id.
+    New centroids left over when k grew get fresh ids above the largest old id, and at least
+    ``first_fresh``: ids that items may still hold though ``old`` lacks them (a cluster of
+    another model that could not be carried) are never handed out again.
 
     Returns:
         int64 [k_new]: the id of each new centroid (row order of ``new``).
@@ -120,6 +122,7 @@ def match_cluster_ids(new: np.ndarray, old: np.ndarray, old_ids: np.ndarray) -> 
         ids[rows] = np.asarray(old_ids, dtype=np.int64)[cols]
     fresh = np.flatnonzero(ids < 0)
     start = int(np.max(old_ids)) + 1 if k_old else 0
+    start = max(start, first_fresh)
     ids[fresh] = np.arange(start, start + len(fresh))
     return ids
 

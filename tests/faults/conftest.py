@@ -83,10 +83,10 @@ def commits(log_dir: Path) -> set[int]:
 class CourierProcess:
     """``courier <args> --profile <cfg as YAML>`` in its own process group, its output collected."""
 
-    def __init__(self, cfg: CourierConfig, tmp: Path, *args: str) -> None:
+    def __init__(self, cfg: CourierConfig, tmp: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
         profile = tmp / f"profile-{args[0]}-{time.monotonic_ns()}.yaml"
         profile.write_text(cfg.to_yaml())
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}, **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--profile", str(profile)],
                                      cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
@@ -98,19 +98,24 @@ class CourierProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout_s: float = 600) -> None:
+        """Return once ``condition()`` holds; fail the test if the process ends first or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=10)
+                pytest.fail(f"the job ended ({self.proc.returncode}) before {what}:\n{self.output[-3000:]}")
+            if time.monotonic() > deadline:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                pytest.fail(f"no {what} within {timeout_s} s:\n{self.output[-3000:]}")
+            time.sleep(0.02)
+
     def kill_when(self, condition: Callable[[], bool], timeout_s: float = 600) -> None:
         """SIGKILL the whole process group (driver JVM, Python workers) once ``condition()`` holds.
 
         Fails the test if the process ends first: a kill after the end proves nothing.
         """
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if self.proc.poll() is not None:
-                pytest.fail(f"the job ended ({self.proc.returncode}) before the kill point:\n{self.output[-3000:]}")
-            if time.monotonic() > deadline:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                pytest.fail(f"no kill point within {timeout_s} s:\n{self.output[-3000:]}")
-            time.sleep(0.02)
+        self.wait_until(condition, "the kill point", timeout_s)
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=60)
         self._reader.join(timeout=10)

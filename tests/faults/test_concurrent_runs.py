@@ -1,29 +1,38 @@
 """Two runs at once: Delta's optimistic commits decide, the loser starts over (or, for a new
-cluster version, stops with a message naming the conflict), and nothing is lost or duplicated."""
+cluster version, stops with a message naming the conflict), and nothing is lost or duplicated.
+
+The runs of two processes are made to overlap: one is held inside its write's Delta transaction
+(courier.tables.HOLD_BEFORE_COMMIT) until the other has committed, so its own commit comes second."""
 from __future__ import annotations
 
 import datetime as dt
 import glob
+import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from delta.tables import DeltaTable
+from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
 from courier.features.assign import ASSIGNMENT_SCHEMA, _merge
-from courier.features.cluster import CentroidVersion, _publish
+from courier.features.cluster import CentroidVersion, _publish, cluster_embeddings
+from courier.features.embed import ITEM_EMBEDDINGS_DDL
 from courier.features.kmeans import KMeansFit
 from courier.samples.build import build_samples
 from courier.sql_files import run_sql_file
-from courier.tables import (ConcurrentRunError, SchemaError, WriteConflict, committing, ensure_table, replace_where,
-                            retry_on_conflict)
+from courier.tables import (HOLD_BEFORE_COMMIT, ConcurrentRunError, SchemaError, WriteConflict, committing,
+                            ensure_table, replace_where, retry_on_conflict)
+from courier.train.tracking import resolve_tracking_uri
 from tests.conftest import TRAIN_DB, TRAIN_START
-from tests.faults.conftest import CourierProcess, assert_same_rows, built_rows
+from tests.faults.conftest import CourierProcess, assert_same_rows, built_rows, table_versions
 
 DB = "courier_faults_concurrency"
+CLUSTER_DB = "courier_faults_cluster_race"
 
 
 @pytest.fixture(scope="module")
@@ -141,21 +150,70 @@ def test_a_cluster_version_number_is_published_once(spark, db):
 
 @pytest.mark.slow
 def test_two_runs_of_build_samples_on_the_same_days_at_once(spark, feature_db, tmp_path):
-    """One in this process, one in another: both finish (the loser of a commit starts over) or the
-    loser stops naming the conflict; the tables equal one run's, with nothing twice."""
+    """Another process starts writing the day's samples and is held inside that Delta transaction
+    (COURIER_TEST_HOLD_BEFORE_COMMIT) while this process builds the same day. Released, its commit
+    comes second: a write conflict, after which it starts over and finishes (retry_on_conflict).
+    The tables equal one run's, with nothing twice."""
     cfg: CourierConfig = feature_db("courier_faults_two_runs")
+    samples = cfg.tables.qualified("courier_samples")
     day = TRAIN_START + dt.timedelta(days=1)  # one day: the build's cost is in its days
-    other = CourierProcess(cfg, tmp_path, "build-samples", "--start", str(day), "--end", str(day))
-    mine_error: list[BaseException] = []
-    try:
-        build_samples(spark, cfg, day, day)
-    except ConcurrentRunError as exc:
-        mine_error.append(exc)
-    rc = other.wait()
-    assert rc == 0 or (rc == 2 and "gave up after 3 write conflicts with a concurrent run" in other.output), \
+    release = tmp_path / "release"
+    other = CourierProcess(cfg, tmp_path, "build-samples", "--start", str(day), "--end", str(day),
+                           env={HOLD_BEFORE_COMMIT: str(release)})
+    other.wait_until(Path(f"{release}.holding").exists, "its hold inside the courier_samples write")
+    assert table_versions(spark, [samples])[samples] == 0  # the other's transaction read the empty table
+
+    build_samples(spark, cfg, day, day)
+    assert table_versions(spark, [samples])[samples] == 1  # this run's samples, committed during the hold
+    release.touch()
+    assert other.wait() == 0, other.output[-3000:]
+    started_over = [line for line in other.lines if "starting over" in line]
+    assert len(started_over) == 1 and re.search(
+        rf"build_samples: a concurrent run changed {samples} \(\[DELTA_CONCURRENT_APPEND.*"
+        r"\(the concurrent commit: WRITE\)\); starting over in .* \(attempt 2 of 3\)", started_over[0]), \
         other.output[-3000:]
-    assert not mine_error or rc == 0, "both runs gave up"
+    assert table_versions(spark, [samples])[samples] == 2  # the other's second attempt, after this run's
+
     expected, rebuilt = built_rows(spark, TRAIN_DB, day, day), built_rows(spark, cfg.tables.database, day, day)
     for name, rows in expected.items():
         assert_same_rows(rebuilt[name], rows, name)
-    print("the other run's conflicts:", [line for line in other.lines if "concurrent run" in line])
+
+
+@pytest.mark.slow
+def test_two_cluster_runs_at_once_publish_one_version_and_the_loser_fails(spark, base_config, tmp_path):
+    """`courier cluster` in another process is held inside its publishing MERGE while this process
+    publishes the same version number. Released, it stops with exit status 2 and a message naming
+    the conflict, its MLflow run FAILED; the version holds the winner's centroids only."""
+    cfg = base_config.replace([f"tables.database={CLUSTER_DB}", "cluster.k=4",
+                               "mlflow.experiment=courier-faults-cluster-race"])
+    t = cfg.tables
+    spark.sql(f"DROP DATABASE IF EXISTS {CLUSTER_DB} CASCADE")
+    spark.sql(f"CREATE DATABASE {CLUSTER_DB}")
+    # 64 items of one model version, unit vectors in 8 dimensions: clustering needs no encoder.
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    now = dt.datetime(2026, 1, 1)
+    spark.createDataFrame([(i, "7", f"h{i}", x[i].tolist(), now) for i in range(len(x))], ITEM_EMBEDDINGS_DDL) \
+        .write.format("delta").saveAsTable(t.qualified("item_embeddings"))
+    release = tmp_path / "release"
+    loser = CourierProcess(cfg, tmp_path, "cluster", env={HOLD_BEFORE_COMMIT: str(release)})
+    loser.wait_until(Path(f"{release}.holding").exists, "its hold inside the publishing MERGE")
+
+    won = cluster_embeddings(spark, cfg)
+    assert won.version.cluster_version == 1
+    release.touch()
+    assert loser.wait() == 2, loser.output[-3000:]
+    table = t.qualified("cluster_centroids")
+    assert re.search(rf"courier cluster: error: cluster: {table}: \[DELTA_CONCURRENT_APPEND.*"
+                     r"\(the concurrent commit: MERGE\); this run published nothing", loser.output), \
+        loser.output[-3000:]
+    assert [tuple(r) for r in spark.table(table).groupBy("cluster_version", "mlflow_run_id").count().collect()] \
+        == [(1, won.mlflow_run_id, 4)]
+    assert spark.table(t.qualified("pipeline_runs")).where("stage = 'cluster'").count() == 1
+
+    client = MlflowClient(resolve_tracking_uri(cfg.mlflow.tracking_uri))
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.`courier.cluster_version` = '1'")
+    status = {run.info.run_id: run.info.status for run in runs}
+    assert len(status) == 2 and status.pop(won.mlflow_run_id) == "FINISHED", status
+    assert list(status.values()) == ["FAILED"], status

@@ -4,17 +4,19 @@ versions only (training: tests/train/test_train_resume.py and test_train_horovod
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
 
 import pytest
 
-from courier.config import CourierConfig
+from courier.config import PROJECT_ROOT, CourierConfig
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings
-from courier.features.embed import embed_items
+from courier.features.embed import _partitions, embed_items
 from courier.samples.build import build_samples
 from tests.conftest import TRAIN_DB, TRAIN_START
 from tests.faults.conftest import (CourierProcess, assert_same_rows, built_rows, commits, delta_log, restore,
-                                   table_rows, table_versions, torch_workers)
+                                   table_rows, table_versions)
 
 pytestmark = pytest.mark.slow
 
@@ -58,25 +60,76 @@ def features_cfg(spark, feature_db, registered_encoder: str) -> CourierConfig:
     return feature_db("courier_faults_features")
 
 
+# The killed jobs' progress, from their own logs: Spark's TaskSetManager at INFO prints
+# "Finished task 3.0 in stage 7.0 (TID 21) in 812 ms on host (executor driver) (4/20)".
+FINISHED_TASK = re.compile(r"Finished task \S+ in stage (\d+)\.\d+ .*\((\d+)/(\d+)\)\s*$")
+
+
+def logging_tasks(cfg: CourierConfig, tmp: Path) -> CourierConfig:
+    """``cfg`` with the project's JVM logging plus a line per finished Spark task."""
+    conf = tmp / "log4j2-tasks.properties"
+    conf.write_text((PROJECT_ROOT / cfg.spark.log4j_config).read_text() +
+                    "\nlogger.tasks.name = org.apache.spark.scheduler.TaskSetManager\nlogger.tasks.level = info\n")
+    return cfg.replace([f"spark.log4j_config={conf}"])
+
+
+def big_stage_progress(lines: list[str], small: int) -> tuple[int, int]:
+    """(tasks finished, tasks) of the first stage of more than ``small`` tasks, by the job's log
+    lines; (0, 0) before one has finished a task."""
+    done: dict[int, tuple[int, int]] = {}
+    for match in filter(None, map(FINISHED_TASK.search, list(lines))):
+        stage, finished, tasks = map(int, match.groups())
+        if tasks > small:
+            done[stage] = max(done.get(stage, (0, tasks)), (finished, tasks))
+    return done[min(done)] if done else (0, 0)
+
+
 def test_embed_killed_while_embedding_then_rerun(spark, features_cfg: CourierConfig, tmp_path):
-    t = features_cfg.tables
-    tables = [t.qualified(name) for name in ("item_embeddings", "rejects", "pipeline_runs")]
-    before = table_versions(spark, tables)
-    embed_items(spark, features_cfg)
-    expected = table_rows(spark, t.qualified("item_embeddings"))
-    restore(spark, before)
+    """Yesterday's embeddings lack a third of the items and hold an older image of another third.
+    Killed when the embedding UDF has finished some of its tasks and not all, the run leaves
+    yesterday's table as it was; the re-run embeds exactly the missing and changed items."""
+    table = features_cfg.tables.qualified("item_embeddings")
+    embed_items(spark, features_cfg)  # the uninterrupted run, from nothing
+    expected = table_rows(spark, table)
+    spark.sql(f"DELETE FROM {table} WHERE item_id % 3 = 0")
+    spark.sql(f"UPDATE {table} SET content_hash = concat('older-', content_hash), "
+              "embedding = transform(embedding, v -> CAST(0 AS FLOAT)) WHERE item_id % 3 = 1")
+    yesterday = table_rows(spark, table)
+    changed = spark.table(table).where("item_id % 3 = 1").count()
+    to_embed = len(expected) - len(yesterday) + changed
+    assert 0 < changed < to_embed < len(expected)
 
-    job = CourierProcess(features_cfg, tmp_path, "embed")
-    # The model is resolved and the UDF's job has started: its workers are loading or running it.
-    # Killed while its Python workers run the model over the images.
-    job.kill_when(lambda: bool(torch_workers(job.proc.pid)))
-    assert spark.table(t.qualified("item_embeddings")).count() == 0  # nothing half-published
+    # One image per Arrow batch, 8 per task (courier.features.embed._partitions): the UDF's stage
+    # has 20 tasks of 8 batches here, and its first finished task comes well before its last.
+    cfg = logging_tasks(features_cfg.replace(["embed.arrow_batch_rows=1", "embed.batch_size=1"]), tmp_path)
+    tasks = _partitions(spark, to_embed, cfg.embed.arrow_batch_rows)
+    # Every stage before the UDF's reads a few small files or a shuffle into spark.shuffle_partitions.
+    small = max(spark.sparkContext.defaultParallelism, cfg.spark.shuffle_partitions)
+    assert tasks > small
+    job = CourierProcess(cfg, tmp_path, "embed")
+    job.kill_when(lambda: big_stage_progress(job.lines, small)[0] >= 1)
+    done, of = big_stage_progress(job.lines, small)
+    assert of == tasks, f"the killed run's UDF stage has {of} tasks, not those of the {to_embed} items to embed"
+    assert 0 < done < tasks, f"killed with {done} of the UDF's {tasks} tasks finished"
+    assert_same_rows(table_rows(spark, table), yesterday, "item_embeddings after the kill")
 
-    embed_items(spark, features_cfg)
-    assert_same_rows(table_rows(spark, t.qualified("item_embeddings")), expected, "item_embeddings")
+    result = embed_items(spark, features_cfg)
+    assert (result.record.metrics["embedded"], result.record.metrics["unchanged"]) \
+        == (to_embed, len(yesterday) - changed)
+    assert_same_rows(table_rows(spark, table), expected, "item_embeddings")
 
 
-def test_assign_killed_after_its_merge_then_rerun(spark, features_cfg: CourierConfig, tmp_path):
+def written_after(log: Path, version: int) -> list[Path]:
+    """The Parquet files in a table's folder written after its commit ``version``: while no later
+    commit exists, a running write's (Delta writes its files into the folder, then commits)."""
+    commit = log / f"{version:020d}.json"
+    if not commit.exists():
+        return []
+    since = commit.stat().st_mtime_ns
+    return [p for p in log.parent.rglob("*.parquet") if "_delta_log" not in p.parts and p.stat().st_mtime_ns > since]
+
+
+def test_assign_killed_during_its_merge_then_rerun(spark, features_cfg: CourierConfig, tmp_path):
     t = features_cfg.tables
     if not spark.catalog.tableExists(t.qualified("item_embeddings")):
         embed_items(spark, features_cfg)
@@ -87,15 +140,17 @@ def test_assign_killed_after_its_merge_then_rerun(spark, features_cfg: CourierCo
     expected = table_rows(spark, features)
     restore(spark, before)
 
-    job = CourierProcess(features_cfg, tmp_path, "assign")
+    # One row per file: the MERGE writes its files for seconds before it commits.
+    job = CourierProcess(features_cfg.replace(["spark.conf.spark.sql.files.maxRecordsPerFile=1"]), tmp_path, "assign")
     log = delta_log(spark, features_cfg, "item_image_features")
-    # Killed right after its one MERGE committed (version 1: version 0 is the empty table),
-    # before the views and its pipeline_runs row.
-    job.kill_when(lambda: 1 in commits(log))
-    assert_same_rows(table_rows(spark, features), expected, "item_image_features after the kill")
+    # Killed while its MERGE writes: some of its files are there, its commit (version 1) is not
+    # (version 0 is the empty table).
+    job.kill_when(lambda: bool(written_after(log, 0)) and 1 not in commits(log))
+    assert commits(log) == {0} and written_after(log, 0), "the kill did not come during the MERGE"
+    assert spark.table(features).count() == 0  # version 0, the empty table: nothing half-published
 
     result = assign_items(spark, features_cfg)
-    assert result.record.metrics["unchanged"] == result.record.metrics["items_in"]  # nothing left to do
+    assert result.record.metrics["new_items"] == result.record.metrics["items_in"] == len(expected)
     assert_same_rows(table_rows(spark, features), expected, "item_image_features")
     current = spark.table(features).where("valid_to IS NULL")
     assert current.count() == current.select("item_id").distinct().count()

@@ -1,7 +1,8 @@
 """``courier cluster`` and ``courier assign`` on real Spark + Delta + MLflow + faiss.
 
 One database; the tests run in file order: cluster -> assign -> new items ->
-changed embeddings -> as-of join -> re-fit -> views, report, export.
+changed embeddings -> as-of join -> re-fit -> views, report, export -> a version whose ids
+are not 0..k-1 (assigned, then re-fitted from).
 """
 from __future__ import annotations
 
@@ -248,3 +249,39 @@ def test_mmrec_export_rows_follow_the_item_order(spark, cfg, moved, tmp_path):
     assert [m[1] for m in mapping] == list(range(len(ids)))
     assert [m[0] for m in mapping] == sorted(ids.tolist())
     np.testing.assert_array_equal(feats, x)
+
+
+def test_ids_follow_the_centroids_of_a_version_numbered_otherwise(spark, cfg, moved):
+    """A version whose ids are not 0..k-1 (as after a shrunk k or a model change), in another order.
+
+    assign must map each item to its nearest centroid's id, not to the centroid's row, and a
+    re-fit from that version must match its centroids back to those ids, not number them 0..k-1
+    in faiss's order.
+    """
+    table = cfg.tables.qualified("cluster_centroids")
+    base = read_centroid_version(spark, table)
+    before = {i: cid for i, (cid, _) in current(spark, cfg).items()}
+    # base's clusters under sparse ids in a shuffled order: sorted by id (the order a re-fit
+    # starts from) its rows come permuted.
+    relabel = dict(zip(base.ids.tolist(), (100 + 7 * np.random.default_rng(5).permutation(K)).tolist()))
+    mapping = spark.createDataFrame(list(relabel.items()), "cluster_id INT, new_id INT")
+    (spark.table(table).where(F.col("cluster_version") == base.cluster_version).join(mapping, "cluster_id")
+     .select(F.lit(base.cluster_version + 1).alias("cluster_version"), F.col("new_id").alias("cluster_id"),
+             "centroid", "size", "model_version", F.lit("relabelled-by-test").alias("mlflow_run_id"), "created_at")
+     .writeTo(table).append())
+
+    run = assign_items(spark, cfg)
+    assert run.version.cluster_version == base.cluster_version + 1
+    # The same centroids under other ids: every item keeps its centroid, so its id is relabelled.
+    assert {i: cid for i, (cid, _) in current(spark, cfg).items()} == {i: relabel[c] for i, c in before.items()}
+    assert run.record.metrics["changed"] == len(before)
+
+    refit = cluster_embeddings(spark, cfg)
+    assert refit.warm_started_from == base.cluster_version + 1
+    stored = read_centroid_version(spark, table)
+    assert stored.cluster_version == base.cluster_version + 2
+    assert sorted(stored.ids.tolist()) == sorted(relabel.values())
+    ids, x = embeddings(spark, cfg)
+    after = stored.ids[(x @ stored.centroids.T).argmax(axis=1)]
+    kept = np.mean([a == relabel[before[i]] for i, a in zip(ids.tolist(), after)])
+    assert kept >= 0.9, kept

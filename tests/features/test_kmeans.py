@@ -78,6 +78,15 @@ def test_a_grown_k_keeps_old_ids_and_numbers_the_rest_after_them():
     assert sorted(ids[8:]) == [8, 9, 10, 11]
 
 
+def test_fresh_ids_skip_ids_the_old_centroids_lack_but_items_may_hold():
+    # Old ids 0..7 of which 7 (and its centroid) could not be carried: a new cluster must not get 7.
+    old = unit_vectors(8)
+    extra = unit_vectors(2, seed=9)
+    ids = match_cluster_ids(np.concatenate([old[:7], extra]), old[:7], np.arange(7), first_fresh=8)
+    np.testing.assert_array_equal(ids[:7], np.arange(7))
+    assert sorted(ids[7:]) == [8, 9]
+
+
 def _kept_share(x_old: np.ndarray, x_all: np.ndarray, k: int, warm: bool) -> float:
     first = fit_spherical_kmeans(x_old, k, niter=20, seed=1)
     ids_first = np.arange(k)

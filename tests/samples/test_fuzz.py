@@ -1,16 +1,19 @@
 """Bad input, fuzzed: broken raw tables through build-samples and ctr-samples.
 
-Each hypothesis example writes one small shop (a few dozen items with 16 px
-images, a few hundred impressions over six days) into which every kind of fault
-is composed at once: nulls, wrong values, broken and hostile images, giant and
+Each hypothesis example is one small shop (a few dozen items with 16 px images,
+a few hundred impressions over six days) into which every kind of fault is
+composed at once: nulls, wrong values, broken and hostile images, giant and
 non-ASCII strings, duplicate keys, far timestamps, dt disagreeing with event_ts,
-page views split across dates. Both stages run once on it, and their output is
-compared with a plain-Python reference of the documented rules
+page views split across dates. Each run draws 200 examples from a new seed (printed,
+with the command that reruns it), 50 in each era; an era's examples are written
+side by side into one set of raw tables, each in its own ids (items, users,
+request ids: ``Plan.slot``), and both stages run once on them. Each example's
+output is then compared with a plain-Python reference of the documented rules
 (sql/samples/impressions_checked.sql): every rejected row under its key with its
 first reason, every good impression in ctr_samples and its page view in
 courier_samples (unless dropped for no_click / no_history, which the reference
 computes; negative_keep_rate=1 and l_pv large enough rule out the other drops),
-and the stages' own counts equal to the reference's.
+and the stages' own counts equal to the sum of the reference's.
 
 The generator tags the rows it broke, and the reference is checked against the
 tags too, so that a reference that accepted everything would fail here.
@@ -32,18 +35,20 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from PIL import Image
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
 from courier.ctr.samples import build_ctr_samples
-from courier.samples.build import build_samples, sample_views, window_params
+from courier.samples.build import SampleBuildResult, build_samples, sample_views, window_params
 from courier.samples.images import ImageLimits, prepare_image
-from courier.tables import SchemaError
+from courier.tables import RunRecord, SchemaError
 from courier.world.schema import RAW_ITEMS_DDL
 
 DB = "courier_fuzz_test"
@@ -61,11 +66,15 @@ DAY = dt.timedelta(days=1)
 # an ordinary day, the Unix epoch (history in 1969), the end of the calendar (end + 1 day
 # after 9999-12-31).
 ERAS = (dt.date(1, 1, 3), dt.date(2026, 3, 1), dt.date(1970, 1, 1), dt.date(9999, 12, 29))
-# One example in CI (~1 min: it writes Delta tables and runs both stages): hypothesis's first
-# example is its simplest, which these strategies make a nasty one, in the first era; the
-# SQL alone runs in the others (test_the_ends_of_the_calendar). COURIER_FUZZ_EXAMPLES=20
-# for a longer hunt over all of them.
-FUZZ_EXAMPLES = int(os.environ.get("COURIER_FUZZ_EXAMPLES", "1"))
+# 200 examples in CI, 50 per era, for the price of one build per era (~2 min in all on 2
+# cores, where one example built alone took ~1 min); COURIER_FUZZ_EXAMPLES=2000 for a longer
+# hunt. A new seed each run, printed with the command that reruns it (COURIER_FUZZ_SEED=N).
+FUZZ_EXAMPLES = int(os.environ.get("COURIER_FUZZ_EXAMPLES", "200"))
+FUZZ_SEED = int(os.environ.get("COURIER_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
+# An example's ids: items slot * 1000 + 1..110 (unknown ones 10**12 + slot * 1000 + 0..99),
+# users slot * 10 + 1..6, request ids ending in #slot:page. Items NULL and -1 are in every
+# example: their rejects are checked in sum over the examples.
+ITEMS_PER_SLOT, USERS_PER_SLOT, UNKNOWN_ITEMS = 1000, 10, 10**12
 
 GIANT_TOKEN = "<100 KB>"  # in the plan (which hypothesis prints), expanded in the world
 NASTY_STRINGS = (
@@ -98,8 +107,8 @@ PAGE_FAULTS = ("far_ts", "split", "split_far", "split_edge", "inconsistent_user"
 
 @dataclass(frozen=True)
 class Plan:
-    era: dt.date
     seed: int
+    giant: bool                       # 100 KB strings (in ~1 example of 10: ~4 MB of them each)
     strings: tuple[str, ...]          # used for ids, queries, categories, titles
     extra_faults: tuple[str, ...]     # faults applied once more, beyond one of each
     null_columns: frozenset[str]
@@ -109,15 +118,19 @@ class Plan:
     far_ts: dt.datetime
     garbage: bytes
     truncate_at: float
+    era: dt.date = ERAS[0]            # set by draw_plans: the examples take the eras in turn
+    slot: int = 0                     # set by draw_plans: the example's ids (ITEMS_PER_SLOT)
 
 
 @st.composite
 def plans(draw: st.DrawFn) -> Plan:
+    giant = draw(st.sampled_from(range(20))) == 0  # the simplest example: giant
+    nasty = NASTY_STRINGS if giant else tuple(s for s in NASTY_STRINGS if s != GIANT_TOKEN)
     return Plan(
-        era=draw(st.sampled_from(ERAS)),
         seed=draw(st.integers(0, 2**32 - 1)),
+        giant=giant,
         # every nasty string (the simplest example: in order) and a few arbitrary ones
-        strings=tuple(draw(st.permutations(NASTY_STRINGS))) + tuple(draw(st.lists(st.text(max_size=24), max_size=4))),
+        strings=tuple(draw(st.permutations(nasty))) + tuple(draw(st.lists(st.text(max_size=24), max_size=4))),
         extra_faults=tuple(draw(st.lists(st.sampled_from(ROW_FAULTS + PAGE_FAULTS), max_size=8))),
         null_columns=frozenset(draw(st.sets(st.sampled_from(("request_id", "user_id", "item_id", "event_ts")),
                                             min_size=1))),
@@ -131,6 +144,26 @@ def plans(draw: st.DrawFn) -> Plan:
         garbage=draw(st.binary(max_size=64)),
         truncate_at=draw(st.floats(0.02, 0.5)),
     )
+
+
+@lru_cache(maxsize=None)
+def draw_plans(n: int, seed: int) -> tuple[Plan, ...]:
+    """``n`` examples of ``plans()``, the same for the same seed: example k in era ERAS[k % 4], slot k.
+
+    Drawn by hypothesis's own generator (its first example is the simplest), ~40 ms each.
+    """
+    drawn: list[Plan] = []
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=n, database=None, deadline=None, phases=(Phase.generate,),
+              suppress_health_check=list(HealthCheck))
+    @given(plan=plans())
+    def collect(plan: Plan) -> None:
+        drawn.append(plan)
+
+    collect()
+    assert len(drawn) == n, f"hypothesis drew {len(drawn)} examples, not {n}"
+    return tuple(replace(plan, era=ERAS[k % len(ERAS)], slot=k) for k, plan in enumerate(drawn))
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -214,10 +247,48 @@ def _strings(plan: Plan) -> tuple[str, ...]:
     return tuple("x" * 100_000 if s == GIANT_TOKEN else s for s in plan.strings)
 
 
+def _item(plan: Plan, i: int) -> int:
+    """Item ``i`` (1..110) of the example: its own ids, disjoint from the other examples'."""
+    return plan.slot * ITEMS_PER_SLOT + i
+
+
+def _user(plan: Plan, u: int) -> int:
+    """User ``u`` (1..6) of the example."""
+    return plan.slot * USERS_PER_SLOT + u
+
+
+def _request_id(plan: Plan, prefix: str, page: int) -> str:
+    return f"{prefix}#{plan.slot}:{page}"
+
+
+SLOT_SUFFIX = re.compile(r"#(\d+):\d+\Z")  # of a request id made by _request_id
+
+
+def item_slot(key: str) -> int | None:
+    """The example of an item rejects key (its item_id); None for the items every example has."""
+    if key in ("NULL", "-1"):
+        return None
+    item = int(key)
+    return (item - UNKNOWN_ITEMS if item >= UNKNOWN_ITEMS else item) // ITEMS_PER_SLOT
+
+
+def request_slot(request_id: str) -> int | None:
+    """The example of a request id (None: not one of _request_id's, such as NULL)."""
+    found = SLOT_SUFFIX.search(request_id)
+    return int(found[1]) if found else None
+
+
+def impression_slot(key: str) -> int | None:
+    """The example of an impression rejects key (``request_id/item_id``); None when both are shared."""
+    request_id, item = key.rsplit("/", 1)
+    slot = request_slot(request_id)
+    return item_slot(item) if slot is None else slot
+
+
 def make_items(plan: Plan, rng: random.Random) -> tuple[list[Item], list[int], list[int]]:
     """(items rows, ids of good items, ids of items left without an image)."""
     when = dt.datetime(2020, 5, 1)
-    good_ids = list(range(1, 25))
+    good_ids = [_item(plan, i) for i in range(1, 25)]
     strings = _strings(plan)
     items = [Item(i, rng.choice(("tops", "bags", "shoes") + strings), rng.choice(strings + ("t",)),
                   _noise(rng, 16, 16), when + dt.timedelta(minutes=i)) for i in good_ids]
@@ -228,26 +299,29 @@ def make_items(plan: Plan, rng: random.Random) -> tuple[list[Item], list[int], l
     items[4].image = _noise(rng, 16, 16, "JPEG")
     items[5].image = _noise(rng, 16, 16, "GIF")
     # An older copy of a good item, different in everything: rejected, the latest kept.
-    older = Item(7, "older category", "older", _noise(rng, 16, 16), when - dt.timedelta(days=30), "duplicate_key")
+    older = Item(_item(plan, 7), "older category", "older", _noise(rng, 16, 16), when - dt.timedelta(days=30),
+                 "duplicate_key")
     truncated_png = _noise(rng, 16, 16)
     truncated_jpeg = _noise(rng, 32, 32, "JPEG")
     broken = [
         Item(None, "tops", "no id", _noise(rng, 16, 16), when, "null_key"),
         Item(-1, "tops", "padding id", _noise(rng, 16, 16), when, "reserved_item_id"),
-        Item(101, "tops", "empty", b"", when, "empty_image"),
-        Item(102, "tops", "null", None, when, "empty_image"),
-        Item(103, "tops", "garbage", b"not an image:" + plan.garbage, when, "undecodable_image"),
-        Item(104, "tops", "png header", b"\x89PNG\r\n\x1a\n" + plan.garbage, when, "undecodable_image"),
-        Item(105, "tops", "truncated png", truncated_png[:max(1, int(len(truncated_png) * plan.truncate_at))],
-             when, "undecodable_image"),
-        Item(106, "tops", "truncated jpeg", truncated_jpeg[:max(1, int(len(truncated_jpeg) * plan.truncate_at))],
-             when, "undecodable_image"),
-        Item(107, "tops", "too many bytes", _noise(rng, 150, 150), when, "image_too_large"),
-        Item(108, "tops", "too many pixels", _solid(251, 250), when, "image_too_large"),
-        Item(109, "tops", "bomb", _solid(9000, 9000, "1"), when, "image_too_large"),
+        Item(_item(plan, 101), "tops", "empty", b"", when, "empty_image"),
+        Item(_item(plan, 102), "tops", "null", None, when, "empty_image"),
+        Item(_item(plan, 103), "tops", "garbage", b"not an image:" + plan.garbage, when, "undecodable_image"),
+        Item(_item(plan, 104), "tops", "png header", b"\x89PNG\r\n\x1a\n" + plan.garbage, when,
+             "undecodable_image"),
+        Item(_item(plan, 105), "tops", "truncated png",
+             truncated_png[:max(1, int(len(truncated_png) * plan.truncate_at))], when, "undecodable_image"),
+        Item(_item(plan, 106), "tops", "truncated jpeg",
+             truncated_jpeg[:max(1, int(len(truncated_jpeg) * plan.truncate_at))], when, "undecodable_image"),
+        Item(_item(plan, 107), "tops", "too many bytes", _noise(rng, 150, 150), when, "image_too_large"),
+        Item(_item(plan, 108), "tops", "too many pixels", _solid(251, 250), when, "image_too_large"),
+        Item(_item(plan, 109), "tops", "bomb", _solid(9000, 9000, "1"), when, "image_too_large"),
         # the latest copy broken, an older one fine: the item has no image
-        Item(110, "tops", "latest broken", b"\xff\xd8\xff" + plan.garbage, when, "undecodable_image"),
-        Item(110, "tops", "older fine", _noise(rng, 16, 16), when - DAY, "duplicate_key"),
+        Item(_item(plan, 110), "tops", "latest broken", b"\xff\xd8\xff" + plan.garbage, when,
+             "undecodable_image"),
+        Item(_item(plan, 110), "tops", "older fine", _noise(rng, 16, 16), when - DAY, "duplicate_key"),
     ]
     imageless = [it.item_id for it in broken if it.item_id is not None and it.reason != "duplicate_key"]
     return items + [older] + broken, good_ids, imageless
@@ -268,14 +342,14 @@ def make_world(plan: Plan) -> World:
         for _ in range(rng.randint(16, 20) if start <= day <= end else rng.randint(5, 8)):
             # a few instants per day: page views of one user at the same instant are common
             ts = _at(day, rng.choice((1, 5, 9, 13, 17)) * 3600 + rng.choice((0, 30)))
-            user = rng.randint(1, 6)
+            user = _user(plan, rng.randint(1, 6))
             query = rng.choice(("shoes", "bags") + strings)
-            request_id = f"{rng.choice(('pv', 'pv', 'pv') + strings)}#{len(pages)}"
+            request_id = _request_id(plan, rng.choice(("pv", "pv", "pv") + strings), len(pages))
             shown = rng.sample(good_ids, rng.randint(2, 5))
             pages.append([Row(request_id, user, item, pos, query, ts, int(rng.random() < 0.4), day)
                           for pos, item in enumerate(shown)])
     in_range = [p for p in pages if start <= p[0].dt <= end]
-    faults = list(ROW_FAULTS + PAGE_FAULTS + plan.extra_faults)
+    faults = [f for f in ROW_FAULTS + PAGE_FAULTS + plan.extra_faults if plan.giant or f != "giant"]
     rng.shuffle(faults)
     targets = rng.sample(in_range, len(faults))
     for fault, page in zip(faults, targets):
@@ -316,7 +390,7 @@ def _break(world: World, fault: str, page: list[Row], rng: random.Random, imagel
         if rng.random() < 0.5:
             row.dt = plan.far_ts.date()
     elif fault == "unknown_item":
-        row.item_id = 10**12 + rng.randint(0, 99)
+        row.item_id = UNKNOWN_ITEMS + plan.slot * ITEMS_PER_SLOT + rng.randint(0, 99)
     elif fault == "imageless":
         row.item_id = rng.choice(imageless)
     elif fault in ("split", "split_edge"):
@@ -333,7 +407,7 @@ def _break(world: World, fault: str, page: list[Row], rng: random.Random, imagel
         earlier = page[0].dt - 2 * DAY
         page.append(replace(row, event_ts=_at(earlier, 3600.0), dt=earlier))
     elif fault == "inconsistent_user":
-        row.user_id = (row.user_id % 6) + 1
+        row.user_id = _user(plan, (row.user_id - _user(plan, 0)) % 6 + 1)
     elif fault == "inconsistent_ts":
         row.event_ts = row.event_ts + dt.timedelta(seconds=1)
     elif fault == "inconsistent_query":
@@ -491,19 +565,55 @@ def fuzz_cfg(spark, base_config: CourierConfig) -> CourierConfig:
     ])
 
 
-def write_world(spark, cfg: CourierConfig, world: World) -> None:
+def write_worlds(spark, cfg: CourierConfig, worlds: list[World]) -> None:
+    """The examples' raw tables, side by side, into fresh tables (the stages' outputs dropped)."""
     t = cfg.tables
     for name in TABLES:
         spark.sql(f"DROP TABLE IF EXISTS {t.qualified(name)}")
-    spark.createDataFrame([(it.item_id, it.category, it.title, it.image, it.updated_at) for it in world.items],
+    spark.createDataFrame([(it.item_id, it.category, it.title, it.image, it.updated_at)
+                           for w in worlds for it in w.items],
                           RAW_ITEMS_DDL).write.format("delta").saveAsTable(t.qualified("raw_items"))
-    spark.createDataFrame([r.values() for r in world.rows], IMPRESSIONS_DDL).write.format("delta") \
+    spark.createDataFrame([r.values() for w in worlds for r in w.rows], IMPRESSIONS_DDL).write.format("delta") \
         .partitionBy("dt").saveAsTable(t.qualified("raw_impressions"))
 
 
-def _rejects(spark, cfg: CourierConfig, stage: str, with_dt: bool = True) -> Counter:
-    rows = spark.table(cfg.tables.qualified("rejects")).where(F.col("stage") == stage).collect()
-    return Counter((r["key"], r["reason"], r["dt"]) if with_dt else (r["key"], r["reason"]) for r in rows)
+@dataclass
+class Reference:
+    """What the documented rules expect of one example (rejects: either stage's, by key, reason and dt)."""
+
+    world: World
+    item_rejects: Counter
+    categories: dict[int, str | None]
+    exp: Expected
+    rejects: Counter
+    kept: dict[str, dict]
+    drops: dict[str, int]
+    ctr: dict[tuple[str, int], dict]
+
+
+def reference(world: World) -> Reference:
+    """The reference's expectations of ``world`` alone, checked against the generator's tags."""
+    item_rejects, categories = _item_expectations(world)
+    known = {it.item_id for it in world.items if it.item_id is not None}
+    exp = check_rows(world, known, set(categories))
+    check_reference_against_tags(exp)
+    kept, drops = expected_samples(world, exp)
+    ref = Reference(world, item_rejects, categories, exp, expected_rejects(exp), kept, drops,
+                    expected_ctr(world, exp, categories))
+    # the example's keys are its own (or shared by all): its output can be told from the others'
+    slot = world.plan.slot
+    assert {item_slot(k) for k, _ in item_rejects} | {item_slot(str(i)) for i in categories} <= {slot, None}
+    assert {impression_slot(k) for k, *_ in ref.rejects} <= {slot, None}
+    assert {request_slot(r) for r in ref.kept} | {request_slot(r) for r, _ in ref.ctr} <= {slot}
+    return ref
+
+
+def _by_slot(counts: Counter, slot_of: Callable[[str], int | None]) -> dict[int | None, Counter]:
+    """``counts`` split by the example (``slot_of(key)``) of each entry's key (its first field)."""
+    split: dict[int | None, Counter] = {}
+    for entry, n in counts.items():
+        split.setdefault(slot_of(entry[0]), Counter())[entry] = n
+    return split
 
 
 def _by_reason(rejects: Counter, prefix: str) -> dict[str, int]:
@@ -513,70 +623,164 @@ def _by_reason(rejects: Counter, prefix: str) -> dict[str, int]:
     return dict(counts)
 
 
-def run_and_check(spark, cfg: CourierConfig, world: World) -> None:
-    cfg = cfg.replace([f"samples.max_event_ts={world.max_event_ts.isoformat()}"])
+def _short(values: list, limit: int = 6, width: int = 200) -> str:
+    """A few of ``values``, each (or each part of a tuple) shortened: keys may hold 100 KB strings."""
+    def brief(v: object) -> str:
+        return repr(v) if len(repr(v)) <= width else repr(v)[:width] + "..."
+
+    shown = [f"({', '.join(map(brief, v))})" if isinstance(v, tuple) else brief(v) for v in values[:limit]]
+    return f"[{', '.join(shown)}{', ...' if len(values) > limit else ''}] ({len(values)})"
+
+
+def assert_same(got: dict, want: dict, what: str) -> None:
+    """``got == want``, or an AssertionError naming the keys missing, unexpected and differing."""
+    if got == want:
+        return
+    def flat(key: object, *values: object) -> tuple:
+        return (*key, *values) if isinstance(key, tuple) else (key, *values)
+
+    missing = [k for k in want if k not in got]
+    unexpected = [flat(k, got[k]) for k in got if k not in want]
+    differing = [flat(k, got[k], want[k]) for k in want if k in got and got[k] != want[k]]
+    raise AssertionError(f"{what}: missing {_short(missing)}, unexpected {_short(unexpected)}, "
+                         f"differing (got, want) {_short(differing)}")
+
+
+@dataclass
+class Output:
+    """What the stages wrote for one era's examples, by example (slot; None: items NULL and -1)."""
+
+    item_rejects: dict[int | None, Counter]       # (key, reason)
+    categories: dict[int | None, dict[int, str | None]]
+    image_sizes: set[tuple[int, int]]
+    rejects: dict[str, dict[int | None, Counter]]  # stage -> (key, reason, dt)
+    samples: dict[int | None, dict[str, dict]]
+    ctr: dict[int | None, dict[tuple[str, int], dict]]
+    runs: dict[str, dict]                          # pipeline_runs: stage -> metrics
+
+
+SAMPLE_COLUMNS = ("pv_item_ids", "user_id", "n_history", "query", "dt")  # expected_samples' fields
+
+
+def read_output(spark, cfg: CourierConfig) -> Output:
+    """The stages' tables, each row under its example."""
     t = cfg.tables
-    write_world(spark, cfg, world)
-    item_rejects, categories = _item_expectations(world)
-    known = {it.item_id for it in world.items if it.item_id is not None}
-    exp = check_rows(world, known, set(categories))
-    check_reference_against_tags(exp)
+    rejects = {stage: Counter((r["key"], r["reason"], r["dt"]) for r in
+                              spark.table(t.qualified("rejects")).where(F.col("stage") == stage).collect())
+               for stage in ("item_images", "build_samples", "ctr_samples")}
+    images = spark.table(t.qualified("item_images")).select("item_id", "category", "jpeg").collect()
+    categories: dict[int | None, dict[int, str | None]] = {}
+    for r in images:
+        categories.setdefault(item_slot(str(r["item_id"])), {})[r["item_id"]] = r["category"]
+    samples: dict[int | None, dict[str, dict]] = {}
+    for r in spark.table(t.qualified("courier_samples")).select(*SAMPLE_COLUMNS, "request_id").collect():
+        samples.setdefault(request_slot(r["request_id"]), {})[r["request_id"]] = {k: r[k] for k in SAMPLE_COLUMNS}
+    ctr: dict[int | None, dict[tuple[str, int], dict]] = {}
+    for r in spark.table(t.qualified("ctr_samples")).selectExpr(
+            "request_id", "item_id", "label", "position", "category", "size(history_item_ids) AS n_history").collect():
+        ctr.setdefault(request_slot(r["request_id"]), {})[(r["request_id"], r["item_id"])] = \
+            {k: r[k] for k in ("label", "position", "category", "n_history")}
+    return Output(
+        item_rejects=_by_slot(Counter({(k, reason): n for (k, reason, _), n in rejects.pop("item_images").items()}),
+                              item_slot),
+        categories=categories, image_sizes={Image.open(io.BytesIO(r["jpeg"])).size for r in images},
+        rejects={stage: _by_slot(counts, impression_slot) for stage, counts in rejects.items()},
+        samples=samples, ctr=ctr,
+        runs={r["stage"]: r["metrics"] for r in spark.table(t.qualified("pipeline_runs")).collect()})
 
-    # build-samples: item_images
-    result = build_samples(spark, cfg, world.start, world.end)
-    assert _rejects(spark, cfg, "item_images", with_dt=False) == item_rejects
-    images = {r["item_id"]: r for r in spark.table(t.qualified("item_images")).collect()}
-    assert {i: r["category"] for i, r in images.items()} == categories
-    assert all(Image.open(io.BytesIO(r["jpeg"])).size == (16, 16) for r in images.values())
+
+def _own(counts: Counter, slot_of: Callable[[str], int | None], slot: int | None) -> Counter:
+    """The entries of ``counts`` whose key belongs to example ``slot`` (None: to every example)."""
+    return _by_slot(counts, slot_of).get(slot, Counter())
+
+
+def check_example(ref: Reference, out: Output) -> None:
+    """One example's rows in the stages' output are the reference's."""
+    slot = ref.world.plan.slot
+    assert_same(out.item_rejects.get(slot, Counter()), _own(ref.item_rejects, item_slot, slot), "item_images rejects")
+    assert_same(out.categories.get(slot, {}), ref.categories, "item_images categories")
+    for stage in ("build_samples", "ctr_samples"):
+        assert_same(out.rejects[stage].get(slot, Counter()), _own(ref.rejects, impression_slot, slot),
+                    f"{stage} rejects")
+    assert_same(out.samples.get(slot, {}), ref.kept, "courier_samples")
+    assert len(ref.kept) >= 5, "too few page views kept for the check to mean much"
+    assert_same(out.ctr.get(slot, {}), ref.ctr, "ctr_samples")
+
+
+def check_totals(refs: list[Reference], out: Output, result: SampleBuildResult, record: RunRecord) -> None:
+    """The keys every example shares, and the stages' counts: the sums of the reference's."""
+    slots = {ref.world.plan.slot for ref in refs} | {None}
+    assert set(out.item_rejects) | set(out.categories) | set(out.samples) | set(out.ctr) <= slots
+    assert all(set(by_slot) <= slots for by_slot in out.rejects.values())
+    item_rejects = sum((ref.item_rejects for ref in refs), Counter())
+    rejects = sum((ref.rejects for ref in refs), Counter())
+    assert_same(out.item_rejects.get(None, Counter()), _own(item_rejects, item_slot, None),
+                "item_images rejects of the items NULL and -1")
+    assert not out.categories.get(None) and out.image_sizes <= {(16, 16)}
+    for stage in ("build_samples", "ctr_samples"):
+        assert_same(out.rejects[stage].get(None, Counter()), _own(rejects, impression_slot, None),
+                    f"{stage} rejects of request_id NULL and item NULL or -1")
+
     m = result.items.metrics
-    assert m["items_in"] == len(world.items) and m["prepared"] == len(categories)
+    assert m["items_in"] == sum(len(ref.world.items) for ref in refs)
+    assert m["prepared"] == sum(len(ref.categories) for ref in refs)
     assert {k: v for k, v in m.items() if k.startswith("rejected.")} == _by_reason(item_rejects, "rejected.")
-
-    # build-samples: rejects, samples, counts
-    rejects = expected_rejects(exp)
-    assert _rejects(spark, cfg, "build_samples") == rejects
-    kept, drops = expected_samples(world, exp)
-    samples = {r["request_id"]: r for r in spark.table(t.qualified("courier_samples")).select(
-        "request_id", "user_id", "query", "pv_item_ids", "n_history", "dt").collect()}
-    assert set(samples) == set(kept)
-    for request_id, want in kept.items():
-        got = samples[request_id]
-        assert {k: got[k] for k in want} == want, request_id[:80]
-    assert len(kept) >= 5, "too few page views kept for the check to mean much"
+    in_scope = sum(len(ref.exp.in_scope) for ref in refs)
+    kept = sum(len(ref.kept) for ref in refs)
+    drops = sum((Counter(ref.drops) for ref in refs), Counter())
     m = result.samples.metrics
-    assert m["impressions_in"] == len(exp.in_scope)
+    assert m["impressions_in"] == in_scope
     assert {k: v for k, v in m.items() if k.startswith("impressions_rejected.")} == \
         _by_reason(rejects, "impressions_rejected.")
     assert (m["page_views_kept"], m["page_views_dropped_no_click"], m["page_views_dropped_no_history"]) == \
-        (len(kept), drops.get("no_click", 0), drops.get("no_history", 0))
+        (kept, drops["no_click"], drops["no_history"])
     assert m["impressions_downsampled"] == m["impressions_truncated"] == 0
-    assert m["training_rows_written"] == len(kept)
-
-    # ctr-samples: the same raw tables
-    record = build_ctr_samples(spark, cfg, world.start, world.end)
-    assert _rejects(spark, cfg, "ctr_samples") == rejects
-    want_ctr = expected_ctr(world, exp, categories)
-    got_ctr = {(r["request_id"], r["item_id"]): {"label": r["label"], "position": r["position"],
-                                                 "category": r["category"], "n_history": r["n_history"]}
-               for r in spark.table(t.qualified("ctr_samples")).selectExpr(
-                   "request_id", "item_id", "label", "position", "category",
-                   "size(history_item_ids) AS n_history").collect()}
-    assert got_ctr == want_ctr
-    assert record.metrics["rows_written"] == len(want_ctr)
-    assert record.metrics["impressions_in"] == len(exp.in_scope) == len(want_ctr) + sum(rejects.values())
+    assert m["training_rows_written"] == kept
+    ctr_rows = sum(len(ref.ctr) for ref in refs)
+    assert record.metrics["rows_written"] == ctr_rows
+    assert record.metrics["impressions_in"] == in_scope == ctr_rows + sum(rejects.values())
     # what the stages recorded in pipeline_runs is what they returned
-    runs = {r["stage"]: r["metrics"] for r in spark.table(t.qualified("pipeline_runs")).select("stage", "metrics")
-            .collect()}
-    assert runs == {"item_images": result.items.metrics, "build_samples": result.samples.metrics,
-                    "ctr_samples": record.metrics}
+    assert out.runs == {"item_images": result.items.metrics, "build_samples": result.samples.metrics,
+                        "ctr_samples": record.metrics}
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-          phases=(Phase.explicit, Phase.generate),  # no shrinking: each example runs both stages
-          suppress_health_check=list(HealthCheck))
-@given(plan=plans())
-def test_broken_raw_tables_are_rejected_row_by_row_and_good_rows_kept(spark, fuzz_cfg, plan):
-    run_and_check(spark, fuzz_cfg, make_world(plan))
+def run_era(spark, cfg: CourierConfig, refs: list[Reference]) -> list[str]:
+    """Both stages once on the examples of one era, side by side: what fails, example by example."""
+    (start, end, max_event_ts), = {(ref.world.start, ref.world.end, ref.world.max_event_ts) for ref in refs}
+    cfg = cfg.replace([f"samples.max_event_ts={max_event_ts.isoformat()}"])
+    write_worlds(spark, cfg, [ref.world for ref in refs])
+    result = build_samples(spark, cfg, start, end)
+    record = build_ctr_samples(spark, cfg, start, end)
+    out = read_output(spark, cfg)
+    failures = []
+    for ref in refs:
+        try:
+            check_example(ref, out)
+        except AssertionError as e:
+            failures.append(f"example {ref.world.plan.slot}: {e}\n  {ref.world.plan!r}")
+    try:
+        check_totals(refs, out, result, record)
+    except AssertionError as e:
+        failures.append(f"the era's shared keys or counts: {e}")
+    return failures
+
+
+@pytest.mark.parametrize("era", ERAS, ids=lambda d: d.isoformat())
+def test_broken_raw_tables_are_rejected_row_by_row_and_good_rows_kept(spark, fuzz_cfg, era, request):
+    rerun = (f"COURIER_FUZZ_SEED={FUZZ_SEED} COURIER_FUZZ_EXAMPLES={FUZZ_EXAMPLES} "
+             f".venv/bin/python -m pytest '{request.node.nodeid}'")
+    print(f"fuzz seed {FUZZ_SEED}; rerun: {rerun}")
+    refs = []
+    for plan in draw_plans(FUZZ_EXAMPLES, FUZZ_SEED):
+        if plan.era == era:
+            try:
+                refs.append(reference(make_world(plan)))
+            except AssertionError as e:
+                raise AssertionError(f"the generator or the reference, example {plan.slot}: {e}\n  {plan!r}\n"
+                                     f"rerun: {rerun}") from e
+    failures = run_era(spark, fuzz_cfg, refs)
+    assert not failures, f"{len(failures)} checks fail ({len(refs)} examples, then the era's totals); " \
+        f"rerun: {rerun}\n" + "\n".join(failures[:5])
 
 
 # --- explicit examples: page views split across dates, undated rows, the ends of the calendar ---

@@ -8,14 +8,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
-from courier.config import PROJECT_ROOT
+from courier.config import PROJECT_ROOT, CourierConfig
 from courier.schedule import (NIGHTLY_STEPS, PRODUCTION_MODEL, REFIT_STEPS, RETRAINING_STEPS, SKIP_EXIT_CODE,
                               Deployment, Step, asset_uri, python_command)
 from jobs.cli import build_parser
@@ -144,7 +146,28 @@ def test_the_deployment_defaults_come_from_the_environment(tmp_path):
             Deployment.from_env({"COURIER_ENV_ARCHIVE": unpackable})
 
 
-# ---------------------------------------------------------------- the nightly DAG, end to end
+# ---------------------------------------------------------------- the three DAGs, end to end
+# One warehouse and one Airflow home for the module, run as a first deployment would run them, each
+# DAG once (`airflow dags test`, three to six spark-submit jobs): courier_retraining trains and
+# promotes the first production model, courier_refit (scheduled on that promotion) embeds, clusters
+# and assigns every item with it, then courier_nightly takes in a day whose new items only its own
+# run can embed and assign. Each test asserts that nothing of its DAG's effect was there before the
+# run and that all of it is there after.
+
+DAY = dt.date(2026, 1, 4)                      # the nightly run's day: its data interval
+RETRAINING_AT = "2026-01-04T04:00:00+00:00"    # a Sunday, the weekly schedule's time
+REFIT_AT = "2026-01-04T05:00:00+00:00"         # after the promotion it is scheduled on
+NIGHTLY_AT = "2026-01-05T02:00:00+00:00"       # the run after DAY closes: interval [01-04 02:00, 01-05 02:00)
+# Items listed on DAY after the refit: copies (new ids, same image) of the first catalogue items,
+# so each must get its source's embedding and Cluster-ID. Six: a handful of rows, no extra Spark job.
+NEW_ITEMS, NEW_ID_OFFSET = 6, 1_000_000
+NEW_ITEMS_LISTED_AT = dt.datetime(2026, 1, 4, 12, 0)
+# Whichever of the three tests runs first sets up every DAG run it follows, and alone the test
+# shop and its encoder too: the shop and all three runs took 16 min 56 s and 26 min 4 s with the
+# 2-core machine loaded 6- to 16-fold (2026-12-06), where the suite's 900 s would cut them off.
+DAG_TEST_TIMEOUT = 2700
+DAG_STEPS = {"courier_retraining": RETRAINING_STEPS, "courier_refit": REFIT_STEPS, "courier_nightly": NIGHTLY_STEPS}
+
 
 def _run(cmd: list[str], env: dict, cwd: Path, timeout: int, what: str) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -152,70 +175,233 @@ def _run(cmd: list[str], env: dict, cwd: Path, timeout: int, what: str) -> subpr
     return out
 
 
+@dataclass(frozen=True)
+class DeployedCourier:
+    """The module's warehouse (``cfg``, the DAGs' profile) and the Airflow that runs the DAGs on it."""
+
+    cfg: CourierConfig
+    env: dict[str, str]
+    home: Path
+
+    def table(self, spark, name: str):
+        """The warehouse table ``name`` (a courier.tables name), as the DAG's jobs left it."""
+        return spark.table(self.cfg.tables.qualified(name))
+
+    def exists(self, spark, name: str) -> bool:
+        """Whether the warehouse holds the table ``name`` yet."""
+        return spark.catalog.tableExists(self.cfg.tables.qualified(name))
+
+    def dags_test(self, dag_id: str, logical_date: str) -> dict[str, str]:
+        """`airflow dags test` of one run; the run must succeed. Returns its tasks' states by task id.
+
+        The states come from Airflow's metadata database (SQLite): one query, where each
+        `airflow` CLI call would cost seconds of imports on 2 cores.
+        """
+        out = _run([str(AIRFLOW_BIN / "airflow"), "dags", "test", dag_id, logical_date], self.env, self.home, 900,
+                   f"airflow dags test {dag_id}")
+        with sqlite3.connect(self.home / "airflow.db") as db:
+            runs = db.execute("SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = ?", (dag_id,)).fetchall()
+            assert [(state, str(day)[:10]) for _, state, day in runs] == [("success", logical_date[:10])], (
+                runs, (out.stdout + out.stderr)[-4000:])
+            states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                                     (dag_id, runs[0][0])).fetchall())
+        # spark-submit ran this checkout's jobs (the mutants runner tests a copy of the checkout).
+        for step in DAG_STEPS[dag_id]:
+            application = PROJECT_ROOT / "jobs" / f"{step.job}.py"
+            assert not step.spark or str(application) in out.stdout + out.stderr, application
+        return states
+
+
 @pytest.fixture(scope="module")
-def nightly_state(spark, feature_db, encoder_config, registered_encoder: str):
-    """The state after a first retraining, on a copy of the test shop: a production model, item
-    embeddings, a cluster version and the items' Cluster-IDs. The DAG's jobs share the session's
-    warehouse through the catalog server, so they read (and write) what this session wrote."""
-    import mlflow
-    from mlflow import MlflowClient
+def deployed(spark, feature_db, encoder_config, tmp_path_factory) -> DeployedCourier:
+    """A copy of the test shop with its training rows before DAY and no model, embeddings or clusters
+    yet; its profile as the DAGs read it (COURIER_PROFILE), and a migrated Airflow home."""
+    from courier.tables import replace_where
 
-    from courier.features.assign import assign_items
-    from courier.features.cluster import cluster_embeddings
-    from courier.features.embed import embed_items
-    from courier.train.tracking import resolve_tracking_uri
+    cfg = feature_db(DATABASE).replace([
+        f"mlflow.registered_model={AIRFLOW_MODEL}", "mlflow.experiment=courier-airflow-test",
+        f"embed.model_uri=models:/{AIRFLOW_MODEL}@production", "cluster.k=8", "promote.max_rows=256"])
+    # One file per day: the last day's file is the retraining's hold-out, a whole day (batches of 64 to score).
+    rows = (spark.table(f"{encoder_config.tables.database}.courier_training_rows").where(F.col("dt") < F.lit(DAY))
+            .repartition(1))
+    replace_where(rows, cfg.tables.qualified("courier_training_rows"), f"dt < DATE'{DAY}'", partition_by=["dt"])
 
-    cfg = feature_db(DATABASE)
-    tracking = resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    mlflow.set_tracking_uri(tracking)
-    # A registered model of its own (the encoder's weights), so its production alias is this test's.
-    version = mlflow.register_model(f"models:/{cfg.mlflow.registered_model}/{registered_encoder}", AIRFLOW_MODEL)
-    MlflowClient(tracking).set_registered_model_alias(AIRFLOW_MODEL, "production", version.version)
-    cfg = cfg.replace([f"embed.model_uri=models:/{AIRFLOW_MODEL}@production", "cluster.k=8"])
-    embed_items(spark, cfg)
-    cluster_embeddings(spark, cfg)
-    assign_items(spark, cfg)
-    return cfg
-
-
-@pytest.mark.slow
-def test_the_nightly_dag_runs_end_to_end_under_airflow(spark, nightly_state, tmp_path):
-    """`airflow dags test` of courier_nightly for 2026-01-04: three spark-submit jobs, tables updated."""
-    cfg = nightly_state
+    home = tmp_path_factory.mktemp("airflow")
+    profile = home / "profile.yaml"
     # spark-submit gives the master and the JARs (--jars); the profile leaves both to it.
-    profile = tmp_path / "profile.yaml"
     profile.write_text(cfg.replace(["spark.master=null", "spark.jars_dir=null", "spark.driver_memory=2g"]).to_yaml())
-    table = lambda name: spark.table(cfg.tables.qualified(name))  # noqa: E731
-    before = {name: table(name).count() for name in ("item_embeddings", "pipeline_runs")}
-    assert not spark.catalog.tableExists(cfg.tables.qualified("courier_samples"))
-    bootstrap_end = table("pipeline_runs").agg(F.max("finished_at")).first()[0]
-
     env = {**os.environ,
-           "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
            "COURIER_PROFILE": str(profile), "COURIER_PYTHON": sys.executable, "COURIER_RETRIES": "0",
            # spark-submit comes from the project's venv (pyspark); Airflow's venv has none.
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    airflow = str(AIRFLOW_BIN / "airflow")
-    _run([airflow, "db", "migrate"], env, tmp_path, 300, "airflow db migrate")
-    _run([airflow, "dags", "test", "courier_nightly", "2026-01-05T02:00:00+00:00"], env, tmp_path, 900,
-         "airflow dags test courier_nightly")
-    runs = json.loads(_run([airflow, "dags", "list-runs", "courier_nightly", "-o", "json"], env, tmp_path, 120,
-                           "airflow dags list-runs").stdout.strip().splitlines()[-1])
-    assert [(r["state"], r["logical_date"][:10]) for r in runs] == [("success", "2026-01-05")]
+    _run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], env, home, 300, "airflow db migrate")
+    return DeployedCourier(cfg, env, home)
 
-    # The tables show the run: one pipeline_runs row per stage, after the bootstrap, for the interval's day.
-    new_runs = {r["stage"]: r for r in table("pipeline_runs").where(F.col("started_at") > bootstrap_end).collect()}
-    assert set(new_runs) == {"item_images", "build_samples", "embed", "assign"}  # build_samples records two
-    day = dt.date(2026, 1, 4)
-    assert (new_runs["build_samples"]["start_dt"], new_runs["build_samples"]["end_dt"]) == (day, day)
-    samples = table("courier_samples")
-    assert samples.where(F.col("dt") == day).count() > 0
-    assert samples.where(F.col("dt") != day).count() == 0
+
+def _registry(cfg: CourierConfig):
+    from courier.train.tracking import client, resolve_tracking_uri
+
+    return client(resolve_tracking_uri(cfg.mlflow.tracking_uri))
+
+
+def _runs_after(spark, deployed: DeployedCourier, after: dt.datetime | None) -> dict[str, dict]:
+    """pipeline_runs rows started after ``after`` (all when None), by stage."""
+    if not deployed.exists(spark, "pipeline_runs"):
+        return {}
+    runs = deployed.table(spark, "pipeline_runs")
+    if after is not None:
+        runs = runs.where(F.col("started_at") > F.lit(after))
+    return {r["stage"]: r.asDict() for r in runs.collect()}
+
+
+def _last_run_end(spark, deployed: DeployedCourier) -> dt.datetime | None:
+    if not deployed.exists(spark, "pipeline_runs"):
+        return None
+    return deployed.table(spark, "pipeline_runs").agg(F.max("finished_at")).first()[0]
+
+
+# Each DAG's fixture records what its run left before the next DAG runs, so the tests pass in any
+# order (the mutants runner orders them by its list).
+
+@pytest.fixture(scope="module")
+def retraining(spark, deployed: DeployedCourier) -> dict:
+    """courier_retraining's run on a registry without the model: its tasks' states, the rows it
+    could train on, then the registry's versions of the model and the MLflow run behind them."""
+    from mlflow.exceptions import MlflowException
+
+    registry = _registry(deployed.cfg)
+    with pytest.raises(MlflowException):
+        registry.get_registered_model(AIRFLOW_MODEL)
+    rows = deployed.table(spark, "courier_training_rows").count()
+    states = deployed.dags_test("courier_retraining", RETRAINING_AT)
+    versions = registry.search_model_versions(f"name='{AIRFLOW_MODEL}'")
+    aliases = {alias: registry.get_model_version_by_alias(AIRFLOW_MODEL, alias).version
+               for alias in ("candidate", "production")}
+    return {"states": states, "training_rows": rows, "versions": versions, "aliases": aliases,
+            "run": registry.get_run(versions[0].run_id) if versions else None}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DAG_TEST_TIMEOUT)
+def test_the_retraining_dag_registers_evaluates_and_promotes_a_model(deployed, retraining):
+    from courier.train import tracking
+    from courier.train.promotion import TAG_EVAL_PRODUCTION, TAG_PROMOTED_AT
+
+    assert retraining["states"] == {"train": "success", "evaluate": "success", "promote": "success"}
+    (version,) = retraining["versions"]
+    assert retraining["aliases"] == {"candidate": version.version, "production": version.version}
+    # Evaluated with no production model to beat, then promoted.
+    assert version.tags[TAG_EVAL_PRODUCTION] == "" and TAG_PROMOTED_AT in version.tags
+    assert 0.0 <= float(version.tags["courier.eval.row_auc"]) <= 1.0
+    # Trained by this Airflow run (its name is the run's timestamp) on the warehouse's training rows.
+    run = retraining["run"]
+    assert run.info.run_name == "retrain-20260104T040000"
+    assert run.data.tags[tracking.TAG_TABLE] == deployed.cfg.tables.qualified("courier_training_rows")
+    assert int(run.data.tags[tracking.TAG_ROWS]) == retraining["training_rows"]
+
+
+def _production_version(cfg: CourierConfig) -> str:
+    return str(_registry(cfg).get_model_version_by_alias(AIRFLOW_MODEL, "production").version)
+
+
+def _features(spark, deployed: DeployedCourier) -> dict:
+    """Every item, its embeddings, its current Cluster-IDs (by item id), the centroids, the production version."""
+    table = lambda name: deployed.table(spark, name)  # noqa: E731
+    return {"items": {r["item_id"] for r in table("item_images").select("item_id").collect()},
+            "embeddings": [r.asDict() for r in table("item_embeddings").collect()],
+            "current": {r["item_id"]: r.asDict() for r in table("item_image_features").where("valid_to IS NULL")
+                        .collect()},
+            "centroids": [r.asDict() for r in table("cluster_centroids").drop("centroid").collect()],
+            "production": _production_version(deployed.cfg)}
+
+
+@pytest.fixture(scope="module")
+def refit(spark, deployed: DeployedCourier, retraining) -> dict:
+    """courier_refit's run after the promotion, on a warehouse with no features yet: its tasks'
+    states, its pipeline_runs rows, then the features it left."""
+    for name in ("item_embeddings", "cluster_centroids", "item_image_features"):
+        assert not deployed.exists(spark, name), name
+    runs_end = _last_run_end(spark, deployed)
+    states = deployed.dags_test("courier_refit", REFIT_AT)
+    return {"states": states, "runs": _runs_after(spark, deployed, runs_end), **_features(spark, deployed)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DAG_TEST_TIMEOUT)
+def test_the_refit_dag_embeds_clusters_and_assigns_every_item_with_the_new_model(deployed, refit):
+    assert refit["states"] == {"embed": "success", "cluster": "success", "assign": "success"}
+    assert set(refit["runs"]) == {"embed", "cluster", "assign"}
+    production, items = refit["production"], sorted(refit["items"])
+    assert sorted(r["item_id"] for r in refit["embeddings"]) == items
+    assert {r["model_version"] for r in refit["embeddings"]} == {production}
+    # One new cluster version, fitted on those embeddings and tracked in MLflow.
+    centroids = refit["centroids"]
+    assert {(r["cluster_version"], r["model_version"]) for r in centroids} == {(1, production)}
+    assert sorted(r["cluster_id"] for r in centroids) == list(range(8))
+    assert _registry(deployed.cfg).get_run(centroids[0]["mlflow_run_id"]).info.status == "FINISHED"
+    # Every item on it.
+    current = refit["current"]
+    assert sorted(current) == items
+    assert {(r["cluster_version"], r["model_version"]) for r in current.values()} == {(1, production)}
+    assert {r["image_cluster_id"] for r in current.values()} <= {r["cluster_id"] for r in centroids}
+
+
+def _list_new_items(spark, deployed: DeployedCourier) -> None:
+    """NEW_ITEMS rows appended to raw_items, listed on DAY: the first items' images under new ids."""
+    raw_items = deployed.cfg.tables.qualified("raw_items")
+    listed_at = F.lit(NEW_ITEMS_LISTED_AT).cast(spark.table(raw_items).schema["updated_at"].dataType)
+    sources = spark.table(raw_items).orderBy("item_id").limit(NEW_ITEMS)
+    (sources.withColumn("item_id", F.col("item_id") + NEW_ID_OFFSET).withColumn("updated_at", listed_at)
+     .writeTo(raw_items).append())
+
+
+def _training_rows_by_day(spark, deployed: DeployedCourier) -> dict[dt.date, int]:
+    return {r["dt"]: r["count"] for r in deployed.table(spark, "courier_training_rows").groupBy("dt").count().collect()}
+
+
+@pytest.fixture(scope="module")
+def nightly(spark, deployed: DeployedCourier, refit) -> dict:
+    """courier_nightly's run for DAY, after NEW_ITEMS items were listed on DAY: the training rows
+    before it, its tasks' states, its pipeline_runs rows, the samples' days, the features after it."""
+    _list_new_items(spark, deployed)
+    for name in ("item_images", "item_embeddings", "item_image_features"):
+        assert deployed.table(spark, name).where(F.col("item_id") >= NEW_ID_OFFSET).count() == 0, name
+    assert not deployed.exists(spark, "courier_samples")
+    training_rows, runs_end = _training_rows_by_day(spark, deployed), _last_run_end(spark, deployed)
+    states = deployed.dags_test("courier_nightly", NIGHTLY_AT)
+    samples = {r["dt"] for r in deployed.table(spark, "courier_samples").select("dt").distinct().collect()}
+    return {"states": states, "runs": _runs_after(spark, deployed, runs_end), "samples": samples,
+            "training_rows": (training_rows, _training_rows_by_day(spark, deployed)), **_features(spark, deployed)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DAG_TEST_TIMEOUT)
+def test_the_nightly_dag_embeds_and_assigns_the_days_new_items(nightly):
+    assert nightly["states"] == {"build_samples": "success", "embed": "success", "assign": "success"}
+    # One pipeline_runs row per stage, for the interval's day; the new items only were prepared and embedded.
+    runs = nightly["runs"]
+    assert set(runs) == {"item_images", "build_samples", "embed", "assign"}  # build_samples records two
+    assert (runs["build_samples"]["start_dt"], runs["build_samples"]["end_dt"]) == (DAY, DAY)
+    assert runs["item_images"]["metrics"]["prepared"] == NEW_ITEMS
+    assert runs["embed"]["metrics"]["embedded"] == NEW_ITEMS
+    assert runs["assign"]["metrics"]["new_items"] == NEW_ITEMS
+    assert nightly["samples"] == {DAY}
+    before, after = nightly["training_rows"]
+    assert after.pop(DAY) > 0 and DAY not in before
+    assert after == before                                  # the other days' training rows untouched
+
+    # Each new item: its source's image, embedded by the production model, on its source's cluster.
+    production = nightly["production"]
+    embedded = {r["item_id"]: r for r in nightly["embeddings"] if r["model_version"] == production}
+    current = nightly["current"]
+    new = sorted(i for i in embedded if i >= NEW_ID_OFFSET)
+    assert len(new) == NEW_ITEMS
+    for item in new:
+        assert embedded[item]["content_hash"] == embedded[item - NEW_ID_OFFSET]["content_hash"]
+        assert embedded[item]["embedding"] == pytest.approx(embedded[item - NEW_ID_OFFSET]["embedding"], abs=1e-4)
+        assert (current[item]["cluster_version"], current[item]["model_version"]) == (1, production)
+        assert current[item]["image_cluster_id"] == current[item - NEW_ID_OFFSET]["image_cluster_id"]
     # Every item is embedded by the production model and carries a current Cluster-ID.
-    embedded = table("item_embeddings").select("item_id").distinct().count()
-    assert embedded == table("item_images").count() == before["item_embeddings"]
-    current = table("item_image_features").where("valid_to IS NULL")
-    assert current.count() == embedded
-    assert current.where("image_cluster_id IS NULL").count() == 0
+    assert set(embedded) == set(current) == nightly["items"]

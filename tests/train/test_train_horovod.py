@@ -1,9 +1,10 @@
 """`courier train` on the Horovod backend: 2 processes under horovod.spark.run (Gloo, CPU).
 
 One uninterrupted 2-process Horovod run is shared: it must learn and register its model
-like the DDP path, end with the same weights as a 2-process TorchDistributor run of the
-same config (only the plumbing differs), and be the reference of the kill -9 / resume test,
-whose killed and resumed runs are real `courier train --set train.backend=horovod` processes.
+like the DDP path, end with the same weights and Adam moments (which see the gradients'
+scale) as a 2-process TorchDistributor run of the same config (only the plumbing differs),
+and be the reference of the kill -9 / resume test, whose killed and resumed runs are real
+`courier train --set train.backend=horovod` processes.
 """
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def test_horovod_and_ddp_train_to_the_same_weights(horovod_run, spark, shop_conf
                                    rtol=1e-3, atol=1e-5, msg=name)
     for a, b in zip(hvd_state["history"], ddp_state["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    # Adam's step hardly depends on the gradients' scale, so equal weights would not notice
+    # gradients summed over the ranks instead of averaged. Adam's moments are the gradients'
+    # running mean and mean square, which would be x2 and x4 (2 ranks): they must agree too.
+    hvd_moments, ddp_moments = hvd_state["optimizer"]["state"], ddp_state["optimizer"]["state"]
+    assert hvd_moments.keys() == ddp_moments.keys() and ddp_moments
+    for param, fields in ddp_moments.items():
+        for field in ("exp_avg", "exp_avg_sq"):
+            want, got = fields[field], hvd_moments[param][field]
+            # relative to the whole tensor: equal to rounding (0.0 on 2026-12-06); summed: 1.0 and 3.0
+            error = float((got - want).norm() / want.norm())
+            assert error < 1e-3, f"optimizer state {param}.{field}: |horovod - ddp| / |ddp| = {error:.3g}"
 
 
 def _cli(config_path: Path, snapshot_path: Path, warehouse: Path) -> subprocess.Popen:
