@@ -4,7 +4,8 @@
 # Set-up = a venv with the pinned environment (constraints.txt) + the Delta JARs
 # resolved from Maven Central into .jars/ + Horovod built from source (the second training
 # backend, build/horovod/install.sh; its wheel is cached) + Airflow in a venv of its own
-# (.venv-airflow, locked by build/airflow/constraints.txt). Re-running it is a no-op.
+# (.venv-airflow, locked by build/airflow/constraints.txt) + the SQL endpoint's read-only
+# extension (build/sql-server/*.java, compiled into .jars/sql-server/). Re-running it is a no-op.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -14,15 +15,16 @@ JARS   := .jars/.resolved-stamp
 HOROVOD := $(VENV)/.horovod-stamp
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW := $(AIRFLOW_VENV)/.installed-stamp
+SQL_SERVER_JAR := .jars/sql-server/courier-sql-server.jar
 
 .PHONY: setup setup-gpu demo test mutants bench dist clean-warehouse
 
-setup: $(STAMP) $(JARS) $(HOROVOD) $(AIRFLOW)
+setup: $(STAMP) $(JARS) $(HOROVOD) $(AIRFLOW) $(SQL_SERVER_JAR)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,sql]'
 	touch $@
 
 # The sdist is hash-checked and patched (C++17 for torch >= 2.1); the built wheel is cached in
@@ -40,6 +42,16 @@ $(AIRFLOW): build/airflow/requirements.txt build/airflow/constraints.txt
 	$(AIRFLOW_VENV)/bin/python -m pip install -q -c build/airflow/constraints.txt -r build/airflow/requirements.txt
 	$(AIRFLOW_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
+
+# `courier sql-server`'s Spark SQL extension (refuses writes) and login check, compiled against the
+# pinned pyspark's JARs (courier/sql_server.py; tests/features/test_sql_endpoint.py tries them).
+# Order-only on the venv: a reinstall does not make Java rebuild.
+$(SQL_SERVER_JAR): $(wildcard build/sql-server/*.java) | $(STAMP)
+	@command -v javac >/dev/null || { echo "need javac (JDK 17) on PATH to build the SQL endpoint's extension"; exit 1; }
+	rm -rf build/target/sql-server/classes && mkdir -p build/target/sql-server/classes
+	javac -nowarn --release 17 -d build/target/sql-server/classes \
+	  -cp "$$($(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars/*" build/sql-server/*.java
+	mkdir -p $(@D) && jar cf $@ -C build/target/sql-server/classes .
 
 $(JARS): build/delta-jars.pom.xml
 	@command -v mvn >/dev/null || { echo "need mvn (Maven) on PATH to resolve the Delta Lake JARs"; exit 1; }

@@ -21,7 +21,7 @@ import numpy as np
 
 from pyspark.sql import functions as F
 
-from courier.config import load_config
+from courier.config import ClusterConfig, load_config
 from courier.features.assign import nearest_centroids
 from courier.features.kmeans import fit_spherical_kmeans, match_cluster_ids
 from courier.spark import build_spark_session
@@ -29,13 +29,13 @@ from courier.spark import build_spark_session
 
 def kept_share(x: np.ndarray, is_new: np.ndarray, k: int, seed: int, warm: bool) -> float:
     old = x[~is_new]
-    first = fit_spherical_kmeans(old, k, seed=seed)
+    first = fit_spherical_kmeans(old, ClusterConfig(k=k, seed=seed))
     ids = np.arange(k)
     if warm:
-        second = fit_spherical_kmeans(x, k, seed=seed + 1, init_centroids=first.centroids)
+        second = fit_spherical_kmeans(x, ClusterConfig(k=k, seed=seed + 1), init_centroids=first.centroids)
         second_ids = match_cluster_ids(second.centroids, first.centroids, ids)
     else:
-        second = fit_spherical_kmeans(x, k, seed=seed + 1)
+        second = fit_spherical_kmeans(x, ClusterConfig(k=k, seed=seed + 1))
         second_ids = ids
     before, _ = nearest_centroids(old, first.centroids, ids)
     after, _ = nearest_centroids(old, second.centroids, second_ids)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from courier.ctr.config import CtrConfig
+from courier.config.ctr import CtrConfig
 from courier.ctr.data import CtrArrays, ImageVectors, Vocabularies, encode
 from courier.ctr.train import fit_ctr
 

@@ -38,8 +38,9 @@ def register_encoder(cfg) -> str:
     """Log a random-init EmbeddingModel the way `courier train` does; returns its version."""
     from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
     from courier.model import build_image_encoder
-    from courier.model.serving import EmbeddingModel, PreprocessingSpec
-    from courier.train import tracking
+    from courier import tracking
+    from courier.model.serving import EmbeddingModel
+    from courier.tracking.models import PreprocessingSpec
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     experiment = tracking.ensure_experiment(uri, cfg.mlflow.experiment, None)
@@ -56,7 +57,7 @@ def torch_loop(cfg, version: str, jpegs: list[bytes]) -> float:
     import torch
 
     from courier.data.decode import decode_jpeg
-    from courier.train.tracking import resolve_tracking_uri
+    from courier.tracking import resolve_tracking_uri
 
     t0 = time.perf_counter()
     mlflow.set_registry_uri(resolve_tracking_uri(cfg.mlflow.tracking_uri))
@@ -81,7 +82,7 @@ def main() -> None:
 
     from courier.features.embed import embed_items
     from courier.samples.build import build_item_images
-    from courier.world_tables import write_world
+    from courier.world.warehouse import write_world
 
     warehouse = Path(tempfile.mkdtemp(prefix="courier-bench-embed-"))
     try:

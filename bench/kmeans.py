@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from courier.config import ClusterConfig
 from courier.features.assign import nearest_centroids
 from courier.features.kmeans import fit_spherical_kmeans, gpu_available
 
@@ -78,7 +79,7 @@ def compare(x: np.ndarray, k: int, niters: list[int], seed: int) -> dict:
     fits = []
     for niter in niters:
         t0 = time.perf_counter()
-        fit = fit_spherical_kmeans(x, k, niter=niter, seed=seed)
+        fit = fit_spherical_kmeans(x, ClusterConfig(k=k, niter=niter, seed=seed))
         seconds = time.perf_counter() - t0
         q = quality(x, fit.centroids, "ip")
         fits.append({"niter": niter, "faiss_s": seconds, **q})
@@ -101,7 +102,7 @@ def curve(ns: list[int], ks: list[int], d: int, niter: int, mppc: int) -> list[d
             if k * 2 > n:
                 continue
             t0 = time.perf_counter()
-            fit = fit_spherical_kmeans(x, k, niter=niter, max_points_per_centroid=mppc)
+            fit = fit_spherical_kmeans(x, ClusterConfig(k=k, niter=niter, max_points_per_centroid=mppc))
             fit_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             nearest_centroids(x, fit.centroids, np.arange(k))

@@ -21,12 +21,12 @@ import logging
 import time
 from pathlib import Path
 
-from courier.config import load_config
+from courier.config import TrainConfig, load_config
 from courier.data import make_batch_source, pin_training_snapshot
 from courier.demo import world_date_range
 from courier.samples.build import build_samples
 from courier.spark import build_spark_session
-from courier.world_tables import write_world
+from courier.world.warehouse import write_world
 
 DB = "courier_bench_loader"
 
@@ -60,7 +60,8 @@ def _build_if_needed(args: argparse.Namespace):
 
 def _measure(snapshot, kind: str, workers: int, batch_size: int, epochs: int) -> dict:
     source = make_batch_source(snapshot, rank=0, world_size=1, batch_size=batch_size, seed=0,
-                               workers=workers, kind=kind)
+                               workers=workers, kind=kind, shuffle_window=TrainConfig().shuffle_window,
+                               group_by_query=False)
     images = rows = 0
     first_batch = []
     t0 = time.perf_counter()

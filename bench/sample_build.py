@@ -24,7 +24,7 @@ from courier.config import load_config
 from courier.demo import world_date_range
 from courier.samples.build import SORT_AGGREGATE, build_samples
 from courier.spark import build_spark_session, session_conf
-from courier.world_tables import write_world
+from courier.world.warehouse import write_world
 from shops import session_overrides, shop_overrides
 
 

@@ -28,7 +28,7 @@ from courier.samples.build import build_samples
 from courier.samples.training_rows import training_rows
 from courier.spark import build_spark_session, session_conf
 from courier.tables import date_range_predicate
-from courier.world_tables import write_world
+from courier.world.warehouse import write_world
 from shops import session_overrides, shop_overrides
 
 VARIANTS = {

@@ -136,7 +136,7 @@ def project_backbone() -> nn.Module | None:
         from courier.model.small_cnn import SmallCNN
     except ImportError:
         return None
-    net = SmallCNN(embedding_dim=256)
+    net = SmallCNN(embedding_dim=256, gradient_checkpointing=False)
     net.head = nn.Identity()  # pooled backbone features, as kNN on embeddings would use
     return net
 

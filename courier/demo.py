@@ -16,7 +16,7 @@ from courier.features.views import FEATURE_VIEWS
 from courier.samples.build import build_samples
 from courier.status import describe_tables
 from courier.train.launch import run_training
-from courier.world_tables import write_world
+from courier.world.warehouse import write_world
 
 # What `courier demo` changes under the user's --set (which wins): it trains the small CNN's
 # recipe (conf/local.yaml: 400 steps; fewer stay at random init's share, docs/CTR.md section 7)

@@ -18,7 +18,7 @@ from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from courier.catalog import CatalogServer, CatalogUnavailableError, DerbyJars, ensure_catalog_server, find_derby_jars
-from courier.config import PROJECT_ROOT, SparkConfig
+from courier.config import PROJECT_ROOT, Catalog, SparkConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def spark_conf(cfg: SparkConfig, catalog: CatalogServer | None = None) -> dict[s
         conf["spark.master"] = cfg.master
     if cfg.jars_dir:
         conf["spark.jars"] = ",".join(delta_jars(cfg.jars_dir))
-    if cfg.catalog == "derby":
+    if cfg.catalog == Catalog.DERBY:
         if "://" in warehouse:
             raise ValueError(f"spark.catalog=derby needs a local warehouse_dir, got {warehouse}")
         if catalog is None:
@@ -102,10 +102,9 @@ def spark_conf(cfg: SparkConfig, catalog: CatalogServer | None = None) -> dict[s
             # Effective when this process starts the JVM; under spark-submit, --driver-class-path.
             "spark.driver.extraClassPath": derby_jars(cfg).client,
         })
-    elif cfg.catalog == "in-memory":
+    elif cfg.catalog == Catalog.IN_MEMORY:
         conf["spark.sql.catalogImplementation"] = "in-memory"
-    elif cfg.catalog != "external":
-        raise ValueError(f"spark.catalog must be derby, external or in-memory, got {cfg.catalog!r}")
+    # Catalog.EXTERNAL: the metastore is configured in spark.conf (SparkConfig checks the choice).
     conf.update(cfg.conf)
     return conf
 
@@ -131,13 +130,13 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     catalog = None
-    if cfg.catalog == "derby":
+    if cfg.catalog == Catalog.DERBY:
         catalog = ensure_catalog_server(resolve_path(cfg.warehouse_dir), derby_jars(cfg), cfg.catalog_idle_s)
     conf = spark_conf(cfg, catalog)
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)
-    if cfg.catalog != "in-memory":
+    if cfg.catalog != Catalog.IN_MEMORY:
         builder = builder.enableHiveSupport()
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
 from courier.tables import delta_version
+from courier.tracking import client, resolve_tracking_uri
 
 # Every table of the contract, in pipeline order (architecture.md).
 TABLES = ("raw_items", "raw_impressions", "item_images", "courier_samples", "courier_training_rows",
@@ -84,8 +85,6 @@ def table_states(spark: SparkSession, cfg: CourierConfig) -> list[TableState]:
 def model_aliases(cfg: CourierConfig) -> dict[str, str]:
     """alias -> version of the registered encoder (empty when nothing is registered yet)."""
     from mlflow.exceptions import MlflowException
-
-    from courier.train.tracking import client, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     try:

@@ -16,7 +16,8 @@
     courier experiment                          # the CTR comparison of experiment.variants: RESULTS.md + report
     courier demo                                # everything above on the embedded default, then a summary
     courier status                              # latest run per stage, rejects, table versions, aliases, clusters
-    courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
+    courier sql "SELECT * FROM courier.courier_samples LIMIT 5"   # through the SQL endpoint when it is up
+    courier sql-server start|stop|status        # the analysts' read-only JDBC/ODBC endpoint on loopback
 
 Every subcommand takes ``--profile`` (conf/<profile>.yaml or a path) and
 repeatable ``--set section.key=value`` overrides, and logs the resolved config.
@@ -67,7 +68,7 @@ def _spark(cfg: CourierConfig):
 
 
 def cmd_generate_world(args: argparse.Namespace) -> int:
-    from courier.world_tables import write_world
+    from courier.world.warehouse import write_world
 
     cfg = _config(args)
     record = write_world(_spark(cfg), cfg)
@@ -222,11 +223,34 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    from courier.sql_server import endpoint_for, run_statements, warehouse_path
+
     cfg = _config(args)
-    spark = _spark(cfg)
     statements = [args.query] if args.query else [s for s in sys.stdin.read().split(";") if s.strip()]
+    endpoint = None if args.no_endpoint else endpoint_for(cfg.spark)
+    if endpoint is not None:  # no JVM here: the running endpoint answers (courier sql-server)
+        run_statements(endpoint, statements, args.limit, args.truncate)
+        return 0
+    if not args.no_endpoint:
+        print(f"courier sql: no SQL endpoint is up for {warehouse_path(cfg.spark)} (`courier sql-server start`); "
+              "starting a Spark session of its own", file=sys.stderr)
+    spark = _spark(cfg)
     for statement in statements:
         spark.sql(statement).show(args.limit, truncate=args.truncate)
+    return 0
+
+
+def cmd_sql_server(args: argparse.Namespace) -> int:
+    from courier.sql_server import server_status, start_sql_server, stop_sql_server, warehouse_path
+
+    cfg = _config(args)
+    warehouse = warehouse_path(cfg.spark)
+    if args.action == "start":
+        start_sql_server(cfg.spark, port=args.port)
+    elif args.action == "stop":
+        print("stopped" if stop_sql_server(warehouse) else f"no SQL endpoint was running for {warehouse}")
+        return 0
+    print(server_status(warehouse))
     return 0
 
 
@@ -289,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="?")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--truncate", type=int, default=60)
+    p.add_argument("--no-endpoint", action="store_true", help="run in a Spark session of its own even when "
+                   "the SQL endpoint is up")
+    p = add("sql-server", cmd_sql_server, "the analysts' read-only SQL endpoint (Thrift JDBC/ODBC on loopback) "
+            "over the warehouse")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--port", type=int, default=10000, help="TCP port on 127.0.0.1 (start; default 10000)")
     return parser
 
 
@@ -297,15 +327,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from courier.config import ConfigError
     from courier.ctr.data import CtrDataError
     from courier.features.cluster import ClusteringError
-    from courier.features.model_ref import ModelResolutionError
+    from courier.tracking.models import ModelResolutionError
     from courier.tables import ConcurrentRunError, ReconciliationError, SchemaError
     from courier.catalog import CatalogUnavailableError
+    from courier.sql_server import SqlServerError
     from courier.experiment.run import LeakageError
     from courier.experiment.trainset import TrainingSetError
     from courier.train.errors import PromotionError
 
     return (ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError,
-            PromotionError, CatalogUnavailableError, ConcurrentRunError, LeakageError, TrainingSetError)
+            PromotionError, CatalogUnavailableError, ConcurrentRunError, LeakageError, TrainingSetError,
+            SqlServerError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

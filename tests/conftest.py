@@ -101,7 +101,7 @@ def shop_config(base_config: CourierConfig, tmp_path_factory: pytest.TempPathFac
 def training_table(spark, shop_config: CourierConfig) -> str:
     """courier_training_rows of the tiny shop (qualified name)."""
     from courier.samples.build import build_samples
-    from courier.world_tables import write_world
+    from courier.world.warehouse import write_world
 
     spark.sql(f"DROP DATABASE IF EXISTS {TRAIN_DB} CASCADE")
     spark.sql(f"CREATE DATABASE {TRAIN_DB}")
@@ -155,3 +155,27 @@ def feature_db(spark, shop_config: CourierConfig, encoder_config: CourierConfig,
         return encoder_config.replace([f"tables.database={name}", f"report.out_dir={reports}"])
 
     return make
+
+
+# The test encoder's item_embeddings over the training shop's items, embedded once per session.
+# Tests of the stages after embed (cluster, assign, their errors and faults) copy it instead of
+# each embedding the same 240 images with the same model again (~20-30 s of Python workers
+# loading torch per embed on 2 cores). Tests *of* embed run their own.
+EMBEDDED_DB = "courier_embedded_test"
+
+
+@pytest.fixture(scope="session")
+def copy_embeddings(spark, feature_db: Callable[[str], CourierConfig]) -> Callable[[CourierConfig], int]:
+    """``copy_embeddings(cfg)``: the shared item_embeddings written into cfg's database; its row count."""
+    from courier.features.embed import embed_items
+
+    source = feature_db(EMBEDDED_DB)
+    embed_items(spark, source)
+    embedded = source.tables.qualified("item_embeddings")
+
+    def copy(cfg: CourierConfig) -> int:
+        table = cfg.tables.qualified("item_embeddings")
+        spark.table(embedded).write.format("delta").saveAsTable(table)
+        return spark.table(table).count()
+
+    return copy

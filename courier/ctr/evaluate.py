@@ -14,7 +14,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from courier.config import CourierConfig
-from courier.ctr.config import CtrConfig
+from courier.config.ctr import CtrConfig
 from courier.ctr.data import (
     CtrArrays,
     CtrDataError,

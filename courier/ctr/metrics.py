@@ -71,7 +71,7 @@ class Lift:
     resamples: int
 
 
-def paired_bootstrap_lift(labels: np.ndarray, variant: np.ndarray, baseline: np.ndarray, resamples: int = 200,
+def paired_bootstrap_lift(labels: np.ndarray, variant: np.ndarray, baseline: np.ndarray, resamples: int,
                           confidence: float = 0.95, seed: int = 0) -> Lift:
     """Lift of ``variant`` over ``baseline`` scores, both rescored on the same resampled impressions.
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from courier.ctr.config import CtrConfig
+from courier.config.ctr import CtrConfig
 from courier.ctr.data import MAX_POSITION, UNKNOWN, CtrTensors, Vocabularies
 
 

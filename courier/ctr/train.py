@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from courier.ctr.config import CtrConfig
+from courier.config.ctr import CtrConfig
 from courier.ctr.data import CtrTensors, Vocabularies
 from courier.ctr.metrics import auc
 from courier.ctr.model import DinCtrModel

@@ -2,8 +2,8 @@
 
 Public API:
     TrainingSnapshot, pin_training_snapshot, SnapshotError   -- the pinned version (snapshot.py)
-    BatchSource, make_batch_source, EpochRowCountError,
-    EpochStats                                               -- the loader interface (source.py)
+    BatchSource, make_batch_source                           -- the loader interface (source.py)
+    EpochRowCountError, EpochStats                           -- what an epoch read (epoch.py)
     IMAGENET_MEAN, IMAGENET_STD, RowDecoder, decode_jpeg     -- decoding (decode.py)
 
 See docs/TRAINING_DATA.md.
@@ -19,8 +19,9 @@ from courier.data.decode import (
     decode_jpeg,
     decode_jpegs,
 )
+from courier.data.epoch import EpochRowCountError, EpochStats
 from courier.data.snapshot import SnapshotError, TrainingSnapshot, pin_training_snapshot
-from courier.data.source import BatchSource, EpochRowCountError, EpochStats, make_batch_source
+from courier.data.source import BatchSource, make_batch_source
 
 __all__ = [
     "BATCH_KEYS",

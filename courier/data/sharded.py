@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from courier.data.decode import BATCH_KEYS, RowDecoder
+from courier.data.epoch import EpochRowCountError, EpochStats
 from courier.data.plan import EpochPlan, assign_files, plan_epoch, rows_per_rank, steps_per_epoch
 from courier.data.snapshot import TrainingSnapshot
-from courier.data.source import EpochRowCountError, EpochStats
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ class ShardedBatchSource(ABC):
         world_size: int,
         batch_size: int,
         seed: int,
-        workers: int = 1,
-        shuffle_window: int = 4,
-        group_by_query: bool = False,
+        workers: int,
+        shuffle_window: int,
+        group_by_query: bool,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")

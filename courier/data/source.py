@@ -1,6 +1,6 @@
 """The loader interface training uses: a BatchSource per rank, built from a pinned snapshot.
 
-Training code depends only on this module. ``kind`` picks the reader behind it:
+Training code depends only on this module (and on ``epoch.py``'s accounting). ``kind`` picks the reader behind it:
 ``"petastorm"`` (the default: Petastorm worker pool, JPEG decoding inside its
 workers via a TransformSpec) or ``"pyarrow"`` (plain pyarrow reads and a thread
 pool; a fallback and a cross-check). Both read the same files in the same
@@ -8,7 +8,6 @@ order and yield identical batches for the same (seed, epoch).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol
 
 if TYPE_CHECKING:
@@ -16,32 +15,10 @@ if TYPE_CHECKING:
 
     from courier.data.snapshot import TrainingSnapshot
 
-KINDS = ("petastorm", "pyarrow")
+from courier.checks import choices, one_of
+from courier.config import LoaderKind
 
-
-class EpochRowCountError(RuntimeError):
-    """An epoch read a different number of rows than the snapshot promised (a short, long or empty epoch)."""
-
-    def __init__(self, message: str, *, table: str, version: int, rank: int, epoch: int,
-                 expected: int, read: int) -> None:
-        super().__init__(message)
-        self.table, self.version, self.rank, self.epoch = table, version, rank, epoch
-        self.expected, self.read = expected, read
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    """What one rank's pass over an epoch read; kept as ``source.last_epoch_stats`` and logged."""
-
-    epoch: int
-    rank: int
-    files: int              # files read (all of the rank's files, or those from the resume point on)
-    rows_expected: int      # rows the snapshot records for those files
-    rows_read: int          # rows the reader returned (== rows_expected, or EpochRowCountError)
-    rows_skipped: int       # rows before the resume point in the first window read (skip > 0)
-    rows_in_batches: int    # rows yielded: batches * batch_size
-    rows_left_over: int     # rows read beyond the last full batch (not trained on this epoch)
-    batches: int
+KINDS = choices(LoaderKind)
 
 
 class BatchSource(Protocol):
@@ -67,26 +44,28 @@ def make_batch_source(
     world_size: int,
     batch_size: int,
     seed: int,
-    workers: int = 1,
-    kind: str = "petastorm",
-    shuffle_window: int = 4,
-    group_by_query: bool = False,
+    *,
+    workers: int,
+    kind: str,
+    shuffle_window: int,
+    group_by_query: bool,
 ) -> BatchSource:
     """The BatchSource of ``rank`` out of ``world_size`` over ``snapshot``.
 
-    ``workers``: reader threads decoding row groups. ``shuffle_window``: files
+    Every reader setting is required (training passes its ``train`` section's: ``loader_workers``,
+    ``loader_kind``, ``shuffle_window``, ``batch_grouping``), so no default is written twice.
+    ``kind``: one of ``LoaderKind``. ``workers``: reader threads decoding row groups. ``shuffle_window``: files
     (row groups) whose rows are shuffled together; with ``workers`` it sets the
     memory bound (see ``ShardedBatchSource.memory_estimate_bytes``). ``group_by_query``:
     batches drawn one query at a time within each window (hard in-batch negatives).
     """
-    if kind == "petastorm":
+    kind = one_of(LoaderKind, kind, "train.loader_kind")
+    if kind == LoaderKind.PETASTORM:
         from courier.data.petastorm_source import PetastormBatchSource
 
         return PetastormBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window,
                                     group_by_query)
-    if kind == "pyarrow":
-        from courier.data.arrow_source import PyArrowBatchSource
+    from courier.data.arrow_source import PyArrowBatchSource  # LoaderKind.PYARROW
 
-        return PyArrowBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window,
-                                  group_by_query)
-    raise ValueError(f"loader kind must be one of {KINDS}, got {kind!r}")
+    return PyArrowBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window,
+                              group_by_query)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from courier.config import CourierConfig
-from courier.experiment.config import ExperimentConfig, encoder_variants
+from courier.config.experiment import ExperimentConfig, encoder_variants
 
 FEATURE_TABLES = ("item_embeddings", "cluster_centroids", "item_image_features", "ctr_samples",
                   "item_clusters_current", "cluster_summary", "category_clusters", "cluster_click_share_daily")

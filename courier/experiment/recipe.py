@@ -187,7 +187,7 @@ def score_embeddings(cfg: CourierConfig, ts: TrainingSet, selection: Selection, 
     """k-means Cluster-IDs of ``x`` (k: cluster.k unless given) scored by the CTR model on the
     validation days, plus style metrics."""
     k = k or cfg.cluster.k
-    fit = fit_spherical_kmeans(x, k, niter=cfg.cluster.niter, seed=cfg.cluster.seed)
+    fit = fit_spherical_kmeans(x, dataclasses.replace(cfg.cluster, k=k))
     ids = np.argmax(x @ fit.centroids.T, axis=1).astype(np.int64)  # nearest centroid (cosine)
     auc, share = selection.share(cfg, ImageFeatureOverride("courier", ts.item_ids, ids))
     known = ts.style >= 0

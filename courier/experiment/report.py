@@ -11,21 +11,19 @@ import datetime as dt
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
+from courier.config.experiment import variant_of
 from courier.ctr.evaluate import CtrDataset
 from courier.ctr.metrics import Lift, paired_bootstrap_lift
-from courier.experiment.config import variant_of
+from courier.experiment.state import ArmResult, ExperimentState
 from courier.features.report import write_report as feature_pictures
 from courier.spark import resolve_path
-
-if TYPE_CHECKING:
-    from courier.experiment.run import ArmResult, ExperimentState
 
 
 @dataclass
@@ -78,8 +76,8 @@ class ExperimentSummary:
         return "\n".join(lines)
 
 
-def summarise(cfg: CourierConfig, results: dict[str, list["ArmResult"]], data: CtrDataset,
-              state: "ExperimentState") -> ExperimentSummary:
+def summarise(cfg: CourierConfig, results: dict[str, list[ArmResult]], data: CtrDataset,
+              state: ExperimentState) -> ExperimentSummary:
     """Lifts of every arm against ``none``, seed by seed, and their bootstrap intervals."""
     none = {r.seed: r for r in results["none"]}
     labels = data.test.label
@@ -135,7 +133,7 @@ def style_scores(spark: SparkSession, cfg: CourierConfig, variant: str, seed: in
 def write_report(spark: SparkSession, cfg: CourierConfig, summary: ExperimentSummary, out_dir: Path) -> None:
     """Pictures, report.html in ``out_dir`` and the Markdown summary at ``experiment.results_md``."""
     from courier.experiment.arms import variant_config
-    from courier.experiment.config import encoder_builds
+    from courier.config.experiment import encoder_builds
 
     out_dir.mkdir(parents=True, exist_ok=True)
     builds: dict[str, list[int | None]] = {"published": [None]} if "published" in cfg.experiment.variants else {}
@@ -186,7 +184,7 @@ def _lift_bars(summary: ExperimentSummary, path: Path) -> Path:
 
 def steps_curve(summary: ExperimentSummary) -> list[tuple[int, str, ArmSummary]]:
     """(train steps, variant, Cluster-ID arm) of COURIER at each budget, random init as step 0."""
-    from courier.experiment.config import STEPS_PREFIX
+    from courier.config.experiment import STEPS_PREFIX
 
     arm_of = {"random_init": "random_init", "courier": "courier/cluster_id"}
     points = []

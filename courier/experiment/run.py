@@ -16,59 +16,24 @@ import datetime as dt
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pyspark.sql import SparkSession
 
+from courier import tracking
 from courier.config import CourierConfig
+from courier.config.experiment import encoder_builds, encoder_key, encoder_seed
 from courier.ctr.data import CtrDataError, DateSplit, ImageFeatureOverride, ImageVectors
 from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
 from courier.experiment.arms import Arm, arms, base_config, variant_config
-from courier.experiment.config import encoder_builds, encoder_key, encoder_seed
+from courier.experiment.report import ExperimentSummary, summarise, write_report
+from courier.experiment.state import ArmResult, ExperimentState
 from courier.spark import resolve_path
-from courier.train import tracking
-
-if TYPE_CHECKING:
-    from courier.experiment.report import ExperimentSummary
 
 log = logging.getLogger(__name__)
 MLFLOW_EXPERIMENT_SUFFIX = "-ctr-experiment"
-
-
-@dataclass
-class ArmResult:
-    """One CTR model of one arm and seed: its metrics and its test scores."""
-
-    arm: str
-    seed: int
-    metrics: dict[str, float]
-    scores: np.ndarray
-
-
-@dataclass
-class ExperimentState:
-    """What a run of the experiment has finished (state.json)."""
-
-    path: Path
-    parent_run_id: str | None = None
-    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, out_dir: Path) -> "ExperimentState":
-        path = out_dir / "state.json"
-        if not path.is_file():
-            return cls(path)
-        data = json.loads(path.read_text())
-        return cls(path, data.get("parent_run_id"), data.get("encoders", {}))
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"parent_run_id": self.parent_run_id, "encoders": self.encoders}, indent=2))
-        tmp.replace(self.path)  # atomic: a kill never leaves half a state file
 
 
 def date_range(spark: SparkSession, cfg: CourierConfig) -> tuple[dt.date, dt.date]:
@@ -160,10 +125,9 @@ def build_encoder_features(spark: SparkSession, cfg: CourierConfig, variant: str
             "train_window": [window[0].isoformat(), window[1].isoformat()]}
 
 
-def run_experiment(spark: SparkSession, cfg: CourierConfig) -> "ExperimentSummary":
+def run_experiment(spark: SparkSession, cfg: CourierConfig) -> ExperimentSummary:
     """Run (or continue) the comparison of ``cfg.experiment``; write RESULTS.md and the report."""
     from courier.ctr.samples import build_ctr_samples
-    from courier.experiment.report import summarise, write_report
 
     e = cfg.experiment
     out_dir = Path(resolve_path(e.out_dir))
@@ -291,7 +255,7 @@ def _log_child(cfg: CourierConfig, parent: str, arm: Arm, seed: int, metrics: di
 def _generate_shop(spark: SparkSession, cfg: CourierConfig) -> None:
     """The synthetic shop and its samples, for an experiment from nothing."""
     from courier.samples.build import build_samples
-    from courier.world_tables import write_world
+    from courier.world.warehouse import write_world
 
     write_world(spark, cfg)
     first = cfg.world.start.date()

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from courier.config.world import WorldConfig
 from courier.ctr.metrics import auc
 from courier.world.behaviour import draw_page_views, draw_users, plan_batches
-from courier.world.config import WorldConfig
 from courier.world.generate import draw_catalogue
 
 

@@ -26,7 +26,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from courier.config import CourierConfig, config_json
+from courier import tracking
+from courier.config import CourierConfig, GpuUse, config_json
 from courier.features.kmeans import KMeansFit, fit_spherical_kmeans, gpu_available, match_cluster_ids
 from courier.sql_files import run_sql_file
 from courier.tables import (ConcurrentRunError, RunRecord, WriteConflict, committing, ensure_table,
@@ -208,10 +209,9 @@ def cluster_embeddings(spark: SparkSession, cfg: CourierConfig, run_id: str | No
     if previous is not None and previous.model_version != model_version:
         previous = carried_centroids(spark, cfg, previous, model_version)
     init = _initial_centroids(previous, c.k, x, c.seed)
-    gpu = c.use_gpu == "yes" or (c.use_gpu == "auto" and gpu_available())
+    gpu = c.use_gpu == GpuUse.YES or (c.use_gpu == GpuUse.AUTO and gpu_available())
     with timed(timings, "fit"):
-        fit = fit_spherical_kmeans(x, c.k, niter=c.niter, seed=c.seed, max_points_per_centroid=c.max_points_per_centroid,
-                                   min_points_per_centroid=c.min_points_per_centroid, init_centroids=init, gpu=gpu)
+        fit = fit_spherical_kmeans(x, c, init_centroids=init, gpu=gpu)
     if previous is not None:
         ids = match_cluster_ids(fit.centroids, previous.centroids, previous.ids, first_fresh=used_ids)
     else:
@@ -265,8 +265,6 @@ def _track(cfg: CourierConfig, version: CentroidVersion, fit: KMeansFit, n_items
            previous: CentroidVersion | None, publish) -> str:
     """One MLflow run per fit; ``publish(run_id)`` writes the table inside it, so a failed write fails the run."""
     import mlflow
-
-    from courier.train import tracking
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location)

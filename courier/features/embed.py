@@ -23,12 +23,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from courier.config import CourierConfig, config_json
-from courier.features.config import EmbedConfig
-from courier.features.model_ref import ResolvedModel, default_model_uri, resolve_model
+from courier.config.features import EmbedConfig
 from courier.spark import session_conf
 from courier.sql_files import run_sql_file
 from courier.tables import (RunRecord, committing, count_by, ensure_table, merge_rejects, reconcile, require_columns,
                             retry_on_conflict, timed, utc_now)
+from courier.tracking import resolve_tracking_uri
+from courier.tracking.models import ResolvedModel, default_model_uri, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def embedding_udf(resolved: ResolvedModel, tracking_uri: str, cfg: EmbedConfig):
     from pyspark.ml.functions import predict_batch_udf
 
     make = make_predict_fn(resolved.uri, tracking_uri, resolved.spec.image_size, resolved.embedding_dim,
-                           cfg.device, cfg.torch_threads)
+                           str(cfg.device), cfg.torch_threads)  # a plain str into the pickled UDF
     return predict_batch_udf(make, return_type=UDF_OUTPUT, batch_size=cfg.batch_size)
 
 
@@ -155,8 +156,6 @@ def embed_items(spark: SparkSession, cfg: CourierConfig, model_uri: str | None =
 
 def _embed_once(spark: SparkSession, cfg: CourierConfig, model_uri: str | None, full: bool,
                 run_id: str) -> EmbedResult:
-    from courier.train.tracking import resolve_tracking_uri
-
     t, e = cfg.tables, cfg.embed
     started = utc_now()
     timings: dict[str, int] = {}

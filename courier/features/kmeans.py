@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from courier.config.features import ClusterConfig
+
 log = logging.getLogger(__name__)
 
 # Above this many (new x old) pairs the dense optimal matching (O(k^3)) is replaced by a
@@ -52,19 +54,16 @@ def gpu_available() -> bool:
 
 def fit_spherical_kmeans(
     x: np.ndarray,
-    k: int,
+    c: ClusterConfig,
     *,
-    niter: int = 20,
-    seed: int = 1234,
-    max_points_per_centroid: int = 256,
-    min_points_per_centroid: int = 5,
     init_centroids: np.ndarray | None = None,
     gpu: bool = False,
 ) -> KMeansFit:
-    """Fit k unit centroids to the unit vectors ``x`` [n, d] (cosine = inner product).
+    """Fit ``c.k`` unit centroids to the unit vectors ``x`` [n, d] (cosine = inner product).
 
+    ``c`` (the ``cluster`` section) gives k, niter, seed and the points per centroid.
     ``init_centroids`` [k, d] warm-starts the fit (a re-fit from the previous version).
-    faiss subsamples to ``k * max_points_per_centroid`` points itself, seeded by ``seed``.
+    faiss subsamples to ``k * c.max_points_per_centroid`` points itself, seeded by ``c.seed``.
 
     Raises:
         ValueError: fewer points than clusters, or shapes that do not match.
@@ -73,11 +72,12 @@ def fit_spherical_kmeans(
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
+    k = c.k
     if n < k:
         raise ValueError(f"k-means with k={k} needs at least k points, got {n}")
-    kmeans = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=True, gpu=gpu,
-                          max_points_per_centroid=max_points_per_centroid,
-                          min_points_per_centroid=min_points_per_centroid, verbose=False)
+    kmeans = faiss.Kmeans(d, k, niter=c.niter, seed=c.seed, spherical=True, gpu=gpu,
+                          max_points_per_centroid=c.max_points_per_centroid,
+                          min_points_per_centroid=c.min_points_per_centroid, verbose=False)
     init = None
     if init_centroids is not None:
         init = np.ascontiguousarray(init_centroids, dtype=np.float32)
@@ -89,7 +89,7 @@ def fit_spherical_kmeans(
     sizes = np.bincount(nearest[:, 0], minlength=k).astype(np.int64)
     stats = kmeans.iteration_stats
     last = stats[-1] if stats else {}
-    n_train = min(n, k * max_points_per_centroid)
+    n_train = min(n, k * c.max_points_per_centroid)
     return KMeansFit(
         centroids=centroids,
         sizes=sizes,

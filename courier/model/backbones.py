@@ -7,28 +7,45 @@ from a local file; every torchvision constructor is called with ``weights=None``
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from courier.model.config import ModelConfig
+from courier.config.model import Backbone, ModelConfig
 from courier.model.resnet import build_resnet
 from courier.model.small_cnn import SmallCNN
 from courier.model.swin import build_swin_t
 
 log = logging.getLogger(__name__)
 
-# Keys of the classification head that ``embedding_dim`` replaces; these are
-# never loaded from a weights file (ImageNet's head is a 1000-way classifier).
-HEAD_PREFIXES: dict[str, str] = {
-    "swin_t": "head.",
-    "resnet18": "fc.",
-    "resnet50": "fc.",
-    "small_cnn": "head.",
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """How one ``model.backbone`` is built, and which keys of its state dict are the head.
+
+    Attributes:
+        build: (embedding_dim, gradient_checkpointing) -> the backbone with a linear head to ``d``.
+        head_prefix: keys of the classification head that ``embedding_dim`` replaces; these are
+            never loaded from a weights file (ImageNet's head is a 1000-way classifier).
+    """
+
+    build: Callable[[int, bool], nn.Module]
+    head_prefix: str
+
+
+# The one registry of model.backbone: adding a backbone adds its entry here (and its Backbone member;
+# tests/unit/test_registries.py checks that the two agree).
+BACKBONE_FAMILIES: dict[Backbone, BackboneFamily] = {
+    Backbone.SWIN_T: BackboneFamily(build_swin_t, "head."),
+    Backbone.RESNET18: BackboneFamily(lambda d, gc: build_resnet("resnet18", d, gc), "fc."),
+    Backbone.RESNET50: BackboneFamily(lambda d, gc: build_resnet("resnet50", d, gc), "fc."),
+    Backbone.SMALL_CNN: BackboneFamily(lambda d, gc: SmallCNN(d, gradient_checkpointing=gc), "head."),
 }
+HEAD_PREFIXES: dict[str, str] = {name.value: family.head_prefix for name, family in BACKBONE_FAMILIES.items()}
 # Wrappers that prefix every key of a saved state dict (DDP, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -139,16 +156,6 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, head_prefix: st
     return report
 
 
-def _build_backbone(cfg: ModelConfig) -> nn.Module:
-    if cfg.backbone == "small_cnn":
-        return SmallCNN(cfg.embedding_dim, gradient_checkpointing=cfg.gradient_checkpointing)
-    if cfg.backbone in ("resnet18", "resnet50"):
-        return build_resnet(cfg.backbone, cfg.embedding_dim, cfg.gradient_checkpointing)
-    if cfg.backbone == "swin_t":
-        return build_swin_t(cfg.embedding_dim, cfg.gradient_checkpointing)
-    raise ValueError(f"unknown backbone {cfg.backbone!r}")  # ModelConfig validates; defensive
-
-
 def build_image_encoder(cfg: ModelConfig) -> ImageEncoder:
     """Build ``IB`` for ``cfg``: images [N, 3, H, W] (ImageNet-normalised) -> [N, d].
 
@@ -156,9 +163,10 @@ def build_image_encoder(cfg: ModelConfig) -> ImageEncoder:
     classification head ignored. The returned module outputs raw (not
     L2-normalised) embeddings.
     """
-    backbone = _build_backbone(cfg)
+    family = BACKBONE_FAMILIES[cfg.backbone]  # ModelConfig checked the choice
+    backbone = family.build(cfg.embedding_dim, cfg.gradient_checkpointing)
     if cfg.pretrained_weights_path is not None:
-        load_backbone_weights(backbone, cfg.pretrained_weights_path, HEAD_PREFIXES[cfg.backbone])
+        load_backbone_weights(backbone, cfg.pretrained_weights_path, family.head_prefix)
     encoder = ImageEncoder(backbone, cfg.embedding_dim, cfg.channels_last)
     if cfg.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from courier.config.model import LossConfig, ModelConfig
 from courier.model.backbones import ImageEncoder, build_image_encoder
-from courier.model.config import LossConfig, ModelConfig
 from courier.model.distributed import Collectives, active_collectives
 from courier.model.losses import ClickHead, LossOutput, courier_loss
 

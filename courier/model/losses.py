@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from courier.model.config import LossConfig
+from courier.config.model import Ablation, LossConfig
 from courier.model.distributed import Collectives, all_reduce_sum, gather_rows, world_size
 from courier.model.reconstruction import (
     Reconstruction,
@@ -205,6 +205,67 @@ def courier_loss(
         return _courier_loss(e_pv, pv_labels, e_click, click_mask, cfg, click_head, comm)
 
 
+@dataclass
+class _Terms:
+    """What the loss terms compare on this rank (PV masks flattened to B*Lp rows).
+
+    The embeddings stay [B, Lp, d]: each use flattens its own view, so that autograd sums their
+    gradients in the same order as one function did (bit-identical gradients).
+    """
+
+    e_pv: torch.Tensor  # [B, Lp, d] PV item embeddings (padding zeroed)
+    pv_recon: torch.Tensor  # [B, Lp, d] each PV item reconstructed from the row's clicks
+    pv_pos: torch.Tensor  # [B*Lp] clicked
+    pv_cols: torch.Tensor  # [B*Lp] positives of the PV term (clicked, with a history)
+    pv_pool: torch.Tensor  # [B*Lp] candidates of the PV term (every valid item, or the clicked ones: no_neg_pv)
+    bce_items: torch.Tensor  # [B*Lp] items of the click BCE (valid, with a history)
+    ucs_targets: torch.Tensor  # [B, d] the most recent click
+    ucs_recon: torch.Tensor  # [B, d] it, reconstructed from the earlier clicks
+    ucs_cols: torch.Tensor  # [B] rows with a UCS target
+    rec: Reconstruction  # the PV reconstruction (attention entropy)
+
+
+def _loss_terms(e_pv: torch.Tensor, pv_labels: torch.Tensor, e_click: torch.Tensor, click_mask: torch.Tensor,
+                cfg: LossConfig, dtype: torch.dtype) -> _Terms:
+    """Reconstruct every PV item from the row's clicks, and each row's latest click from the earlier ones."""
+    b, l_pv, d = e_pv.shape
+    click_mask = click_mask.bool()
+    pv_valid = pv_labels >= 0  # [B, Lp]
+    pv_pos = pv_labels == 1  # [B, Lp]
+    e_pv = e_pv.to(dtype).masked_fill(~pv_valid.unsqueeze(-1), 0.0)  # [B, Lp, d]
+    e_click = e_click.to(dtype).masked_fill(~click_mask.unsqueeze(-1), 0.0)  # [B, Lc, d]
+    no_rec = cfg.ablation == Ablation.NO_RECONSTRUCTION
+
+    # --- PV term: reconstruct every PV item from the row's clicks.
+    rec = reconstruct_without_query(l_pv, e_click, click_mask) if no_rec else reconstruct(e_pv, e_click, click_mask)
+    pv_cols = pv_pos & rec.has_history.unsqueeze(1)  # [B, Lp]
+    pv_pool = pv_pos if cfg.ablation == Ablation.NO_NEG_PV else pv_valid  # [B, Lp]
+
+    # --- UCS term: most recent click reconstructed from the earlier ones.
+    split = split_click_sequence(click_mask)
+    targets = e_click[torch.arange(b, device=e_click.device), split.target_index]  # [B, d]
+    if no_rec:
+        ucs_rec = reconstruct_without_query(1, e_click, split.history_mask)
+    else:
+        ucs_rec = reconstruct(targets.unsqueeze(1), e_click, split.history_mask)
+    return _Terms(e_pv=e_pv, pv_recon=rec.recon, pv_pos=pv_pos.reshape(-1),
+                  pv_cols=pv_cols.reshape(-1), pv_pool=pv_pool.reshape(-1),
+                  bce_items=(pv_valid & rec.has_history.unsqueeze(1)).reshape(-1),
+                  ucs_targets=targets, ucs_recon=ucs_rec.recon[:, 0], ucs_cols=split.has_target, rec=rec)
+
+
+def _click_bce_sum(t: _Terms, click_head: ClickHead | None, w_bce: float, dtype: torch.dtype) -> torch.Tensor:
+    """Summed BCE of the optional click head on ``[R, E_pv]`` over ``bce_items``; 0 when its weight is 0."""
+    if w_bce <= 0:
+        return t.e_pv.new_zeros(())
+    assert click_head is not None
+    head_dtype = next(click_head.parameters()).dtype
+    d = t.e_pv.shape[-1]
+    logits = click_head(t.pv_recon.reshape(-1, d).to(head_dtype), t.e_pv.reshape(-1, d).to(head_dtype)).to(dtype)  # [B*Lp]
+    bce = F.binary_cross_entropy_with_logits(logits, t.pv_pos.to(dtype), reduction="none")
+    return torch.where(t.bce_items, bce, torch.zeros_like(bce)).sum()
+
+
 def _courier_loss(
     e_pv: torch.Tensor,
     pv_labels: torch.Tensor,
@@ -215,76 +276,37 @@ def _courier_loss(
     comm: Collectives | None,
 ) -> LossOutput:
     dtype = torch.promote_types(torch.promote_types(e_pv.dtype, e_click.dtype), torch.float32)
-    b, l_pv, d = e_pv.shape
-    click_mask = click_mask.bool()
-    pv_valid = pv_labels >= 0  # [B, Lp]
-    pv_pos = pv_labels == 1  # [B, Lp]
-    e_pv = e_pv.to(dtype).masked_fill(~pv_valid.unsqueeze(-1), 0.0)  # [B, Lp, d]
-    e_click = e_click.to(dtype).masked_fill(~click_mask.unsqueeze(-1), 0.0)  # [B, Lc, d]
-    no_rec = cfg.ablation == "no_reconstruction"
-    contrast = cfg.ablation != "no_contrast"
-    w_pv, w_ucs, w_bce = cfg.w_pv, cfg.effective_w_ucs, cfg.click_bce_weight
+    t = _loss_terms(e_pv, pv_labels, e_click, click_mask, cfg, dtype)
+    contrast = cfg.ablation != Ablation.NO_CONTRAST
+    w_pv, w_ucs = cfg.w_pv, cfg.effective_w_ucs
     grad_on = torch.is_grad_enabled()
 
-    # --- PV term: reconstruct every PV item from the row's clicks.
-    rec = reconstruct_without_query(l_pv, e_click, click_mask) if no_rec else reconstruct(e_pv, e_click, click_mask)
-    pv_cols = pv_pos & rec.has_history.unsqueeze(1)  # [B, Lp]
-    pv_pool = pv_pos if cfg.ablation == "no_neg_pv" else pv_valid  # [B, Lp]
-
-    # --- UCS term: most recent click reconstructed from the earlier ones.
-    split = split_click_sequence(click_mask)
-    rows = torch.arange(b, device=e_click.device)
-    targets = e_click[rows, split.target_index]  # [B, d]
-    if no_rec:
-        ucs_rec = reconstruct_without_query(1, e_click, split.history_mask)
-    else:
-        ucs_rec = reconstruct(targets.unsqueeze(1), e_click, split.history_mask)
-    ucs_recon = ucs_rec.recon[:, 0]  # [B, d]
-    ucs_cols = split.has_target  # [B]
-
-    bce_items = pv_valid & rec.has_history.unsqueeze(1)  # [B, Lp]
-
     # Global normalisers must exist before the loss is built (one small all-reduce).
-    local_counts = torch.stack([pv_cols.sum(), ucs_cols.sum(), bce_items.sum()]).to(dtype)
-    n_pv, n_ucs, n_bce = all_reduce_sum(local_counts, comm).unbind()
+    local_counts = torch.stack([t.pv_cols.sum(), t.ucs_cols.sum(), t.bce_items.sum()]).to(dtype)
+    counts = all_reduce_sum(local_counts, comm)
 
     # A term with weight 0 is still computed for logging, but without autograd
     # (so it also issues no backward collective, consistently on every rank).
     with torch.set_grad_enabled(grad_on and w_pv > 0):
-        pv = contrastive_reconstruction_sums(
-            e_pv.reshape(b * l_pv, d),
-            rec.recon.reshape(b * l_pv, d),
-            pv_cols.reshape(-1),
-            pv_pool.reshape(-1),
-            cfg.tau,
-            contrast,
-            comm,
-        )
+        d = t.e_pv.shape[-1]
+        pv = contrastive_reconstruction_sums(t.e_pv.reshape(-1, d), t.pv_recon.reshape(-1, d), t.pv_cols, t.pv_pool,
+                                             cfg.tau, contrast, comm)
     with torch.set_grad_enabled(grad_on and w_ucs > 0):
-        ucs = contrastive_reconstruction_sums(targets, ucs_recon, ucs_cols, ucs_cols, cfg.tau, contrast, comm)
+        ucs = contrastive_reconstruction_sums(t.ucs_targets, t.ucs_recon, t.ucs_cols, t.ucs_cols, cfg.tau, contrast,
+                                              comm)
+    bce_sum = _click_bce_sum(t, click_head, cfg.click_bce_weight, dtype)
+    return _combine(pv, ucs, bce_sum, _entropy_sum(t.rec), counts, cfg, comm)
 
-    if w_bce > 0:
-        assert click_head is not None
-        head_dtype = next(click_head.parameters()).dtype
-        logits = click_head(
-            rec.recon.reshape(b * l_pv, d).to(head_dtype), e_pv.reshape(b * l_pv, d).to(head_dtype)
-        ).to(dtype)  # [B*Lp]
-        bce = F.binary_cross_entropy_with_logits(logits, pv_pos.reshape(-1).to(dtype), reduction="none")
-        bce_sum = torch.where(bce_items.reshape(-1), bce, torch.zeros_like(bce)).sum()
-    else:
-        bce_sum = e_pv.new_zeros(())
 
-    ent_sum, ent_count = _entropy_sum(rec)
+def _combine(pv: ContrastiveSums, ucs: ContrastiveSums, bce_sum: torch.Tensor,
+             entropy: tuple[torch.Tensor, torch.Tensor], counts: torch.Tensor, cfg: LossConfig,
+             comm: Collectives | None) -> LossOutput:
+    """This rank's sums -> the global means (logged) and the loss whose gradient is the global one."""
+    w_pv, w_ucs, w_bce = cfg.w_pv, cfg.effective_w_ucs, cfg.click_bce_weight
+    n_pv, n_ucs, n_bce = counts.unbind()
+    ent_sum, ent_count = entropy
     local_stats = torch.stack(
-        [
-            pv.loss_sum.detach(),
-            ucs.loss_sum.detach(),
-            bce_sum.detach(),
-            ent_sum,
-            ent_count,
-            pv.cos_sum,
-            ucs.cos_sum,
-        ]
+        [pv.loss_sum.detach(), ucs.loss_sum.detach(), bce_sum.detach(), ent_sum, ent_count, pv.cos_sum, ucs.cos_sum]
     )
     g_pv, g_ucs, g_bce, g_ent, g_ent_n, g_pv_cos, g_ucs_cos = all_reduce_sum(local_stats, comm).unbind()
     n_pv1, n_ucs1, n_bce1 = n_pv.clamp(min=1), n_ucs.clamp(min=1), n_bce.clamp(min=1)

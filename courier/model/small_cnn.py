@@ -28,7 +28,8 @@ class SmallCNN(nn.Module):
         self,
         embedding_dim: int,
         widths: tuple[int, ...] = (32, 64, 128, 256),
-        gradient_checkpointing: bool = False,
+        *,
+        gradient_checkpointing: bool,
     ) -> None:
         super().__init__()
         stages: list[nn.Module] = [_conv_bn_relu(3, widths[0], stride=2)]

@@ -1,7 +1,8 @@
 """``courier train``: COURIER pre-training on a pinned Delta snapshot (method.md, appendix E).
 
 Public API:
-    run_training, TrainResult, check_train_config   -- the driver side (launch.py)
+    run_training, check_train_config                -- the driver side (launch.py)
+    TrainResult                                     -- what a run produced (outputs.py)
     train_process                                   -- one training process (loop.py)
     evaluate_reconstruction                         -- held-out retrieval + health (evaluate.py)
     split_holdout                                   -- training / held-out files (holdout.py)
@@ -19,7 +20,7 @@ from courier.train.errors import CheckpointError, ResumeError, TrainingDataError
 
 _LAZY = {
     "run_training": "courier.train.launch",
-    "TrainResult": "courier.train.launch",
+    "TrainResult": "courier.train.outputs",
     "check_train_config": "courier.train.launch",
     "train_process": "courier.train.loop",
     "evaluate_reconstruction": "courier.train.evaluate",

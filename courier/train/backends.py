@@ -13,20 +13,28 @@ group, wraps the model and optimiser for gradient averaging, and talks to the ot
                         resume.
 
 Global-batch negatives go through ``courier.model.distributed.Collectives`` on both.
+
+``BACKENDS`` is the one registry of ``train.backend`` (``courier.config.TrainBackend``): each entry
+holds both halves, the driver's ``launch`` and the process's group plumbing, so adding a backend
+adds a member to TrainBackend and one class here (tests/unit/test_registries.py checks they agree).
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from courier.checks import one_of
+from courier.config import TrainBackend, TrainConfig
 from courier.model.distributed import Collectives, HorovodCollectives, TorchCollectives
 
 log = logging.getLogger("courier.train")
@@ -67,6 +75,11 @@ class TrainingBackend(ABC):
     name: str
     env: ProcessEnv
     comm: Collectives | None  # None when this process trains alone
+
+    @staticmethod
+    def launch(train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]) -> None:
+        """On the driver: run ``fn(job)`` in ``train.num_processes`` processes of this backend."""
+        raise NotImplementedError("a single process runs train_process(job) itself")
 
     @abstractmethod
     def start(self, use_gpu: bool) -> ProcessEnv:
@@ -128,7 +141,15 @@ class SingleProcessBackend(TrainingBackend):
 class TorchDistributedBackend(TrainingBackend):
     """torchrun's environment (TorchDistributor) -> torch.distributed + DDP."""
 
-    name = "torch_distributor"
+    name = TrainBackend.TORCH_DISTRIBUTOR.value
+
+    @staticmethod
+    def launch(train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]) -> None:
+        """TorchDistributor: ``train.local_mode`` runs the processes on the driver node, else on executors."""
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        TorchDistributor(num_processes=train.num_processes, local_mode=train.local_mode,
+                         use_gpu=train.use_gpu).run(fn, job)
 
     def start(self, use_gpu: bool) -> ProcessEnv:
         rank = int(os.environ.get("RANK", "0"))
@@ -157,7 +178,26 @@ class TorchDistributedBackend(TrainingBackend):
 class HorovodBackend(TrainingBackend):
     """``horovod.spark.run`` (or horovodrun) -> hvd.init() + hvd.DistributedOptimizer."""
 
-    name = "horovod"
+    name = TrainBackend.HOROVOD.value
+
+    @staticmethod
+    def launch(train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]) -> None:
+        """``horovod.spark.run``: one Spark task per process, Gloo rendezvous, the venv's interpreter.
+
+        Needs an active SparkContext with ``train.num_processes`` free task slots at once.
+        """
+        try:
+            import horovod.spark
+        except ImportError as exc:
+            raise RuntimeError("train.backend=horovod needs Horovod built into this environment: run "
+                               "build/horovod/install.sh (part of `make setup`)") from exc
+        env = dict(os.environ)
+        # The Spark tasks start the processes with this interpreter; they must import courier.
+        env.setdefault("PYSPARK_PYTHON", sys.executable)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
+                                                        env.get("PYTHONPATH", "")) if p)
+        horovod.spark.run(fn, args=(job,), num_proc=train.num_processes, use_gloo=True, env=env,
+                          executable=sys.executable, verbose=0, start_timeout=train.start_timeout_s)
 
     def start(self, use_gpu: bool) -> ProcessEnv:
         import horovod.torch as hvd
@@ -211,14 +251,15 @@ class HorovodBackend(TrainingBackend):
         scaler.update()
 
 
+# The one registry of train.backend: adding a backend adds its class here (and its TrainBackend member).
+BACKENDS: dict[TrainBackend, type[TrainingBackend]] = {
+    TrainBackend.TORCH_DISTRIBUTOR: TorchDistributedBackend,
+    TrainBackend.HOROVOD: HorovodBackend,
+}
+
+
 def make_backend(name: str, single_process: bool = False) -> TrainingBackend:
     """The backend of ``train.backend`` (``single_process``: ``--no-spark``, one process)."""
     if single_process:
         return SingleProcessBackend()
-    backends: dict[str, type[TrainingBackend]] = {
-        TorchDistributedBackend.name: TorchDistributedBackend,
-        HorovodBackend.name: HorovodBackend,
-    }
-    if name not in backends:
-        raise ValueError(f"train.backend must be one of {tuple(backends)}, got {name!r}")
-    return backends[name]()
+    return BACKENDS[one_of(TrainBackend, name, "train.backend")]()

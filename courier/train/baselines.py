@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from courier.config import CourierConfig
-from courier.train import tracking
+from courier import tracking
+from courier.config import CourierConfig, Objective
 from courier.train.errors import TrainingDataError
+from courier.train.outputs import TrainResult, embedding_model
 
 log = logging.getLogger(__name__)
-IMAGE_OBJECTIVES = ("random_init", "label_aligned", "simclr")
+IMAGE_OBJECTIVES = tuple(o for o in Objective if o != Objective.COURIER)
 
 
 def _item_images(spark: Any, cfg: CourierConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -97,13 +98,13 @@ class _Objective(nn.Module):
     def __init__(self, encoder: nn.Module, objective: str, dim: int, n_categories: int, tau: float) -> None:
         super().__init__()
         self.encoder, self.objective, self.tau = encoder, objective, tau
-        if objective == "label_aligned":
+        if objective == Objective.LABEL_ALIGNED:
             self.head = nn.Linear(dim, n_categories)
         else:  # simclr's projection head
             self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 128))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.objective == "label_aligned":
+        if self.objective == Objective.LABEL_ALIGNED:
             return F.cross_entropy(self.head(self.encoder(_normalise(images))), labels)
         views = torch.cat([augment(images, generator), augment(images, generator)])
         z = self.head(self.encoder(_normalise(views)))                  # [2N, 128]
@@ -141,9 +142,8 @@ def _fit(cfg: CourierConfig, model: _Objective, images: np.ndarray, labels: np.n
     return history
 
 
-def train_image_baseline(cfg: CourierConfig, spark: Any = None, run_name: str | None = None) -> Any:
+def train_image_baseline(cfg: CourierConfig, spark: Any = None, run_name: str | None = None) -> TrainResult:
     """Run ``courier train`` with an image-only objective (``IMAGE_OBJECTIVES``); a TrainResult."""
-    from courier.train.launch import TrainResult, embedding_model
     from courier.train.loop import build_model
     from courier.train.rundir import new_run_name
 

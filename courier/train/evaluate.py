@@ -39,6 +39,11 @@ from courier.model import CourierModel, alignment, attention_entropy, embedding_
 from courier.model.losses import courier_loss
 from courier.model.reconstruction import reconstruct
 
+# The held-out rows are read in a fixed way, whatever the run's train.shuffle_window and
+# train.batch_grouping: windows of 4 files, rows in random order, so that a candidate and
+# the production model (courier evaluate) score the same first eval_max_rows rows.
+EVAL_SHUFFLE_WINDOW = 4
+
 log = logging.getLogger(__name__)
 
 # Caps on the embeddings kept for the health metrics: pdist is O(N^2).

@@ -15,113 +15,31 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from courier.config import CourierConfig, config_json
+from courier import tracking
+from courier.config import CourierConfig, Objective, config_json
 from courier.tables import RunRecord, utc_now
 from courier.train.checkpoint import load_checkpoint, read_json
 from courier.train.errors import CheckpointError, ResumeError, TrainingDataError
+from courier.train.outputs import TrainResult, embedding_model
 from courier.train.rundir import RESULT, RunManifest, frozen_config_differences, new_run_name
-from courier.train import tracking
-
-# train.objective: what `courier train` optimises: COURIER, or an image-only baseline of the
-# CTR comparison (courier/train/baselines.py).
-OBJECTIVES = ("courier", "random_init", "label_aligned", "simclr")
-BATCH_GROUPINGS = ("none", "query")
-BACKENDS = ("torch_distributor", "horovod")
 
 STAGE = "train"
 log = logging.getLogger("courier.train")
 
 
-@dataclass
-class TrainResult:
-    """What a finished ``courier train`` produced.
-
-    Attributes:
-        run_name / run_dir: the run's name and checkpoint folder.
-        mlflow_run_id: the MLflow run.
-        snapshot: TrainingSnapshot (dict) trained on; holdout: the held-out one or None.
-        result: rank 0's result.json (history, eval metrics, images/s, final checkpoint).
-        model_version: registered model version, or None when not logged.
-    """
-
-    run_name: str
-    run_dir: Path
-    mlflow_run_id: str
-    snapshot: dict[str, Any]
-    holdout: dict[str, Any] | None
-    result: dict[str, Any]
-    model_version: str | None
-
-    @property
-    def final_checkpoint(self) -> Path:
-        return Path(self.result["final_checkpoint"])
-
-    def summary(self) -> str:
-        r = self.result
-        if r.get("objective", "courier") != "courier":
-            loss = f", loss {r['history'][0]['loss']:.3f} -> {r['history'][-1]['loss']:.3f}" if r["history"] else ""
-            return (f"training run {self.run_name} (MLflow run {self.mlflow_run_id}): objective {r['objective']}, "
-                    f"{r['global_step']} steps{loss}, registered as version {self.model_version}")
-        lines = [
-            f"training run {self.run_name} (MLflow run {self.mlflow_run_id})",
-            f"  snapshot        {self.snapshot['table']} v{self.snapshot['version']}, {self.snapshot['total_rows']:,} rows",
-            f"  steps           {r['global_step']:,} ({r['steps_per_epoch']:,} per epoch)",
-            f"  images/s        {r['images_per_s']:,.1f}",
-        ]
-        if r["history"]:
-            first, last = r["history"][0], r["history"][-1]
-            lines.append(f"  loss            {first['loss']:.4f} (step {first['step']:.0f}) -> "
-                         f"{last['loss']:.4f} (step {last['step']:.0f})")
-        for key in ("eval/hit1", "eval_init/hit1", "eval/row_auc", "eval_init/row_auc", "eval/embedding_std"):
-            if key in r["eval"]:
-                lines.append(f"  {key:<15} {r['eval'][key]:.4f}")
-        lines.append(f"  checkpoints     {self.run_dir}")
-        if self.model_version:
-            lines.append(f"  model version   {self.model_version}")
-        return "\n".join(lines)
-
-
 def check_train_config(cfg: CourierConfig) -> None:
-    """Fail before pinning or starting anything on values that cannot work."""
-    from courier.data.source import KINDS
-    from courier.train.precision import MODES
+    """Fail before pinning or starting anything on values that cannot work together.
 
+    Each section checks its own values where it is defined (``TrainConfig.__post_init__``: the
+    closed choices, the positive counts, the checkpoint folder); what is left spans two sections.
+    """
     tc = cfg.train
-    problems = []
-    if tc.loader_kind not in KINDS:
-        problems.append(f"train.loader_kind must be one of {KINDS}, got {tc.loader_kind!r}")
-    if tc.mixed_precision not in MODES:
-        problems.append(f"train.mixed_precision must be one of {MODES}, got {tc.mixed_precision!r}")
-    if tc.backend not in BACKENDS:
-        problems.append(f"train.backend must be one of {BACKENDS}, got {tc.backend!r}")
-    if tc.batch_grouping not in BATCH_GROUPINGS:
-        problems.append(f"train.batch_grouping must be one of {BATCH_GROUPINGS}, got {tc.batch_grouping!r}")
-    for name in ("batch_size", "epochs", "num_processes", "log_every_steps", "checkpoint_every_steps",
-                 "keep_checkpoints", "eval_max_rows", "shuffle_window", "start_timeout_s"):
-        if getattr(tc, name) <= 0:
-            problems.append(f"train.{name} must be positive, got {getattr(tc, name)}")
-    if tc.objective not in OBJECTIVES:
-        problems.append(f"train.objective must be one of {OBJECTIVES}, got {tc.objective!r}")
-    if tc.simclr_tau <= 0:
-        problems.append(f"train.simclr_tau must be positive, got {tc.simclr_tau}")
-    if tc.max_steps is not None and tc.max_steps <= 0:
-        problems.append(f"train.max_steps must be positive or null, got {tc.max_steps}")
     if tc.history_clicks is not None and not 1 <= tc.history_clicks <= cfg.samples.l_click:
-        problems.append(f"train.history_clicks must be in 1..samples.l_click ({cfg.samples.l_click}) or null, "
-                        f"got {tc.history_clicks}")
-    if not 0.0 <= tc.holdout_fraction < 1.0:
-        problems.append(f"train.holdout_fraction must be in [0, 1), got {tc.holdout_fraction}")
-    if "://" in tc.checkpoint_dir:
-        problems.append(f"train.checkpoint_dir must be a filesystem path every training node mounts, "
-                        f"got the URI {tc.checkpoint_dir!r}")
-    if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError(f"train.history_clicks must be in 1..samples.l_click ({cfg.samples.l_click}) or null, "
+                         f"got {tc.history_clicks}")
 
 
 def _resolve_dir(path: str) -> Path:
@@ -256,41 +174,16 @@ def _run_processes(cfg: CourierConfig, job: dict[str, Any], distributed: bool) -
             log.warning("--no-spark runs one process; train.num_processes=%d ignored", cfg.train.num_processes)
         train_process({**job, "single_process": True})
         return
-    launch = _launch_horovod if cfg.train.backend == "horovod" else _launch_torch_distributor
+    from courier.train.backends import BACKENDS
+
     try:
-        launch(cfg, job, train_process)
+        BACKENDS[cfg.train.backend].launch(cfg.train, job, train_process)
     except Exception as exc:  # noqa: BLE001 - both launchers only say "failed"
         # The processes left their errors in the run folder; raise the first as itself.
         failure = _process_failure(Path(job["run_dir"]), cfg.train.num_processes)
         if failure is None:
             raise
         raise failure from exc
-
-
-def _launch_torch_distributor(cfg: CourierConfig, job: dict[str, Any], fn: Any) -> None:
-    from pyspark.ml.torch.distributor import TorchDistributor
-
-    TorchDistributor(num_processes=cfg.train.num_processes, local_mode=cfg.train.local_mode,
-                     use_gpu=cfg.train.use_gpu).run(fn, job)
-
-
-def _launch_horovod(cfg: CourierConfig, job: dict[str, Any], fn: Any) -> None:
-    """``horovod.spark.run``: one Spark task per process, Gloo rendezvous, the venv's interpreter.
-
-    Needs an active SparkContext with ``train.num_processes`` free task slots at once.
-    """
-    try:
-        import horovod.spark
-    except ImportError as exc:
-        raise RuntimeError("train.backend=horovod needs Horovod built into this environment: run "
-                           "build/horovod/install.sh (part of `make setup`)") from exc
-    env = dict(os.environ)
-    # The Spark tasks start the processes with this interpreter; they must import courier.
-    env.setdefault("PYSPARK_PYTHON", sys.executable)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
-                                                    env.get("PYTHONPATH", "")) if p)
-    horovod.spark.run(fn, args=(job,), num_proc=cfg.train.num_processes, use_gloo=True, env=env,
-                      executable=sys.executable, verbose=0, start_timeout=cfg.train.start_timeout_s)
 
 
 def _process_failure(run_dir: Path, world_size: int) -> BaseException | None:
@@ -321,15 +214,6 @@ def _export_encoder(cfg: CourierConfig, checkpoint: Path, image_size: int) -> An
     model = CourierModel(model_cfg, cfg.loss)
     model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
     return embedding_model(model.encoder, image_size)
-
-
-def embedding_model(encoder: Any, image_size: int) -> Any:
-    """``encoder`` as the registered EmbeddingModel, with the training loader's normalisation, in eval mode."""
-    from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
-    from courier.model.serving import EmbeddingModel, PreprocessingSpec
-
-    spec = PreprocessingSpec(image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD)))
-    return EmbeddingModel(encoder, spec).eval()
 
 
 def _record_run(spark: Any, cfg: CourierConfig, manifest: RunManifest, result: dict[str, Any],
@@ -378,7 +262,7 @@ def run_training(
         ResumeError: the run to resume cannot be found or would not continue the same run.
     """
     check_train_config(cfg)
-    if cfg.train.objective != "courier":
+    if cfg.train.objective != Objective.COURIER:
         from courier.train.baselines import train_image_baseline
 
         return train_image_baseline(cfg, spark, run_name)

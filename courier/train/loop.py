@@ -39,12 +39,12 @@ from courier.data.decode import newest_clicks
 from courier.model import CourierModel
 from courier.model.checkpointing import CheckpointSequential
 from courier.progress import Progress
+from courier.tracking import MetricLogger
 from courier.train.backends import ProcessEnv, TrainingBackend, make_backend
 from courier.train.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
 from courier.train.errors import ResumeError, TrainingDataError
 from courier.train.precision import Precision, resolve_precision
 from courier.train.rundir import RESULT
-from courier.train.tracking import MetricLogger
 
 log = logging.getLogger("courier.train")
 
@@ -118,7 +118,7 @@ def _count_images(batch: dict[str, torch.Tensor]) -> int:
 
 def _data_batches(source: Any, epoch: int, skip: int) -> Iterator[dict]:
     """The loader's batches, with its row-count guard re-raised as a TrainingDataError."""
-    from courier.data.source import EpochRowCountError
+    from courier.data.epoch import EpochRowCountError
 
     try:
         with closing(source.batches(epoch, skip=skip)) as batches:
@@ -417,14 +417,15 @@ class _Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         from courier.data.source import make_batch_source
-        from courier.train.evaluate import evaluate_reconstruction
+        from courier.train.evaluate import EVAL_SHUFFLE_WINDOW, evaluate_reconstruction
 
         assert self.holdout is not None
         tc, device = self.tc, self.env.device
 
         def source() -> Any:
             return make_batch_source(self.holdout, rank=0, world_size=1, batch_size=tc.batch_size,
-                                     seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind)
+                                     seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind,
+                                     shuffle_window=EVAL_SHUFFLE_WINDOW, group_by_query=False)
 
         started = time.perf_counter()
         metrics = {f"eval/{k}": v for k, v in

@@ -13,9 +13,12 @@ from typing import ContextManager
 
 import torch
 
+from courier.checks import choices, one_of
+from courier.config import MixedPrecision
+
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "bf16", "fp16", "off")
+MODES = choices(MixedPrecision)
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,7 @@ def resolve_precision(requested: str, device: torch.device, bf16_supported: bool
         device: the training device.
         bf16_supported: override the CUDA capability probe (tests simulate a GPU with it).
     """
-    if requested not in MODES:
-        raise ValueError(f"train.mixed_precision must be one of {MODES}, got {requested!r}")
+    requested = one_of(MixedPrecision, requested, "train.mixed_precision")
     if requested == "off":
         return Precision("off", None, False)
     if device.type != "cuda":

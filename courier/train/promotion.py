@@ -24,12 +24,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from courier import tracking
 from courier.config import CourierConfig
+from courier.config.model import LossConfig
 from courier.data.snapshot import TrainingSnapshot
-from courier.model.config import LossConfig
 from courier.model.courier import encode_valid_images
-from courier.model.serving import PreprocessingSpec
-from courier.train import tracking
+from courier.tracking.models import PreprocessingSpec
 from courier.train.errors import PromotionError
 
 log = logging.getLogger(__name__)
@@ -145,15 +145,16 @@ def _score(cfg: CourierConfig, tracking_uri: str, name: str, version: str, holdo
     import mlflow
 
     from courier.data.source import make_batch_source
-    from courier.features.model_ref import resolve_model
-    from courier.train.evaluate import evaluate_reconstruction
+    from courier.tracking.models import resolve_model
+    from courier.train.evaluate import EVAL_SHUFFLE_WINDOW, evaluate_reconstruction
 
     resolved = resolve_model(tracking_uri, f"models:/{name}/{version}")
     module = mlflow.pytorch.load_model(resolved.uri, map_location="cpu")
     model = _RegisteredEncoder(module, resolved.spec, cfg.loss)
     pc = cfg.promote
     source = make_batch_source(holdout, rank=0, world_size=1, batch_size=pc.batch_size, seed=cfg.train.seed,
-                               workers=cfg.train.loader_workers, kind=cfg.train.loader_kind)
+                               workers=cfg.train.loader_workers, kind=cfg.train.loader_kind,
+                               shuffle_window=EVAL_SHUFFLE_WINDOW, group_by_query=False)
     with torch.inference_mode():
         return evaluate_reconstruction(model, source, torch.device("cpu"), pc.max_rows)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from courier.world.config import WorldConfig
+from courier.config.world import WorldConfig
 from courier.world.generate import World, generate_world
 
 __all__ = ["World", "WorldConfig", "generate_world"]

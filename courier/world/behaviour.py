@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from courier.config.world import WorldConfig
 from courier.world import schema
-from courier.world.config import WorldConfig
 from courier.world.rng import STREAM_IMPRESSIONS, STREAM_USERS, stream_rng
 from courier.world.styles import N_STYLES
 

@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from courier.config.world import WorldConfig
 from courier.world import schema
 from courier.world.behaviour import (
     BatchSpec,
@@ -17,7 +18,6 @@ from courier.world.behaviour import (
     make_batch,
     plan_batches,
 )
-from courier.world.config import WorldConfig
 from courier.world.render import draw_looks, render_pngs
 from courier.world.rng import STREAM_ITEMS, stream_rng
 from courier.world.shapes import category_names

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from courier.world.config import WorldConfig
+from courier.config.world import WorldConfig
 from courier.world.rng import STREAM_RENDER, stream_rng
 from courier.world.shapes import SHAPES, category_names, split_levels
 from courier.world.styles import PATTERNS, style_colours_hsv, style_pattern_index

@@ -11,6 +11,9 @@ from typing import Callable
 
 import numpy as np
 
+from courier.checks import require
+from courier.config.world import N_SHAPES
+
 Mask = np.ndarray
 ShapeFn = Callable[[np.ndarray, np.ndarray], Mask]
 
@@ -119,6 +122,8 @@ SHAPES: dict[str, ShapeFn] = {
     "vases": vases,
     "clocks": clocks,
 }
+# WorldConfig checks n_categories against N_SHAPES without importing this module.
+require(len(SHAPES) == N_SHAPES, f"courier/config/world.py: N_SHAPES is {N_SHAPES}, SHAPES has {len(SHAPES)}")
 
 
 def category_names(n_categories: int) -> list[str]:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from courier.checks import require
+from courier.config.world import N_STYLES
+
 # name -> (hue in [0, 1), saturation, value), the palette centre before jitter.
 COLOURS: dict[str, tuple[float, float, float]] = {
     "coral": (0.0, 0.72, 0.88),
@@ -49,7 +52,8 @@ def _build_catalogue() -> tuple[Style, ...]:
 
 
 STYLES: tuple[Style, ...] = _build_catalogue()
-N_STYLES: int = len(STYLES)
+# WorldConfig checks styles_per_user against N_STYLES without importing this module.
+require(len(STYLES) == N_STYLES, f"courier/config/world.py: N_STYLES is {N_STYLES}, the catalogue has {len(STYLES)}")
 
 # Every word that describes a style; titles must never contain one.
 STYLE_VOCABULARY: frozenset[str] = frozenset(

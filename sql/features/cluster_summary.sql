@@ -10,7 +10,9 @@ mix AS (
     image_cluster_id,
     cluster_version,
     map_from_entries(collect_list(struct(coalesce(category, 'unknown'), n))) AS category_mix,
-    max_by(category, n) AS top_category,
+    -- the most frequent category; a tie goes to the first name in alphabetical order (max_by(category, n)
+    -- picked either, so two engines, or two runs, could name different top categories)
+    min_by(category, struct(-n, category)) AS top_category,
     max(n) / sum(n) AS top_category_share,
     count(*) AS n_categories
   FROM per_category

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from courier.ctr.samples import build_ctr_samples
 from courier.features.assign import ITEM_IMAGE_FEATURES_DDL
 from courier.samples.build import build_item_images
-from courier.world_tables import write_world
+from courier.world.warehouse import write_world
 
 DB = "courier_ctr_test"
 L_CLICK = 8

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from courier.ctr.config import CtrConfig
+from courier.config.ctr import CtrConfig
 from courier.ctr.data import CtrDataError, DateSplit, ImageFeatureOverride, ImageVectors, encode, Vocabularies
 from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
 from courier.ctr.metrics import paired_bootstrap_lift

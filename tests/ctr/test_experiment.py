@@ -11,8 +11,9 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from courier.experiment.run import ExperimentState, run_experiment
-from courier.train.tracking import resolve_tracking_uri
+from courier.experiment.run import run_experiment
+from courier.experiment.state import ExperimentState
+from courier.tracking import resolve_tracking_uri
 
 
 @pytest.fixture(scope="module")

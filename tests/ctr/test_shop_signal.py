@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
+from courier.config.world import WorldConfig
 from courier.experiment.shop_signal import behaviour_signal
-from courier.world.config import WorldConfig
 from courier.world.styles import N_STYLES
 
 SMALL = WorldConfig(n_items=600, n_users=300, n_page_views=4000, days=4)

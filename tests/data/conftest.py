@@ -9,7 +9,7 @@ import pytest
 from courier.config import CourierConfig
 from courier.data import TrainingSnapshot, pin_training_snapshot
 from courier.samples.build import build_samples
-from courier.world_tables import write_world
+from courier.world.warehouse import write_world
 
 DB = "courier_data_test"
 START, END = dt.date(2026, 1, 1), dt.date(2026, 1, 3)

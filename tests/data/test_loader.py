@@ -22,10 +22,12 @@ from courier.data import (
 from courier.data.decode import stable_key
 
 B = 8
+# The reader settings every test starts from (make_batch_source takes them all explicitly).
+LOADER = {"workers": 1, "kind": "petastorm", "shuffle_window": 4, "group_by_query": False}
 
 
 def _epoch(snapshot: TrainingSnapshot, epoch: int = 0, skip: int = 0, **kwargs) -> list[dict[str, torch.Tensor]]:
-    kwargs = {"rank": 0, "world_size": 1, "batch_size": B, "seed": 11, **kwargs}
+    kwargs = {"rank": 0, "world_size": 1, "batch_size": B, "seed": 11, **LOADER, **kwargs}
     return list(make_batch_source(snapshot, **kwargs).batches(epoch, skip))
 
 
@@ -48,7 +50,7 @@ def item_jpegs(spark, shop) -> dict[int, bytes]:
 def test_batches_have_the_model_contract(shop, epoch0):
     snap = shop.snapshot
     lp, lc, s = snap.l_pv, snap.l_click, snap.image_size
-    source = make_batch_source(snap, 0, 1, B, seed=11)
+    source = make_batch_source(snap, 0, 1, B, seed=11, **LOADER)
     assert len(epoch0) == source.steps_per_epoch() == snap.total_rows // B
     expected = {
         "pv_images": ((B, lp, 3, s, s), torch.float32), "pv_labels": ((B, lp), torch.int64),
@@ -93,7 +95,7 @@ def test_padding_slots_are_zero_and_real_slots_are_normalised_jpegs(epoch0, item
 
 def test_two_ranks_read_disjoint_rows_that_cover_the_table(spark, shop):
     snap = shop.snapshot
-    sources = [make_batch_source(snap, rank, 2, B, seed=11) for rank in (0, 1)]
+    sources = [make_batch_source(snap, rank, 2, B, seed=11, **LOADER) for rank in (0, 1)]
     assert sources[0].steps_per_epoch() == sources[1].steps_per_epoch() > 0
     keys = []
     for source in sources:
@@ -190,7 +192,7 @@ def test_an_epoch_that_reads_nothing_fails_at_once(shop, tmp_path, kind):
     pq.write_table(pq.read_table(source_path).slice(0, 0), empty)
     hollow = dataclasses.replace(snap, files=(f"file:{empty}",), file_rows=(snap.file_rows[i],),
                                  total_rows=snap.file_rows[i])
-    batches = make_batch_source(hollow, 0, 1, batch_size=2, seed=0, kind=kind).batches(0)
+    batches = make_batch_source(hollow, 0, 1, batch_size=2, seed=0, **{**LOADER, "kind": kind}).batches(0)
     with pytest.raises(EpochRowCountError, match=r"expected \d+ rows, read 0: "):
         next(batches)
     assert Path(source_path).exists()
@@ -199,6 +201,6 @@ def test_an_epoch_that_reads_nothing_fails_at_once(shop, tmp_path, kind):
 def test_too_few_rows_for_every_rank_is_refused_up_front(shop):
     snap = shop.snapshot
     with pytest.raises(ValueError, match="cannot fill a batch|not every one of"):
-        make_batch_source(snap, 0, 2, batch_size=snap.total_rows, seed=0)
+        make_batch_source(snap, 0, 2, batch_size=snap.total_rows, seed=0, **LOADER)
     with pytest.raises(ValueError, match="kind"):
-        make_batch_source(snap, 0, 1, batch_size=2, seed=0, kind="tfrecord")
+        make_batch_source(snap, 0, 1, batch_size=2, seed=0, **{**LOADER, "kind": "tfrecord"})

@@ -33,7 +33,8 @@ def _spark_files(spark, table_or_path: str, version: int) -> set[str]:
 
 def _epoch_keys(snapshot: TrainingSnapshot) -> tuple[set[int], int]:
     """Request keys yielded by one petastorm epoch over the whole snapshot, and the rows it read."""
-    source = make_batch_source(snapshot, 0, 1, batch_size=4, seed=0)
+    source = make_batch_source(snapshot, 0, 1, batch_size=4, seed=0, workers=1, kind="petastorm",
+                               shuffle_window=4, group_by_query=False)
     keys = {int(k) for batch in source.batches(0) for k in batch["request_keys"]}
     return keys, source.last_epoch_stats.rows_read
 

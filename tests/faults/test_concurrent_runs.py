@@ -27,7 +27,7 @@ from courier.samples.build import build_samples
 from courier.sql_files import run_sql_file
 from courier.tables import (HOLD_BEFORE_COMMIT, ConcurrentRunError, SchemaError, WriteConflict, committing,
                             ensure_table, replace_where, retry_on_conflict)
-from courier.train.tracking import resolve_tracking_uri
+from courier.tracking import resolve_tracking_uri
 from tests.conftest import TRAIN_DB, TRAIN_START
 from tests.faults.conftest import CourierProcess, assert_same_rows, built_rows, table_versions
 

@@ -129,10 +129,10 @@ def written_after(log: Path, version: int) -> list[Path]:
     return [p for p in log.parent.rglob("*.parquet") if "_delta_log" not in p.parts and p.stat().st_mtime_ns > since]
 
 
-def test_assign_killed_during_its_merge_then_rerun(spark, features_cfg: CourierConfig, tmp_path):
+def test_assign_killed_during_its_merge_then_rerun(spark, features_cfg: CourierConfig, tmp_path, copy_embeddings):
     t = features_cfg.tables
-    if not spark.catalog.tableExists(t.qualified("item_embeddings")):
-        embed_items(spark, features_cfg)
+    if not spark.catalog.tableExists(t.qualified("item_embeddings")):  # run alone, without the embed test
+        copy_embeddings(features_cfg)
     cluster_embeddings(spark, features_cfg)
     features = t.qualified("item_image_features")
     before = table_versions(spark, [features])

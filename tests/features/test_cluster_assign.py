@@ -16,11 +16,10 @@ from pyspark.sql import functions as F
 
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings, read_centroid_version
-from courier.features.embed import embed_items
 from courier.features.export import export_mmrec
 from courier.features.report import write_report
 from courier.sql_files import run_sql_file
-from courier.train.tracking import resolve_tracking_uri
+from courier.tracking import resolve_tracking_uri
 
 DB = "courier_cluster_test"
 K = 16
@@ -32,8 +31,8 @@ def cfg(feature_db):
 
 
 @pytest.fixture(scope="module")
-def clustered(spark, cfg):
-    embed_items(spark, cfg)
+def clustered(spark, cfg, copy_embeddings):
+    copy_embeddings(cfg)
     return cluster_embeddings(spark, cfg)
 
 

@@ -13,8 +13,8 @@ from pyspark.sql import functions as F
 
 from courier.data.decode import decode_jpeg
 from courier.features.embed import embed_items, make_predict_fn
-from courier.features.model_ref import ModelResolutionError
-from courier.train.tracking import resolve_tracking_uri
+from courier.tracking import resolve_tracking_uri
+from courier.tracking.models import ModelResolutionError
 
 DB = "courier_embed_test"
 

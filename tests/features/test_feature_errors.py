@@ -6,7 +6,7 @@ import pytest
 from courier.features.assign import assign_items
 from courier.features.cluster import ClusteringError, cluster_embeddings
 from courier.features.embed import ITEM_EMBEDDINGS_DDL, embed_items
-from courier.features.model_ref import ModelResolutionError
+from courier.tracking.models import ModelResolutionError
 from jobs.cli import main
 
 DB = "courier_feature_errors_test"
@@ -38,12 +38,13 @@ def test_assign_without_any_cluster_version(spark, cfg):
 
 
 @pytest.fixture(scope="module")
-def embedded(spark, cfg):
-    return embed_items(spark, cfg)
+def embedded(spark, cfg, copy_embeddings) -> int:
+    """The number of items embedded."""
+    return copy_embeddings(cfg)
 
 
 def test_k_larger_than_the_items(spark, cfg, embedded):
-    n = embedded.record.metrics["embedded"]
+    n = embedded
     with pytest.raises(ClusteringError, match=rf"cluster.k=100000 is larger than the {n} items"):
         cluster_embeddings(spark, cfg.replace(["cluster.k=100000"]))
 
@@ -64,7 +65,7 @@ def test_a_model_without_its_preprocessing_is_refused(spark, cfg, embedded, tmp_
     import mlflow.pytorch
     import torch
 
-    from courier.train.tracking import resolve_tracking_uri
+    from courier.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri(cfg.mlflow.tracking_uri))
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from courier.config import ClusterConfig
 from courier.features import kmeans
 from courier.features.assign import nearest_centroids
 from courier.features.kmeans import fit_spherical_kmeans, match_cluster_ids
@@ -26,7 +27,7 @@ def unit_vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
 
 def test_fit_returns_unit_centroids_and_honest_statistics():
     x, _ = mixture(4000, 20)
-    fit = fit_spherical_kmeans(x, 20, niter=15, seed=1)
+    fit = fit_spherical_kmeans(x, ClusterConfig(k=20, niter=15, seed=1))
     assert fit.centroids.shape == (20, 32)
     np.testing.assert_allclose(np.linalg.norm(fit.centroids, axis=1), 1.0, atol=1e-5)
     ids, sims = nearest_centroids(x, fit.centroids, np.arange(20))
@@ -40,14 +41,14 @@ def test_fit_returns_unit_centroids_and_honest_statistics():
 
 def test_faiss_samples_at_most_max_points_per_centroid():
     x, _ = mixture(5000, 10)
-    fit = fit_spherical_kmeans(x, 10, niter=5, max_points_per_centroid=50)
+    fit = fit_spherical_kmeans(x, ClusterConfig(k=10, niter=5, max_points_per_centroid=50))
     assert fit.n_train == 500
 
 
 def test_too_few_points_is_an_error():
     x, _ = mixture(10, 3)
     with pytest.raises(ValueError, match="k=20 needs at least k points, got 10"):
-        fit_spherical_kmeans(x, 20)
+        fit_spherical_kmeans(x, ClusterConfig(k=20))
 
 
 def test_matching_recovers_a_permutation_exactly():
@@ -88,13 +89,14 @@ def test_fresh_ids_skip_ids_the_old_centroids_lack_but_items_may_hold():
 
 
 def _kept_share(x_old: np.ndarray, x_all: np.ndarray, k: int, warm: bool) -> float:
-    first = fit_spherical_kmeans(x_old, k, niter=20, seed=1)
+    first = fit_spherical_kmeans(x_old, ClusterConfig(k=k, niter=20, seed=1))
     ids_first = np.arange(k)
     if warm:
-        second = fit_spherical_kmeans(x_all, k, niter=20, seed=2, init_centroids=first.centroids)
+        second = fit_spherical_kmeans(x_all, ClusterConfig(k=k, niter=20, seed=2),
+                                      init_centroids=first.centroids)
         ids_second = match_cluster_ids(second.centroids, first.centroids, ids_first)
     else:  # what a plain re-fit does: a new seed, ids in faiss's order
-        second = fit_spherical_kmeans(x_all, k, niter=20, seed=2)
+        second = fit_spherical_kmeans(x_all, ClusterConfig(k=k, niter=20, seed=2))
         ids_second = np.arange(k)
     before, _ = nearest_centroids(x_old, first.centroids, ids_first)
     after, _ = nearest_centroids(x_old, second.centroids, ids_second)

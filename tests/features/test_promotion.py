@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from courier.train import tracking
+from courier import tracking
 from courier.train.errors import PromotionError
 from courier.train.promotion import TAG_EVAL_PRODUCTION, decide, evaluate_candidate, promote_candidate
 from jobs.cli import main

@@ -6,7 +6,6 @@ from pyspark.sql import functions as F
 
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings, read_centroid_version
-from courier.features.embed import embed_items
 
 DB = "courier_refit_model_test"
 K = 12
@@ -39,9 +38,9 @@ def _current_rows(spark, cfg) -> dict[int, tuple[int, str]]:
     return {r["item_id"]: (r["image_cluster_id"], r["model_version"]) for r in rows}
 
 
-def test_a_refit_on_a_new_model_keeps_each_items_cluster_id(spark, feature_db):
+def test_a_refit_on_a_new_model_keeps_each_items_cluster_id(spark, feature_db, copy_embeddings):
     cfg = feature_db(DB).replace([f"cluster.k={K}"])
-    embed_items(spark, cfg)
+    copy_embeddings(cfg)
     first = cluster_embeddings(spark, cfg)
     assign_items(spark, cfg)
     before = {i: cid for i, (cid, _) in _current_rows(spark, cfg).items()}

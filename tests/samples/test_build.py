@@ -15,7 +15,7 @@ from courier.config import CourierConfig
 from courier.samples.build import _sample_metrics, build_samples, sample_views
 from courier.tables import ReconciliationError, date_range_predicate
 from courier.world.schema import RAW_IMPRESSIONS_DDL
-from courier.world_tables import write_world
+from courier.world.warehouse import write_world
 
 START, END = dt.date(2026, 1, 1), dt.date(2026, 1, 4)
 DB = "courier_build_test"

@@ -241,7 +241,7 @@ def deployed(spark, feature_db, encoder_config, tmp_path_factory) -> DeployedCou
 
 
 def _registry(cfg: CourierConfig):
-    from courier.train.tracking import client, resolve_tracking_uri
+    from courier.tracking import client, resolve_tracking_uri
 
     return client(resolve_tracking_uri(cfg.mlflow.tracking_uri))
 
@@ -286,7 +286,7 @@ def retraining(spark, deployed: DeployedCourier) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(DAG_TEST_TIMEOUT)
 def test_the_retraining_dag_registers_evaluates_and_promotes_a_model(deployed, retraining):
-    from courier.train import tracking
+    from courier import tracking
     from courier.train.promotion import TAG_EVAL_PRODUCTION, TAG_PROMOTED_AT
 
     assert retraining["states"] == {"train": "success", "evaluate": "success", "promote": "success"}

@@ -14,9 +14,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from courier.data.decode import decode_jpegs
+from courier.tracking import resolve_tracking_uri
 from courier.train import run_training
 from courier.train.baselines import nt_xent
-from courier.train.tracking import resolve_tracking_uri
 
 
 def registered_embedding(cfg, version: str, images: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from courier.config import CourierConfig
+from courier.tracking import resolve_tracking_uri
 from courier.train import TrainingDataError, run_training
-from courier.train.tracking import resolve_tracking_uri
 
 STEPS = 4
 

@@ -22,9 +22,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from courier.config import PROJECT_ROOT, CourierConfig
+from courier.tracking import resolve_tracking_uri
 from courier.train import run_training
 from courier.train.checkpoint import list_checkpoints, load_checkpoint
-from courier.train.tracking import resolve_tracking_uri
 
 STEPS = 30
 EVERY = 10

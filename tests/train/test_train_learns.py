@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from courier.config import CourierConfig
+from courier.tracking import git_revision, resolve_tracking_uri
 from courier.train import ResumeError, run_training
-from courier.train.tracking import git_revision, resolve_tracking_uri
 
 STEPS = 40
 
@@ -117,7 +117,7 @@ def test_registered_model_is_reachable_by_alias_and_embeds(trained):
     encoder = mlflow.pytorch.load_model(model_uri)
     # Self-describing: decoded uint8 images in, its own size and normalisation in the metadata.
     from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
-    from courier.model.serving import PreprocessingSpec
+    from courier.tracking.models import PreprocessingSpec
 
     spec = PreprocessingSpec.from_metadata(mlflow.models.get_model_info(model_uri).metadata, model_uri)
     assert spec.image_size == 32

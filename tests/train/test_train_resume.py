@@ -23,9 +23,9 @@ from mlflow.tracking import MlflowClient
 from courier.config import PROJECT_ROOT, CourierConfig
 from courier.data.snapshot import TrainingSnapshot
 from courier.data.source import make_batch_source
+from courier.tracking import resolve_tracking_uri
 from courier.train import run_training
 from courier.train.checkpoint import list_checkpoints, load_checkpoint
-from courier.train.tracking import resolve_tracking_uri
 
 BATCH = 16
 EVERY = 3
@@ -47,7 +47,8 @@ def _cli(config_path: Path, snapshot_path: Path, run_name: str) -> subprocess.Po
 
 def test_killed_run_resumes_to_the_same_weights(shop_config: CourierConfig, snapshot, tmp_path: Path):
     snap = _small_snapshot(snapshot)
-    steps_per_epoch = make_batch_source(snap, 0, 1, BATCH, seed=0).steps_per_epoch()
+    steps_per_epoch = make_batch_source(snap, 0, 1, BATCH, seed=0, workers=1, kind="petastorm", shuffle_window=4,
+                                        group_by_query=False).steps_per_epoch()
     total = steps_per_epoch + 2 * EVERY  # into the second epoch
     cfg = shop_config.replace([
         f"train.batch_size={BATCH}", f"train.max_steps={total}", f"train.checkpoint_every_steps={EVERY}",

@@ -119,7 +119,7 @@ def test_experiment_encoder_variants_get_their_own_tables_budget_and_backbone():
 
 def test_each_seed_trains_its_own_encoder_into_its_own_tables():
     from courier.experiment.arms import variant_config
-    from courier.experiment.config import encoder_builds, encoder_key, encoder_seed, variant_of
+    from courier.config.experiment import encoder_builds, encoder_key, encoder_seed, variant_of
 
     cfg = load_config("local", ["experiment.variants=[none,random_init,courier]", "experiment.seeds=[3,5]",
                                 "experiment.step_values=[40]"])
@@ -221,3 +221,45 @@ def test_loading_the_config_and_the_sql_and_status_paths_imports_neither_torch_n
             "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("samples.l_pv=0", r"samples.l_pv must be >= 1, got 0"),
+    ("samples.negative_keep_rate=1.5", r"samples.negative_keep_rate must be in \[0, 1\], got 1.5"),
+    ("samples.jpeg_quality=101", r"samples.jpeg_quality must be in 1..100, got 101"),
+    ("samples.max_event_ts=tomorrow", r"samples.max_event_ts must be null or an ISO timestamp, got 'tomorrow'"),
+])
+def test_samples_section_is_validated_where_defined(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("local", [override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.backbone=vit", r"model.backbone must be one of \('swin_t', 'resnet18', 'resnet50', 'small_cnn'\), got 'vit'"),
+    ("loss.ablation=no_pv", r"loss.ablation must be one of \('none', 'no_ucs', "),
+    ("train.loader_kind=tfrecord", r"train.loader_kind must be one of \('petastorm', 'pyarrow'\), got 'tfrecord'"),
+    ("train.mixed_precision=fp8", r"train.mixed_precision must be one of \('auto', 'bf16', 'fp16', 'off'\)"),
+    ("train.objective=byol", r"train.objective must be one of \('courier', 'random_init', 'label_aligned', 'simclr'\)"),
+    ("ctr.image_usage=pixels", r"ctr.image_usage must be one of \('none', 'vector', 'simscore', 'cluster_id'\)"),
+    ("cluster.use_gpu=maybe", r"cluster.use_gpu must be one of \('auto', 'yes', 'no'\), got 'maybe'"),
+    ("spark.catalog=glue", r"spark.catalog must be one of \('derby', 'external', 'in-memory'\), got 'glue'"),
+    ("promote.metric=loss", r"promote.metric must be one of \('row_auc', 'hit1', 'inbatch_top1'\), got 'loss'"),
+])
+def test_closed_choices_name_the_key_and_the_choices(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("local", [override])
+
+
+def test_closed_choices_are_members_that_serialise_as_their_strings():
+    import json
+
+    from courier.config import Backbone, Catalog, TrainBackend, config_json
+
+    cfg = load_config(str(CONF_DIR / "cluster.example.yaml"), ["train.backend=horovod", "spark.catalog=in-memory"])
+    assert cfg.train.backend is TrainBackend.HOROVOD and cfg.model.backbone is Backbone.SWIN_T
+    assert cfg.spark.catalog is Catalog.IN_MEMORY and cfg.train.backend == "horovod"
+    stored = json.loads(config_json(cfg))
+    assert (stored["train"]["backend"], stored["spark"]["catalog"], stored["model"]["backbone"]) == (
+        "horovod", "in-memory", "swin_t")
+    assert type(cfg.to_dict()["train"]["backend"]) is str and "backend: horovod" in cfg.to_yaml()
+    assert cfg.replace([]) == cfg

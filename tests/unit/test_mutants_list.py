@@ -32,6 +32,6 @@ def test_each_mutant_applies_once_and_names_existing_tests(mutant: Mutant):
 
 
 def test_a_mutant_whose_line_is_gone_is_an_error_naming_it():
-    gone = Mutant("gone", "courier/config.py", "no such line", "x", ("tests/unit/test_config.py",))
-    with pytest.raises(MutantError, match="mutant gone: courier/config.py holds 'no such line' 0 times"):
+    gone = Mutant("gone", "courier/config/__init__.py", "no such line", "x", ("tests/unit/test_config.py",))
+    with pytest.raises(MutantError, match="mutant gone: courier/config/__init__.py holds 'no such line' 0 times"):
         gone.apply((ROOT / gone.file).read_text())

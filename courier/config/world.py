@@ -1,4 +1,4 @@
-"""Configuration of the synthetic shop world.
+"""Configuration of the synthetic shop world (section ``world``; courier/world/).
 
 Every field is a plain type (int, float, str) so the config loads from YAML
 and accepts command-line overrides without custom parsing.
@@ -11,8 +11,11 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from courier.checks import require
-from courier.world.shapes import SHAPES
-from courier.world.styles import N_STYLES
+
+# Sizes of the world's catalogue, which the checks below need without importing the renderer:
+# courier/world/shapes.py and styles.py fail on import when their tables disagree with them.
+N_SHAPES = 10  # category silhouettes (courier.world.shapes.SHAPES)
+N_STYLES = 16  # hidden styles: 4 palettes x 2 colour orders x 2 patterns (courier.world.styles.STYLES)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def _validate(cfg: WorldConfig) -> None:
         _dt.date.fromisoformat(cfg.start_date)
     except ValueError as err:
         raise ValueError(f"start_date must be an ISO date: {err}") from None
-    require(1 <= cfg.n_categories <= len(SHAPES), f"n_categories must be in 1..{len(SHAPES)}")
+    require(1 <= cfg.n_categories <= N_SHAPES, f"n_categories must be in 1..{N_SHAPES}")
     require(32 <= cfg.image_size <= 224, "image_size must be in 32..224")
     require(cfg.items_per_page >= 1, "items_per_page must be >= 1")
     # Every page is full, so every category needs at least one page of items.

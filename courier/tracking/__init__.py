@@ -1,4 +1,7 @@
-"""MLflow: the run's params and tags, metric logging, the logged and registered encoder.
+"""MLflow tracking, shared by the stages: the run's params and tags, metric logging, the logged and
+registered encoder; ``courier.tracking.models``: which registered model a run uses, and the
+preprocessing every logged encoder carries. Shared plumbing: imports no stage (training, the feature
+stages, the experiment, promotion and ``courier status`` all use it).
 
 Who talks to MLflow: the driver creates the run (params, tags) before any
 training process starts and logs + registers the model after they finish;

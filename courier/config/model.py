@@ -1,22 +1,40 @@
-"""Typed, frozen configuration of the COURIER image model and its losses.
+"""Typed, frozen configuration of the COURIER image model and its losses (``model``, ``loss``; courier/model/).
 
-Fields are plain types (str, int, float, bool, None) so that the dataclasses can
-be built directly from parsed YAML (``ModelConfig(**yaml_dict["model"])``).
-Invalid values fail at construction, not deep inside a training step.
+Fields are plain types (str, int, float, bool, None) or closed choices (``StrEnum``, equal to
+their strings) so that the dataclasses can be built directly from parsed YAML
+(``ModelConfig(**yaml_dict["model"])``). Invalid values fail at construction, not deep
+inside a training step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-BACKBONES: tuple[str, ...] = ("swin_t", "resnet18", "resnet50", "small_cnn")
-ABLATIONS: tuple[str, ...] = (
-    "none",
-    "no_ucs",
-    "no_contrast",
-    "no_reconstruction",
-    "no_neg_pv",
-)
+from courier.checks import choices, coerce_choices
+
+
+class Backbone(StrEnum):
+    """``model.backbone``; each is built by its entry of courier.model.backbones.BACKBONE_FAMILIES."""
+
+    SWIN_T = "swin_t"
+    RESNET18 = "resnet18"
+    RESNET50 = "resnet50"
+    SMALL_CNN = "small_cnn"
+
+
+class Ablation(StrEnum):
+    """``loss.ablation``: which part of the COURIER loss is switched off (paper table 6)."""
+
+    NONE = "none"
+    NO_UCS = "no_ucs"
+    NO_CONTRAST = "no_contrast"
+    NO_RECONSTRUCTION = "no_reconstruction"
+    NO_NEG_PV = "no_neg_pv"
+
+
+BACKBONES: tuple[str, ...] = choices(Backbone)
+ABLATIONS: tuple[str, ...] = choices(Ablation)
 
 
 @dataclass(frozen=True)
@@ -38,7 +56,7 @@ class ModelConfig:
             every slot it fills (``encode_valid_images``); False encodes every slot.
     """
 
-    backbone: str = "small_cnn"
+    backbone: Backbone = Backbone.SMALL_CNN
     embedding_dim: int = 256
     pretrained_weights_path: str | None = None
     gradient_checkpointing: bool = False
@@ -47,8 +65,7 @@ class ModelConfig:
     distinct_images: bool = True
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {BACKBONES}")
+        coerce_choices(self, "model", {"backbone": Backbone})
         if self.embedding_dim <= 0:
             raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
 
@@ -70,12 +87,11 @@ class LossConfig:
     tau: float = 0.05
     w_pv: float = 1.0
     w_ucs: float = 1.0
-    ablation: str = "none"
+    ablation: Ablation = Ablation.NONE
     click_bce_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {self.ablation!r}; expected one of {ABLATIONS}")
+        coerce_choices(self, "loss", {"ablation": Ablation})
         if not self.tau > 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
         for name in ("w_pv", "w_ucs", "click_bce_weight"):
@@ -87,4 +103,4 @@ class LossConfig:
     @property
     def effective_w_ucs(self) -> float:
         """``w_ucs`` after the ``no_ucs`` ablation is applied."""
-        return 0.0 if self.ablation == "no_ucs" else self.w_ucs
+        return 0.0 if self.ablation == Ablation.NO_UCS else self.w_ucs

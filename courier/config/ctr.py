@@ -1,4 +1,4 @@
-"""Typed, frozen configuration of the downstream CTR evaluation: samples, model, training.
+"""Typed, frozen configuration of the downstream CTR evaluation: samples, model, training (courier/ctr/).
 
 Each section is validated here, where it is defined. The defaults suit the
 embedded demo shop (14 days, 40k page views); the model is small enough to
@@ -7,10 +7,21 @@ train in seconds per epoch on 2 CPU cores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-from courier.checks import require
+from courier.checks import choices, coerce_choices, require
 
-IMAGE_USAGES: tuple[str, ...] = ("none", "vector", "simscore", "cluster_id")
+
+class ImageUsage(StrEnum):
+    """``ctr.image_usage``: how the image feature enters the CTR model (paper appendix B)."""
+
+    NONE = "none"              # no image feature: the baseline
+    VECTOR = "vector"          # the embedding
+    SIMSCORE = "simscore"      # cosine of the candidate to each history item
+    CLUSTER_ID = "cluster_id"  # an embedding of the Cluster-ID, for the candidate and the history
+
+
+IMAGE_USAGES: tuple[str, ...] = choices(ImageUsage)
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class CtrConfig:
         threads: torch intra-op threads; 0 = torch's default.
     """
 
-    image_usage: str = "cluster_id"
+    image_usage: ImageUsage = ImageUsage.CLUSTER_ID
     embedding_dim: int = 16
     heads: int = 2
     mlp_dims: tuple[int, ...] = (64, 32)
@@ -78,8 +89,7 @@ class CtrConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        require(self.image_usage in IMAGE_USAGES,
-                 f"ctr.image_usage must be one of {IMAGE_USAGES}, got {self.image_usage!r}")
+        coerce_choices(self, "ctr", {"image_usage": ImageUsage})
         require(self.embedding_dim >= 2, f"ctr.embedding_dim must be >= 2, got {self.embedding_dim}")
         require(self.heads >= 1 and self.embedding_dim % self.heads == 0,
                  f"ctr.heads must divide ctr.embedding_dim ({self.embedding_dim}), got {self.heads}")

@@ -1,4 +1,4 @@
-"""Typed, frozen configuration of the feature stages: embed, cluster, assign, report.
+"""Typed, frozen configuration of the feature stages: embed, cluster, assign, report (courier/features/).
 
 Each section is validated here, where it is defined; the defaults suit the
 embedded demo shop (6 categories x 16 hidden styles, 3,000 items) and
@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
+from enum import StrEnum
 
-from courier.checks import require
+from courier.checks import choices, coerce_choices, require
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+class Device(StrEnum):
+    """``embed.device``: where the embedding UDF runs the model."""
+
+    AUTO = "auto"  # a GPU when the task has one, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class GpuUse(StrEnum):
+    """``cluster.use_gpu``: whether k-means runs on faiss-gpu."""
+
+    AUTO = "auto"  # when faiss-gpu is installed and sees a GPU
+    YES = "yes"
+    NO = "no"
+
+
+DEVICES: tuple[str, ...] = choices(Device)
 
 
 @dataclass(frozen=True)
@@ -32,13 +50,13 @@ class EmbedConfig:
     model_uri: str | None = None
     batch_size: int = 256
     arrow_batch_rows: int = 1024
-    device: str = "auto"
+    device: Device = Device.AUTO
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
         require(self.batch_size > 0, f"embed.batch_size must be positive, got {self.batch_size}")
         require(self.arrow_batch_rows > 0, f"embed.arrow_batch_rows must be positive, got {self.arrow_batch_rows}")
-        require(self.device in DEVICES, f"embed.device must be one of {DEVICES}, got {self.device!r}")
+        coerce_choices(self, "embed", {"device": Device})
         require(self.torch_threads >= 0, f"embed.torch_threads must be >= 0, got {self.torch_threads}")
         require(self.model_uri is None or self.model_uri.strip() != "", "embed.model_uri must be null or a URI")
 
@@ -71,7 +89,7 @@ class ClusterConfig:
     min_points_per_centroid: int = 5
     model_version: str | None = None
     warm_start: bool = True
-    use_gpu: str = "auto"
+    use_gpu: GpuUse = GpuUse.AUTO
 
     def __post_init__(self) -> None:
         require(self.k >= 2, f"cluster.k must be >= 2, got {self.k}")
@@ -79,7 +97,7 @@ class ClusterConfig:
         require(self.max_points_per_centroid >= 1, "cluster.max_points_per_centroid must be >= 1")
         require(1 <= self.min_points_per_centroid <= self.max_points_per_centroid,
                  "cluster.min_points_per_centroid must be in 1..max_points_per_centroid")
-        require(self.use_gpu in ("auto", "yes", "no"), f"cluster.use_gpu must be auto, yes or no, got {self.use_gpu!r}")
+        coerce_choices(self, "cluster", {"use_gpu": GpuUse})
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""Typed, frozen configuration of ``courier experiment`` (section ``experiment``)."""
+"""Typed, frozen configuration of ``courier experiment`` (section ``experiment``; courier/experiment/)."""
 from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
 
 from courier.checks import require
-from courier.ctr.config import IMAGE_USAGES
+from courier.config.ctr import IMAGE_USAGES
 
 # Every arm of the comparison. "published" is whatever `courier assign` last published in
 # the warehouse's own tables (the demo's COURIER model); the others train their own encoder.

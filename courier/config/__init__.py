@@ -1,13 +1,25 @@
 """One typed config object for every stage.
 
+``CourierConfig`` and its loading live here; each section is defined, with its defaults and
+checks, in the module of this package named for the stage that reads it (``plumbing.py``: spark,
+tables, mlflow; ``world.py``, ``samples.py``, ``model.py``, ``train.py``, ``features.py``, ``ctr.py``,
+``experiment.py``). Shared plumbing: it imports no stage, so loading a config imports neither
+torch nor Spark.
+
 Loaded from ``conf/base.yaml`` merged with a profile (``conf/local.yaml`` is the
 embedded default) and ``--set section.key=value`` overrides. Unknown keys and
 wrongly typed values are errors that name the offending key: a typo in a
 nightly job's config must fail loudly, not fall back to a default.
+
+Each default is written once, in its section's dataclass; the YAML files hold only what differs
+(tests/unit/test_config_defaults.py). Closed choices are ``StrEnum``s (``TrainBackend``,
+``Backbone``, ...), equal to their strings: YAML and ``--set`` give strings, each section's
+``__post_init__`` turns them into members (or names the key), and ``to_dict`` gives strings back.
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 import sys
@@ -19,12 +31,34 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
-from courier.checks import require
-from courier.ctr.config import CtrConfig, CtrSamplesConfig
-from courier.experiment.config import ExperimentConfig
-from courier.features.config import AssignConfig, ClusterConfig, EmbedConfig, ReportConfig
-from courier.model.config import LossConfig, ModelConfig
-from courier.world.config import WorldConfig
+from courier.config.ctr import CtrConfig, CtrSamplesConfig, ImageUsage
+from courier.config.experiment import ExperimentConfig
+from courier.config.features import AssignConfig, ClusterConfig, Device, EmbedConfig, GpuUse, ReportConfig
+from courier.config.model import Ablation, Backbone, LossConfig, ModelConfig
+from courier.config.plumbing import Catalog, MlflowConfig, SparkConfig, TablesConfig
+from courier.config.samples import SamplesConfig
+from courier.config.train import (
+    PROMOTION_METRICS,
+    BatchGrouping,
+    LoaderKind,
+    MixedPrecision,
+    Objective,
+    PromoteConfig,
+    PromotionMetric,
+    TrainBackend,
+    TrainConfig,
+)
+from courier.config.world import WorldConfig
+
+__all__ = [
+    "CONF_DIR", "PROJECT_ROOT", "PROMOTION_METRICS", "Ablation", "AssignConfig", "Backbone", "BatchGrouping",
+    "Catalog", "ClusterConfig", "ConfigError", "CourierConfig", "CtrConfig", "CtrSamplesConfig", "Device",
+    "EmbedConfig", "ExperimentConfig", "GpuUse", "ImageUsage", "LoaderKind", "LossConfig", "MixedPrecision",
+    "MlflowConfig", "ModelConfig", "Objective", "PromoteConfig", "PromotionMetric", "ReportConfig",
+    "SamplesConfig", "SparkConfig", "TablesConfig", "TrainBackend", "TrainConfig", "WorldConfig",
+    "config_json", "from_dict", "load_config", "mask_secrets",
+]
+
 
 def _project_root() -> Path:
     """The folder holding conf/ and sql/ (and against which relative paths resolve).
@@ -33,7 +67,7 @@ def _project_root() -> Path:
     installed from its wheel (a packed environment's driver in cluster mode),
     ``<sys.prefix>/share/courier``, where the wheel puts them (pyproject.toml, data-files).
     """
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # courier/config/__init__.py -> the checkout
     if (checkout / "conf" / "base.yaml").is_file():
         return checkout
     installed = Path(sys.prefix) / "share" / "courier"
@@ -46,187 +80,6 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key."""
-
-
-@dataclass(frozen=True)
-class SparkConfig:
-    """How to build the SparkSession (see courier.spark)."""
-
-    master: str | None = "local[*]"  # None: leave it to spark-submit --master
-    app_name: str = "courier"
-    # Root of the embedded warehouse: Delta tables and the Derby metastore live here.
-    warehouse_dir: str = "warehouse"
-    # "derby": a persistent Hive metastore on Derby inside warehouse_dir (embedded default), served
-    # to every process by Derby's network server, started on demand (courier.catalog);
-    # "external": use the Hive metastore configured in `conf` (cluster); "in-memory": none.
-    catalog: str = "derby"
-    # The Derby server stops after this many seconds without a courier process using it.
-    catalog_idle_s: int = 300
-    # Folder of Delta JARs resolved by `make setup`; None when spark-submit --packages provides them.
-    jars_dir: str | None = ".jars"
-    shuffle_partitions: int = 8
-    driver_memory: str = "4g"
-    ui_enabled: bool = True
-    log_level: str = "WARN"
-    # JVM log4j2 configuration (project-relative or absolute); None = Spark's or the cluster's own.
-    log4j_config: str | None = "conf/log4j2.properties"
-    conf: dict[str, str] = field(default_factory=dict)
-
-
-_PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-
-
-@dataclass(frozen=True)
-class TablesConfig:
-    """Table names (all Delta, all in one database)."""
-
-    database: str = "courier"
-    raw_items: str = "raw_items"
-    raw_impressions: str = "raw_impressions"
-    item_images: str = "item_images"
-    courier_samples: str = "courier_samples"
-    courier_training_rows: str = "courier_training_rows"
-    rejects: str = "rejects"
-    pipeline_runs: str = "pipeline_runs"
-    eval_item_styles: str = "eval_item_styles"
-    eval_user_preferences: str = "eval_user_preferences"
-    item_embeddings: str = "item_embeddings"
-    cluster_centroids: str = "cluster_centroids"
-    item_image_features: str = "item_image_features"
-    # Analyst views over the feature tables (sql/features/<view>.sql).
-    item_clusters_current: str = "item_clusters_current"
-    cluster_summary: str = "cluster_summary"
-    category_clusters: str = "category_clusters"
-    cluster_click_share_daily: str = "cluster_click_share_daily"
-    ctr_samples: str = "ctr_samples"
-
-    def __post_init__(self) -> None:
-        # Names reach SQL through IDENTIFIER(:param) or quote_identifier, never pasted; refusing
-        # anything but plain identifiers here stops a hostile --set before any job starts.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            require(isinstance(value, str) and _PLAIN_IDENTIFIER.match(value) is not None,
-                    f"tables.{f.name} must be a plain identifier (letters, digits and _, not starting "
-                    f"with a digit), got {value!r}")
-
-    def qualified(self, name: str) -> str:
-        """``database.table`` for a table attribute name, e.g. ``qualified("rejects")``."""
-        return f"{self.database}.{getattr(self, name)}"
-
-
-@dataclass(frozen=True)
-class SamplesConfig:
-    """The sample build (method.md notation)."""
-
-    l_pv: int = 5
-    l_click: int = 5
-    # Fraction of unclicked impressions kept, chosen by a deterministic hash of
-    # (request_id, item_id, sampling_seed): the same input always gives the same sample.
-    negative_keep_rate: float = 0.5
-    sampling_seed: int = 0
-    # Click history may come from before the requested date range, up to this far back.
-    history_lookback_days: int = 60
-    image_size: int = 64
-    jpeg_quality: int = 90
-    # Source images beyond these are rejected as "image_too_large" before their pixels are
-    # decoded (a decompression bomb is a small file whose header claims a huge size).
-    max_image_bytes: int = 20_000_000
-    max_image_pixels: int = 40_000_000
-    # Rows per Parquet row group of courier_training_rows; readers shard by row group.
-    rows_per_row_group: int = 256
-    # Events after this instant are rejected as "future_timestamp"; None = now.
-    max_event_ts: str | None = None
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training run (courier train)."""
-
-    batch_size: int = 64  # rows (page views) per process
-    epochs: int = 1
-    max_steps: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    num_processes: int = 1
-    use_gpu: bool = False
-    mixed_precision: str = "auto"  # "auto" | "bf16" | "fp16" | "off"
-    log_every_steps: int = 10
-    checkpoint_every_steps: int = 100
-    checkpoint_dir: str = "warehouse/checkpoints"
-    loader_workers: int = 2
-    seed: int = 0
-    table_version: int | None = None  # pinned Delta version; None = latest at start
-    # The data-parallel launcher and process group (courier/train/backends.py):
-    # "torch_distributor" (TorchDistributor + DDP) or "horovod" (horovod.spark.run; Horovod is
-    # built from source by `make setup`, build/horovod/install.sh).
-    backend: str = "torch_distributor"
-    # horovod: seconds for the Spark tasks to start and register before the run fails.
-    start_timeout_s: int = 600
-    # TorchDistributor: True runs the processes on the driver node, False on the executors.
-    local_mode: bool = True
-    loader_kind: str = "petastorm"  # courier.data.make_batch_source(kind=...)
-    # The latest files of the snapshot (by path, so the latest dt partitions) are held out
-    # from training and used for the end-of-run evaluation; 0 = no evaluation.
-    holdout_fraction: float = 0.1
-    eval_max_rows: int = 2048
-    eval_init_baseline: bool = True  # also evaluate the model at step 0 (same seed)
-    keep_checkpoints: int = 2  # newest step checkpoints kept per run (the final one always)
-    # torch.use_deterministic_algorithms; CPU runs are deterministic without it.
-    deterministic: bool = False
-    # What `courier train` optimises: "courier" (method.md), or an image-only baseline of the
-    # CTR comparison (courier/train/baselines.py): "random_init" (no step), "label_aligned"
-    # (predict the item's category), "simclr" (augmented views, NT-Xent at simclr_tau).
-    objective: str = "courier"
-    simclr_tau: float = 0.2
-    # How the loader forms batches: "none" (rows of a shuffle window in random order) or
-    # "query" (one query after another within each window, so the in-batch negatives share
-    # the page views' category: harder than a random other category's items).
-    batch_grouping: str = "none"
-    # Files (row groups) whose rows are shuffled together: larger windows mix more (and give
-    # purer query groups) at the cost of decoded memory (the loader logs its estimate).
-    shuffle_window: int = 4
-    # Train on the newest N clicks of each row's history (the rows hold samples.l_click); None = all
-    # of them. Lets one sample build serve encoders with shorter histories (the experiment's arms).
-    history_clicks: int | None = None
-
-
-@dataclass(frozen=True)
-class MlflowConfig:
-    tracking_uri: str = "sqlite:///warehouse/mlflow.db"
-    # None: next to a SQLite store (<db folder>/mlartifacts), else the server's default.
-    artifact_location: str | None = None
-    experiment: str = "courier"
-    registered_model: str = "courier-image-encoder"
-    alias: str = "candidate"
-    log_model: bool = True  # log + register the image encoder at the end of `courier train`
-
-
-
-# Held-out metrics where higher is better (courier.train.evaluate); promotion compares one of them.
-PROMOTION_METRICS = ("row_auc", "hit1", "inbatch_top1")
-
-
-@dataclass(frozen=True)
-class PromoteConfig:
-    """``courier evaluate`` / ``courier promote``: when the ``mlflow.alias`` model replaces production.
-
-    ``courier evaluate`` scores the candidate and the current production model on the
-    candidate's held-out rows (one snapshot for both); ``courier promote`` moves
-    ``to_alias`` to the candidate if its ``metric`` beats production's by ``margin``.
-    """
-
-    to_alias: str = "production"
-    metric: str = "row_auc"
-    margin: float = 0.002
-    max_rows: int = 2048          # held-out rows scored per model
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        require(self.metric in PROMOTION_METRICS,
-                f"promote.metric must be one of {PROMOTION_METRICS}, got {self.metric!r}")
-        require(self.margin >= 0.0, f"promote.margin must be >= 0, got {self.margin}")
-        require(self.max_rows > 0 and self.batch_size > 0, "promote.max_rows and promote.batch_size must be > 0")
-        require(bool(self.to_alias), "promote.to_alias must name an alias")
 
 
 @dataclass(frozen=True)
@@ -252,7 +105,8 @@ class CourierConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data (closed choices as their strings): what YAML, JSON and MLflow params hold."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {k: _plain(v) for k, v in items})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -351,10 +205,21 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise ConfigError(str(exc)) from exc
 
 
+def _plain(value: Any) -> Any:
+    """A closed choice's member as its string (tuples and lists of them too); anything else as it is."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value  # a closed choice: the section's __post_init__ checks it and names the key
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

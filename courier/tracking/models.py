@@ -1,4 +1,5 @@
-"""Which model a feature run uses: resolved ONCE, on the driver, to a concrete version.
+"""Model references: which model a run uses, resolved ONCE, on the driver, to a concrete version;
+and the preprocessing (``PreprocessingSpec``) every logged encoder carries in its metadata.
 
 ``models:/name@alias`` moves when someone promotes a model. Resolving it here,
 before any task starts, and writing the concrete version on every row means
@@ -8,14 +9,44 @@ model produced each embedding.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
-from courier.model.serving import PreprocessingSpec
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 # models:/name/latest or /Production move like an alias but cannot be pinned the same way.
 _MOVING_URI = re.compile(r"^models:/[^/@]+/[^/]+$")
+# The key of a logged encoder's MLflow metadata that holds its PreprocessingSpec.
+METADATA_KEY = "courier_preprocessing"
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """What the model expects: uint8 RGB images [N, 3, image_size, image_size].
+
+    ``mean``/``std`` are the training loader's normalisation (courier.data.decode),
+    taken from it when the model is exported.
+    """
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input: str = "uint8 RGB [N, 3, S, S], 0..255, resized + center-cropped to S"
+    output: str = "float32 [N, d], L2-normalised"
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {METADATA_KEY: {**asdict(self), "mean": list(self.mean), "std": list(self.std)}}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any] | None, where: str) -> "PreprocessingSpec":
+        """The spec stored with a logged model; ValueError naming ``where`` if it has none."""
+        spec = (metadata or {}).get(METADATA_KEY)
+        if not spec:
+            raise ValueError(
+                f"{where} carries no {METADATA_KEY!r} metadata: it was logged before models became "
+                "self-describing (or by another tool). Re-train with `courier train` to register a model "
+                "that takes decoded images and knows its own preprocessing.")
+        return cls(image_size=int(spec["image_size"]), mean=tuple(spec["mean"]), std=tuple(spec["std"]))
 
 
 class ModelResolutionError(LookupError):
