@@ -371,11 +371,13 @@ def _shutdown(server: subprocess.Popen) -> None:
             server.wait()
 
 
-def _detach(argv: Sequence[str], log_file: Path) -> int:
-    """Start ``serve`` (without --detach) in a new session, print its pid, return at once."""
+def detach(module: str, argv: Sequence[str], log_file: Path) -> int:
+    """Start ``python -m module argv`` (its ``serve`` without --detach) in a session of its own, print its
+    pid, return at once: it is then nobody's child here (no zombie in a long-lived caller) and outlives
+    the command that started it. Used by the catalog's and the SQL endpoint's ``serve --detach``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
-        child = subprocess.Popen([sys.executable, "-m", "courier.catalog", *argv], stdin=subprocess.DEVNULL,
+        child = subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     print(child.pid)
     return 0
@@ -394,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.add_argument("--warehouse", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "serve" and args.detach:
-        return _detach([a for a in argv if a != "--detach"], _StateDir(args.warehouse).log)
+        return detach("courier.catalog", [a for a in argv if a != "--detach"], _StateDir(args.warehouse).log)
     if args.command == "serve":
         return serve(args.warehouse, args.classpath, args.idle_s)
     print("stopped" if stop_catalog_server(args.warehouse) else "no server was running")

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from courier.catalog import _accepts_connections, _pid_alive
+from courier.catalog import _accepts_connections, _pid_alive, detach
 from courier.config import PROJECT_ROOT, Catalog, SparkConfig
 
 log = logging.getLogger(__name__)
@@ -407,16 +407,6 @@ def serve(warehouse: Path, port: int) -> int:
     return 0
 
 
-def _detach(argv: Sequence[str], log_file: Path) -> int:
-    """Start ``serve`` (without --detach) in a session of its own, print its pid, return at once: it is
-    then nobody's child here (no zombie in a long-lived caller) and outlives ``sql-server start``."""
-    with open(log_file, "ab") as out:
-        child = subprocess.Popen([sys.executable, "-m", "courier.sql_server", *argv], stdin=subprocess.DEVNULL,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    print(child.pid)
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m courier.sql_server")
@@ -427,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--detach", action="store_true", help="run it in the background; print its pid")
     args = parser.parse_args(argv)
     if args.detach:
-        return _detach([a for a in argv if a != "--detach"], _State(args.warehouse).log)
+        return detach("courier.sql_server", [a for a in argv if a != "--detach"], _State(args.warehouse).log)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(args.warehouse, args.port)
 
