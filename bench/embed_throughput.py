@@ -16,6 +16,7 @@ EmbeddingModel in pt2 format). Then, in the same process:
 
 Ratios are embed seconds / loop seconds (goal: at most 1.3).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,19 +37,28 @@ from shops import session_overrides
 
 def register_encoder(cfg) -> str:
     """Log a random-init EmbeddingModel the way `courier train` does; returns its version."""
+    from courier import tracking
     from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
     from courier.model import build_image_encoder
-    from courier import tracking
     from courier.model.serving import EmbeddingModel
     from courier.tracking.models import PreprocessingSpec
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     experiment = tracking.ensure_experiment(uri, cfg.mlflow.experiment, None)
     run_id = tracking.create_run(uri, experiment, "bench-encoder", {}, {})
-    spec = PreprocessingSpec(cfg.samples.image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD)))
+    spec = PreprocessingSpec(
+        cfg.samples.image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD))
+    )
     model = EmbeddingModel(build_image_encoder(cfg.model), spec).eval()
-    return tracking.log_encoder(uri, run_id, model, spec, cfg.model.embedding_dim, cfg.mlflow.registered_model,
-                                cfg.mlflow.alias)
+    return tracking.log_encoder(
+        uri,
+        run_id,
+        model,
+        spec,
+        cfg.model.embedding_dim,
+        cfg.mlflow.registered_model,
+        cfg.mlflow.alias,
+    )
 
 
 def torch_loop(cfg, version: str, jpegs: list[bytes]) -> float:
@@ -66,14 +76,16 @@ def torch_loop(cfg, version: str, jpegs: list[bytes]) -> float:
     out = []
     with torch.inference_mode():
         for start in range(0, len(jpegs), batch):
-            images = np.stack([decode_jpeg(j, size) for j in jpegs[start:start + batch]])
+            images = np.stack([decode_jpeg(j, size) for j in jpegs[start : start + batch]])
             out.append(model(torch.from_numpy(images)).numpy())
     assert sum(len(o) for o in out) == len(jpegs)
     return time.perf_counter() - t0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--master", default="local[2]")
@@ -86,18 +98,33 @@ def main() -> None:
 
     warehouse = Path(tempfile.mkdtemp(prefix="courier-bench-embed-"))
     try:
-        cfg = load_config("local", [
-            *session_overrides(warehouse, master=args.master), "tables.database=bench_embed",
-            f"world.n_items={args.items}", "world.n_page_views=2000", "world.n_users=2000", "world.days=2",
-            f"world.image_size={args.image_size}", f"samples.image_size={args.image_size}",
-            "mlflow.registered_model=bench-encoder"])
+        cfg = load_config(
+            "local",
+            [
+                *session_overrides(warehouse, master=args.master),
+                "tables.database=bench_embed",
+                f"world.n_items={args.items}",
+                "world.n_page_views=2000",
+                "world.n_users=2000",
+                "world.days=2",
+                f"world.image_size={args.image_size}",
+                f"samples.image_size={args.image_size}",
+                "mlflow.registered_model=bench-encoder",
+            ],
+        )
         spark = build_spark_session(cfg.spark, database=cfg.tables.database)
         write_world(spark, cfg)
         build_item_images(spark, cfg, uuid.uuid4().hex[:12])
         version = register_encoder(cfg)
-        jpegs = [bytes(r["jpeg"]) for r in spark.table(cfg.tables.qualified("item_images")).select("jpeg").collect()]
-        print(f"{len(jpegs):,} items at {args.image_size} px, {args.master}, load average {os.getloadavg()[0]:.1f}",
-              flush=True)
+        jpegs = [
+            bytes(r["jpeg"])
+            for r in spark.table(cfg.tables.qualified("item_images")).select("jpeg").collect()
+        ]
+        print(
+            f"{len(jpegs):,} items at {args.image_size} px, {args.master}, load average "
+            f"{os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         loop_s = torch_loop(cfg, version, jpegs)
         print(f"torch loop: {loop_s:.1f}s ({len(jpegs) / loop_s:,.0f} images/s)", flush=True)
         runs = []
@@ -106,17 +133,38 @@ def main() -> None:
             result = embed_items(spark, cfg, full=True)
             total = time.perf_counter() - t0
             udf_s = result.record.metrics["ms.embed"] / 1000
-            runs.append({"run": label, "embed_s": total, "udf_phase_s": udf_s, "ratio": total / loop_s,
-                         "udf_ratio": udf_s / loop_s, "embedded": result.record.metrics["embedded"]})
-            print(f"courier embed ({label}): {total:.1f}s end to end ({len(jpegs) / total:,.0f} images/s), "
-                  f"UDF phase {udf_s:.1f}s -> {total / loop_s:.2f}x the loop (UDF phase {udf_s / loop_s:.2f}x)",
-                  flush=True)
+            runs.append(
+                {
+                    "run": label,
+                    "embed_s": total,
+                    "udf_phase_s": udf_s,
+                    "ratio": total / loop_s,
+                    "udf_ratio": udf_s / loop_s,
+                    "embedded": result.record.metrics["embedded"],
+                }
+            )
+            print(
+                f"courier embed ({label}): {total:.1f}s end to end ({len(jpegs) / total:,.0f} "
+                f"images/s), UDF phase {udf_s:.1f}s -> {total / loop_s:.2f}x the loop (UDF phase "
+                f"{udf_s / loop_s:.2f}x)",
+                flush=True,
+            )
         loop_again = torch_loop(cfg, version, jpegs)
         print(f"torch loop again: {loop_again:.1f}s", flush=True)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"items": len(jpegs), "image_size": args.image_size, "master": args.master,
-                                   "loop_s": [loop_s, loop_again], "runs": runs}, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "items": len(jpegs),
+                    "image_size": args.image_size,
+                    "master": args.master,
+                    "loop_s": [loop_s, loop_again],
+                    "runs": runs,
+                },
+                indent=2,
+            )
+        )
         spark.stop()
     finally:
         shutil.rmtree(warehouse, ignore_errors=True)

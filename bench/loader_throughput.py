@@ -1,6 +1,6 @@
 """Training-loader throughput: decoded images/s of one rank's BatchSource over a built shop.
 
-    .venv/bin/python bench/loader_throughput.py                       # demo-size shop, workers 1 and 2
+    .venv/bin/python bench/loader_throughput.py           # demo-size shop, workers 1 and 2
     .venv/bin/python bench/loader_throughput.py --page-views 10000 --image-size 32 --workers 1 2 4
 
 The shop (synthetic world + build_samples) is built once into
@@ -13,6 +13,7 @@ images/s counts the real (non-padding) images decoded; rows/s the page views.
 "first batch s" is the latency from ``batches()`` to the first batch (reader
 start-up + the first shuffle window).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,20 +33,37 @@ DB = "courier_bench_loader"
 
 
 def _build_if_needed(args: argparse.Namespace):
-    cfg = load_config("local", [
-        f"spark.warehouse_dir={args.warehouse}", f"spark.master={args.master}", "spark.ui_enabled=false",
-        f"spark.driver_memory={args.driver_memory}", f"tables.database={DB}",
-        f"world.n_page_views={args.page_views}", f"world.n_items={args.items}", f"world.n_users={args.users}",
-        f"world.days={args.days}", f"world.image_size={args.image_size}", f"samples.image_size={args.image_size}",
-        f"samples.rows_per_row_group={args.rows_per_row_group}", "samples.max_event_ts=2030-01-01T00:00:00",
-    ])
+    cfg = load_config(
+        "local",
+        [
+            f"spark.warehouse_dir={args.warehouse}",
+            f"spark.master={args.master}",
+            "spark.ui_enabled=false",
+            f"spark.driver_memory={args.driver_memory}",
+            f"tables.database={DB}",
+            f"world.n_page_views={args.page_views}",
+            f"world.n_items={args.items}",
+            f"world.n_users={args.users}",
+            f"world.days={args.days}",
+            f"world.image_size={args.image_size}",
+            f"samples.image_size={args.image_size}",
+            f"samples.rows_per_row_group={args.rows_per_row_group}",
+            "samples.max_event_ts=2030-01-01T00:00:00",
+        ],
+    )
     spark = build_spark_session(cfg.spark, database=DB)
     table = cfg.tables.qualified("courier_training_rows")
     marker = Path(args.warehouse) / f"{DB}.built.json"
-    wanted = {k: getattr(args, k) for k in ("page_views", "items", "users", "days", "image_size",
-                                            "rows_per_row_group")}
-    if args.rebuild or not marker.exists() or json.loads(marker.read_text()) != wanted \
-            or not spark.catalog.tableExists(table):
+    wanted = {
+        k: getattr(args, k)
+        for k in ("page_views", "items", "users", "days", "image_size", "rows_per_row_group")
+    }
+    if (
+        args.rebuild
+        or not marker.exists()
+        or json.loads(marker.read_text()) != wanted
+        or not spark.catalog.tableExists(table)
+    ):
         spark.sql(f"DROP DATABASE IF EXISTS {DB} CASCADE")
         spark.sql(f"CREATE DATABASE {DB}")
         t0 = time.perf_counter()
@@ -59,9 +77,17 @@ def _build_if_needed(args: argparse.Namespace):
 
 
 def _measure(snapshot, kind: str, workers: int, batch_size: int, epochs: int) -> dict:
-    source = make_batch_source(snapshot, rank=0, world_size=1, batch_size=batch_size, seed=0,
-                               workers=workers, kind=kind, shuffle_window=TrainConfig().shuffle_window,
-                               group_by_query=False)
+    source = make_batch_source(
+        snapshot,
+        rank=0,
+        world_size=1,
+        batch_size=batch_size,
+        seed=0,
+        workers=workers,
+        kind=kind,
+        shuffle_window=TrainConfig().shuffle_window,
+        group_by_query=False,
+    )
     images = rows = 0
     first_batch = []
     t0 = time.perf_counter()
@@ -73,15 +99,27 @@ def _measure(snapshot, kind: str, workers: int, batch_size: int, epochs: int) ->
             images += int((batch["pv_labels"] >= 0).sum()) + int(batch["click_mask"].sum())
             rows += len(batch["request_keys"])
     seconds = time.perf_counter() - t0
-    return {"kind": kind, "workers": workers, "epochs": epochs, "rows": rows, "images": images,
-            "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds), "images_per_s": round(images / seconds),
-            "first_batch_s": round(sum(first_batch) / len(first_batch), 2)}
+    return {
+        "kind": kind,
+        "workers": workers,
+        "epochs": epochs,
+        "rows": rows,
+        "images": images,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds),
+        "images_per_s": round(images / seconds),
+        "first_batch_s": round(sum(first_batch) / len(first_batch), 2),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--warehouse", default="bench/out/loader-warehouse")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the shop even if one of this size exists")
+    parser.add_argument(
+        "--rebuild", action="store_true", help="rebuild the shop even if one of this size exists"
+    )
     parser.add_argument("--page-views", type=int, default=40_000, help="world size (demo: 40000)")
     parser.add_argument("--items", type=int, default=3_000)
     parser.add_argument("--users", type=int, default=2_000)
@@ -99,9 +137,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     snapshot = _build_if_needed(args)
-    print(f"snapshot {snapshot.table} v{snapshot.version}: {snapshot.total_rows:,} rows in {len(snapshot.files)} "
-          f"files, l_pv={snapshot.l_pv} l_click={snapshot.l_click} image {snapshot.image_size}px, "
-          f"batch {args.batch_size}", flush=True)
+    print(
+        f"snapshot {snapshot.table} v{snapshot.version}: {snapshot.total_rows:,} rows in "
+        f"{len(snapshot.files)} files, l_pv={snapshot.l_pv} l_click={snapshot.l_click} image "
+        f"{snapshot.image_size}px, batch {args.batch_size}",
+        flush=True,
+    )
     # One untimed epoch first: the OS page cache then holds the files for every measured run alike.
     _measure(snapshot, args.kinds[0], 1, args.batch_size, 1)
     results = []
@@ -112,11 +153,16 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print(f"\n{'kind':<10} {'workers':>7} {'rows/s':>8} {'images/s':>9} {'first batch s':>13}")
     for r in results:
-        print(f"{r['kind']:<10} {r['workers']:>7} {r['rows_per_s']:>8,} {r['images_per_s']:>9,} "
-              f"{r['first_batch_s']:>13.2f}")
+        print(
+            f"{r['kind']:<10} {r['workers']:>7} {r['rows_per_s']:>8,} {r['images_per_s']:>9,} "
+            f"{r['first_batch_s']:>13.2f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"snapshot": snapshot.summary(), "args": vars(args), "results": results},
-                                         indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"snapshot": snapshot.summary(), "args": vars(args), "results": results}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Reads the JSON lines of bench/recipe_search.py; writes share_by_compute.png and prints a
 Markdown table (one row per recipe and budget), the recipes in the order they were run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+import matplotlib.pyplot as plt  # after the backend is chosen
 
 
 def load(path: Path) -> dict[str, list[dict]]:
@@ -29,7 +30,8 @@ def load(path: Path) -> dict[str, list[dict]]:
 def plot(runs: dict[str, list[dict]], out: Path, marks: list[tuple[float, str]] = ()) -> Path:
     fig, (ax_share, ax_style) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, rows in runs.items():
-        rows = [r for r in rows if r.get("k", 192) == 192]  # the curves at cluster.k; other k in the table
+        # the curves at cluster.k; other k in the table
+        rows = [r for r in rows if r.get("k", 192) == 192]
         if not rows:
             continue
         x = [max(r["images_encoded"], 1) / 1e6 for r in rows]
@@ -55,14 +57,22 @@ def plot(runs: dict[str, list[dict]], out: Path, marks: list[tuple[float, str]] 
 
 
 def table(runs: dict[str, list[dict]]) -> str:
-    lines = ["| recipe | set | steps | k | images encoded | validation AUC | share of oracle | style 10-NN | category NMI |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| recipe | set | steps | k | images encoded | validation AUC | share of oracle | style "
+        "10-NN | category NMI |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, rows in runs.items():
         for r in rows:
-            sets = " ".join(o for o in r["overrides"] if not o.startswith("ctr.threads")) + (f" warmup={r['warmup']} decay={r['decay']}" if r["warmup"] else "")
+            sets = " ".join(o for o in r["overrides"] if not o.startswith("ctr.threads")) + (
+                f" warmup={r['warmup']} decay={r['decay']}" if r["warmup"] else ""
+            )
             share = f"{100 * r['share']:.0f}%" if r["share"] is not None else ""
-            lines.append(f"| {name} | {r['trainset']}: `{sets}` | {r['step']} | {r.get('k', 192)} | {r['images_encoded']:,} | "
-                         f"{r['validation_auc']:.4f} | {share} | {r['style_knn10']:.3f} | {_number(r['category_nmi'])} |")
+            lines.append(
+                f"| {name} | {r['trainset']}: `{sets}` | {r['step']} | {r.get('k', 192)} | "
+                f"{r['images_encoded']:,} | {r['validation_auc']:.4f} | {share} | "
+                f"{r['style_knn10']:.3f} | {_number(r['category_nmi'])} |"
+            )
     return "\n".join(lines)
 
 
@@ -72,11 +82,19 @@ def _number(value: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results")
     parser.add_argument("--out", default="bench/out")
-    parser.add_argument("--mark", nargs=2, action="append", default=[], metavar=("PERCENT", "LABEL"),
-                        help="a measured reference line on the share panel")
+    parser.add_argument(
+        "--mark",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("PERCENT", "LABEL"),
+        help="a measured reference line on the share panel",
+    )
     args = parser.parse_args()
     runs = load(Path(args.results))
     marks = [(float(v), label) for v, label in args.mark]

@@ -1,4 +1,6 @@
-"""The benchmark shops: one sizing rule and one session setup for every bench script that builds a shop."""
+"""The benchmark shops: one sizing rule and one session
+setup for every bench script that builds a shop."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +8,19 @@ from pathlib import Path
 BENCH_DAYS = 14
 
 
-def session_overrides(warehouse: Path, master: str = "local[2]", shuffle_partitions: int = 8,
-                      driver_memory: str = "8g") -> list[str]:
+def session_overrides(
+    warehouse: Path,
+    master: str = "local[2]",
+    shuffle_partitions: int = 8,
+    driver_memory: str = "8g",
+) -> list[str]:
     """Config overrides for a throw-away warehouse on the local machine."""
     return [
-        f"spark.warehouse_dir={warehouse}", f"spark.master={master}", "spark.ui_enabled=false",
-        f"spark.shuffle_partitions={shuffle_partitions}", f"spark.driver_memory={driver_memory}",
+        f"spark.warehouse_dir={warehouse}",
+        f"spark.master={master}",
+        "spark.ui_enabled=false",
+        f"spark.shuffle_partitions={shuffle_partitions}",
+        f"spark.driver_memory={driver_memory}",
         f"mlflow.tracking_uri=sqlite:///{warehouse}/mlflow.db",
     ]
 

@@ -1,14 +1,15 @@
 """The analysts' SQL endpoint against a cold `courier sql`: latency of the README's analyst queries.
 
-    .venv/bin/python bench/sql_endpoint.py                      # the demo warehouse (after `make demo`)
+    .venv/bin/python bench/sql_endpoint.py        # the demo warehouse (after `make demo`)
     .venv/bin/python bench/sql_endpoint.py --runs 2 --cold-runs 1 --cold-query courier_samples \
-        --set spark.warehouse_dir=/tmp/wh ...              # a warehouse without features: views fail, reported
+        --set spark.warehouse_dir=/tmp/wh ...   # a warehouse without features: views fail, reported
 
 In one run, on the warehouse of ``--profile``/``--set``:
 
 1. cold: ``courier sql --no-endpoint`` (a JVM, a Spark session and the catalog per query, what
    analysts had before the endpoint), ``--cold-runs`` times on the cluster_summary query;
-2. ``courier sql-server start`` (timed), unless an endpoint is up already (then it is used and left up);
+2. ``courier sql-server start`` (timed),
+unless an endpoint is up already (then it is used and left up);
 3. quiet: each README query ``--runs`` times over one open PyHive connection (a BI tool or a
    notebook) and ``--runs`` times as a ``courier sql`` process (a new Python each time, through the
    endpoint);
@@ -19,6 +20,7 @@ In one run, on the warehouse of ``--profile``/``--set``:
 Median and p95 (nearest rank) per query and mode; JSON in bench/out/sql_endpoint.json. A query
 that fails (a view missing in a warehouse without features) is reported with its error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +33,13 @@ import time
 from pathlib import Path
 
 from courier.config import PROJECT_ROOT, load_config
-from courier.sql_server import endpoint_for, server_message, start_sql_server, stop_sql_server, warehouse_path
+from courier.sql_server import (
+    endpoint_for,
+    server_message,
+    start_sql_server,
+    stop_sql_server,
+    warehouse_path,
+)
 
 COURIER = [sys.executable, "-m", "jobs.cli"]
 OUT = PROJECT_ROOT / "bench" / "out" / "sql_endpoint.json"
@@ -39,7 +47,9 @@ OUT = PROJECT_ROOT / "bench" / "out" / "sql_endpoint.json"
 
 def readme_queries(database: str) -> list[str]:
     """The README's `courier sql` examples, on ``database``."""
-    queries = re.findall(r'^\.venv/bin/courier sql "(.+)"$', (PROJECT_ROOT / "README.md").read_text(), re.M)
+    queries = re.findall(
+        r'^\.venv/bin/courier sql "(.+)"$', (PROJECT_ROOT / "README.md").read_text(), re.M
+    )
     return [re.sub(r"\bcourier\.(\w+)", rf"{database}.\1", q) for q in queries]
 
 
@@ -49,15 +59,23 @@ def p95(values: list[float]) -> float:
 
 
 def summary(times: list[float]) -> dict:
-    return {"runs": len(times), "median_s": round(statistics.median(times), 3), "p95_s": round(p95(times), 3)}
+    return {
+        "runs": len(times),
+        "median_s": round(statistics.median(times), 3),
+        "p95_s": round(p95(times), 3),
+    }
 
 
 def courier_sql(query: str, sets: list[str], *extra: str) -> float:
     """Wall time of one `courier sql` process; raises on failure."""
     t0 = time.perf_counter()
-    done = subprocess.run([*COURIER, "sql", query, *extra, *sets], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    done = subprocess.run(
+        [*COURIER, "sql", query, *extra, *sets], capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
     if done.returncode:
-        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}")
+        raise RuntimeError(
+            done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"
+        )
     return time.perf_counter() - t0
 
 
@@ -72,8 +90,12 @@ class Writer:
             return False
         if self.proc is None or self.proc.poll() is not None:
             with open(self.log, "ab") as out:
-                self.proc = subprocess.Popen([*COURIER, "build-samples", "--start", self.day, "--end", self.day,
-                                              *self.sets], stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+                self.proc = subprocess.Popen(
+                    [*COURIER, "build-samples", "--start", self.day, "--end", self.day, *self.sets],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=PROJECT_ROOT,
+                )
             self.builds += 1
         return True
 
@@ -82,7 +104,9 @@ class Writer:
             self.proc.wait()  # never killed: the warehouse is left as a finished build leaves it
 
 
-def measure(endpoint, queries: list[str], runs: int, sets: list[str], writer: Writer | None) -> dict:
+def measure(
+    endpoint, queries: list[str], runs: int, sets: list[str], writer: Writer | None
+) -> dict:
     """Each query ``runs`` times over one connection and as a `courier sql` process."""
     results = {}
     with endpoint.connect() as connection:
@@ -110,16 +134,28 @@ def measure(endpoint, queries: list[str], runs: int, sets: list[str], writer: Wr
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="local")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs", type=int, default=20, help="runs per query and mode (default 20)")
-    parser.add_argument("--cold-runs", type=int, default=3, help="cold `courier sql` runs (default 3)")
-    parser.add_argument("--writer-date", help="the day build-samples rewrites (default: newest dt of courier_samples)")
-    parser.add_argument("--no-writer", action="store_true", help="skip the measurements while a build writes")
+    parser.add_argument(
+        "--cold-runs", type=int, default=3, help="cold `courier sql` runs (default 3)"
+    )
+    parser.add_argument(
+        "--writer-date",
+        help="the day build-samples rewrites (default: newest dt of courier_samples)",
+    )
+    parser.add_argument(
+        "--no-writer", action="store_true", help="skip the measurements while a build writes"
+    )
     parser.add_argument("--port", type=int, default=10000)
-    parser.add_argument("--cold-query", default="cluster_summary",
-                        help="the README query (by a word of it) timed cold (default: the cluster_summary view)")
+    parser.add_argument(
+        "--cold-query",
+        default="cluster_summary",
+        help="the README query (by a word of it) timed cold (default: the cluster_summary view)",
+    )
     args = parser.parse_args()
     cfg = load_config(args.profile, args.set)
     sets = [f"--profile={args.profile}", *(f"--set={s}" for s in args.set)]
@@ -128,9 +164,10 @@ def main() -> int:
     report: dict = {"warehouse": str(warehouse_path(cfg.spark)), "runs": args.runs}
 
     print(f"cold `courier sql --no-endpoint`, {args.cold_runs} runs: {cold_query}", flush=True)
-    report["cold_courier_sql"] = {"query": cold_query,
-                                  **summary([courier_sql(cold_query, sets, "--no-endpoint")
-                                             for _ in range(args.cold_runs)])}
+    report["cold_courier_sql"] = {
+        "query": cold_query,
+        **summary([courier_sql(cold_query, sets, "--no-endpoint") for _ in range(args.cold_runs)]),
+    }
     print(f"  {report['cold_courier_sql']}", flush=True)
 
     endpoint, started = endpoint_for(cfg.spark), False

@@ -36,8 +36,10 @@ def main() -> None:
     t0 = time.perf_counter()
     world = generate_world(cfg)
     t_items = time.perf_counter() - t0
-    print(f"items+users: {t_items:.1f}s  raw_items {world.items.nbytes / 1e6:.1f} MB "
-          f"({cfg.n_items} items, {cfg.image_size}px PNG)")
+    print(
+        f"items+users: {t_items:.1f}s  raw_items {world.items.nbytes / 1e6:.1f} MB "
+        f"({cfg.n_items} items, {cfg.image_size}px PNG)"
+    )
 
     sizes: list[tuple[int, int]] = []
 
@@ -50,9 +52,11 @@ def main() -> None:
     stats = click_stats(world.item_styles, world.user_preferences, timed_batches())
     t_imp = time.perf_counter() - t1
     rows = sum(r for r, _ in sizes)
-    print(f"impressions: {rows} rows in {len(sizes)} batches, {t_imp:.1f}s "
-          f"(generation + stats); largest batch {max(r for r, _ in sizes)} rows, "
-          f"{max(b for _, b in sizes) / 1e6:.1f} MB Arrow")
+    print(
+        f"impressions: {rows} rows in {len(sizes)} batches, {t_imp:.1f}s "
+        f"(generation + stats); largest batch {max(r for r, _ in sizes)} rows, "
+        f"{max(b for _, b in sizes) / 1e6:.1f} MB Arrow"
+    )
     print(f"total: {t_items + t_imp:.1f}s, peak RSS {_peak_rss_mb():.0f} MB")
     for key, value in asdict(stats).items():
         print(f"  {key}: {value}")

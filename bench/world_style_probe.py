@@ -60,8 +60,9 @@ def decode(images: list[bytes]) -> np.ndarray:
 def embed(net: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """Features of every image, computed in batches."""
     net.eval()
-    return np.concatenate([net(torch.from_numpy(x[i:i + batch])).numpy()
-                           for i in range(0, len(x), batch)])
+    return np.concatenate(
+        [net(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+    )
 
 
 def colour_histogram(x: np.ndarray, bins: int = 6) -> np.ndarray:
@@ -71,8 +72,13 @@ def colour_histogram(x: np.ndarray, bins: int = 6) -> np.ndarray:
     return np.stack([np.bincount(c.ravel(), minlength=bins**3) for c in code]).astype(np.float32)
 
 
-def knn_predict(feats: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                groups: np.ndarray | None) -> np.ndarray:
+def knn_predict(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    groups: np.ndarray | None,
+) -> np.ndarray:
     """Majority label of the k nearest training items by cosine (optionally same group only)."""
     f = feats - feats[train].mean(axis=0)
     f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
@@ -88,8 +94,14 @@ def knn_predict(feats: np.ndarray, labels: np.ndarray, train: np.ndarray, test: 
     return counts.argmax(axis=1)
 
 
-def report(name: str, feats: np.ndarray, style: np.ndarray, category: np.ndarray,
-           train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+def report(
+    name: str,
+    feats: np.ndarray,
+    style: np.ndarray,
+    category: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+) -> dict[str, float]:
     """kNN accuracy of style and its factors, overall and within category."""
     palette = np.array([s.palette for s in STYLES])
     order = np.array([s.upper_colour < s.lower_colour for s in STYLES])
@@ -108,8 +120,9 @@ def report(name: str, feats: np.ndarray, style: np.ndarray, category: np.ndarray
     return out
 
 
-def train_supervised(x: np.ndarray, style: np.ndarray, train: np.ndarray, steps: int,
-                     seed: int) -> nn.Module:
+def train_supervised(
+    x: np.ndarray, style: np.ndarray, train: np.ndarray, steps: int, seed: int
+) -> nn.Module:
     """Train a small CNN (with batch norm) on style labels: is style learnable from pixels?"""
     torch.manual_seed(seed)
     net = small_cnn(width=16, batch_norm=True)
@@ -125,8 +138,11 @@ def train_supervised(x: np.ndarray, style: np.ndarray, train: np.ndarray, steps:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"supervised: {steps} steps of 64 in {time.time() - start:.0f}s, last loss {loss.item():.3f}",
-          flush=True)
+    print(
+        f"supervised: {steps} steps of 64 in {time.time() - start:.0f}s, last loss "
+        f"{loss.item():.3f}",
+        flush=True,
+    )
     return net
 
 
@@ -141,8 +157,13 @@ def project_backbone() -> nn.Module | None:
     return net
 
 
-def write_grid(world_images: list[bytes], style: np.ndarray, category: np.ndarray,
-               path: str, per_category: int = 2) -> None:
+def write_grid(
+    world_images: list[bytes],
+    style: np.ndarray,
+    category: np.ndarray,
+    path: str,
+    per_category: int = 2,
+) -> None:
     """Rows = styles, columns = items of every category; labels on the left."""
     n_cat = category.max() + 1
     tiles = decode(world_images)
@@ -151,8 +172,11 @@ def write_grid(world_images: list[bytes], style: np.ndarray, category: np.ndarra
     grid = Image.new("RGB", (label_w + n_cat * per_category * size, len(STYLES) * size), "white")
     draw = ImageDraw.Draw(grid)
     for s, st in enumerate(STYLES):
-        draw.text((4, s * size + size // 2 - 6), f"{s:>2} {st.upper_colour}/{st.lower_colour} {st.pattern}",
-                  fill="black")
+        draw.text(
+            (4, s * size + size // 2 - 6),
+            f"{s:>2} {st.upper_colour}/{st.lower_colour} {st.pattern}",
+            fill="black",
+        )
         col = 0
         for c in range(n_cat):
             for i in np.flatnonzero((style == s) & (category == c))[:per_category]:
@@ -169,11 +193,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cnn-seeds", type=int, default=3)
-    parser.add_argument("--train-steps", type=int, default=250,
-                        help="steps of the supervised upper bound; 0 skips it")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=250,
+        help="steps of the supervised upper bound; 0 skips it",
+    )
     parser.add_argument("--grid", default=None, help="also write an image grid PNG here")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a WorldConfig field (float), e.g. --set hue_jitter=0")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a WorldConfig field (float), e.g. --set hue_jitter=0",
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -181,11 +214,14 @@ def main() -> None:
     cfg = WorldConfig(seed=args.seed, n_items=args.items, image_size=args.size, **overrides)
     t0 = time.time()
     world = generate_world(cfg)
-    print(f"generated {cfg.n_items} items at {cfg.image_size}px in {time.time() - t0:.1f}s"
-          + (f", overrides {overrides}" if overrides else ""))
+    print(
+        f"generated {cfg.n_items} items at {cfg.image_size}px in {time.time() - t0:.1f}s"
+        + (f", overrides {overrides}" if overrides else "")
+    )
     style = world.item_styles["style_id"].to_numpy().astype(np.int64)
-    category = np.unique(world.item_styles["category"].to_numpy(zero_copy_only=False),
-                         return_inverse=True)[1]
+    category = np.unique(
+        world.item_styles["category"].to_numpy(zero_copy_only=False), return_inverse=True
+    )[1]
     images = world.items["image"].to_pylist()
     if args.grid:
         write_grid(images, style, category, args.grid)
@@ -193,15 +229,18 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(x))
-    test, train = np.sort(perm[: len(x) // 3]), np.sort(perm[len(x) // 3:])
+    test, train = np.sort(perm[: len(x) // 3]), np.sort(perm[len(x) // 3 :])
     print(f"kNN k={K}, {len(train)} train / {len(test)} test items, chance = {1 / len(STYLES):.3f}")
 
     report("colour histogram", colour_histogram(x), style, category, train, test)
     random_scores = []
     for seed in range(args.cnn_seeds):
         torch.manual_seed(seed)
-        random_scores.append(report(f"random-init CNN seed {seed}", embed(small_cnn(), x),
-                                    style, category, train, test))
+        random_scores.append(
+            report(
+                f"random-init CNN seed {seed}", embed(small_cnn(), x), style, category, train, test
+            )
+        )
     mean = {k: float(np.mean([r[k] for r in random_scores])) for k in random_scores[0]}
     print(f"{'random-init CNN mean':<28} " + "  ".join(f"{k}={v:.3f}" for k, v in mean.items()))
     for seed in range(args.cnn_seeds):

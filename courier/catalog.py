@@ -29,6 +29,7 @@ Files under ``<warehouse>/.catalog``:
     derby.properties  the server's settings and its user (mode 0600)
     clients/<pid>   one per process using the server
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,12 @@ class CatalogServer:
 
 @dataclass(frozen=True)
 class DerbyJars:
-    """Derby's JARs: the engine Spark ships, plus the network server and client of the same version."""
+    """Derby's JARs: the engine Spark ships,
+    plus the network server and client of the same version."""
 
     engine: tuple[str, ...]  # derby, derbyshared, derbytools from pyspark's jars/
-    server: str              # derbynet
-    client: str              # derbyclient: must be on the Spark driver's class path (JDBC's DriverManager)
+    server: str  # derbynet
+    client: str  # derbyclient: must be on the Spark driver's class path (JDBC's DriverManager)
 
     @property
     def server_classpath(self) -> str:
@@ -102,21 +105,26 @@ def find_derby_jars(jars_dir: Path) -> DerbyJars:
     spark_jars = _spark_home() / "jars"
     engine = sorted(spark_jars.glob("derby-*.jar"))
     if not engine:
-        raise CatalogUnavailableError(f"no derby-*.jar in {spark_jars}: this pyspark has no Derby engine")
-    version = engine[0].name[len("derby-"):-len(".jar")]
+        raise CatalogUnavailableError(
+            f"no derby-*.jar in {spark_jars}: this pyspark has no Derby engine"
+        )
+    version = engine[0].name[len("derby-") : -len(".jar")]
     names = ("derbyshared", "derbytools")
     engine_jars = [str(engine[0]), *(str(spark_jars / f"{name}-{version}.jar") for name in names)]
     server, client = (jars_dir / f"derbynet-{version}.jar", jars_dir / f"derbyclient-{version}.jar")
     missing = [str(p) for p in (server, client, *map(Path, engine_jars)) if not p.is_file()]
     if missing:
         raise CatalogUnavailableError(
-            f"the embedded catalog's Derby {version} JARs are missing ({', '.join(missing)}): run `make setup` "
-            "(it resolves derbynet and derbyclient from Maven Central with the Delta JARs)")
+            f"the embedded catalog's Derby {version} JARs are missing ({', '.join(missing)}): run "
+            "`make setup` (it resolves derbynet and derbyclient from Maven Central with the Delta "
+            "JARs)"
+        )
     return DerbyJars(tuple(engine_jars), str(server), str(client))
 
 
 def _spark_home() -> Path:
-    """SPARK_HOME (spark-submit sets it; there pyspark itself is imported from a zip), else pyspark's folder."""
+    """SPARK_HOME (spark-submit sets it;
+    there pyspark itself is imported from a zip), else pyspark's folder."""
     if os.environ.get("SPARK_HOME"):
         return Path(os.environ["SPARK_HOME"])
     import pyspark
@@ -126,8 +134,10 @@ def _spark_home() -> Path:
 
 # --- the client side: find or start the server, register this process ----------------------------
 
+
 def ensure_catalog_server(warehouse: str | Path, jars: DerbyJars, idle_s: float) -> CatalogServer:
-    """The warehouse's running catalog server, started if there is none; this process becomes its client.
+    """The warehouse's running catalog server,
+    started if there is none; this process becomes its client.
 
     Raises:
         CatalogUnavailableError: the server would not start (the message quotes its log).
@@ -149,25 +159,45 @@ def _start_server(state: _StateDir, jars: DerbyJars, idle_s: float) -> CatalogSe
     # `serve --detach` starts the supervisor in a session of its own and exits at once, printing
     # its pid: the supervisor is then nobody's child here (no zombie), and outlives this process.
     launched = subprocess.run(
-        [sys.executable, "-m", "courier.catalog", "serve", "--detach", "--warehouse", str(state.warehouse),
-         "--classpath", jars.server_classpath, "--idle-s", str(idle_s)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "courier.catalog",
+            "serve",
+            "--detach",
+            "--warehouse",
+            str(state.warehouse),
+            "--classpath",
+            jars.server_classpath,
+            "--idle-s",
+            str(idle_s),
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     supervisor_pid = int(launched.stdout.strip() or 0) if launched.returncode == 0 else 0
     deadline = time.monotonic() + START_TIMEOUT_S
     while supervisor_pid and time.monotonic() < deadline and _pid_alive(supervisor_pid):
         server = state.running_server()
         if server is not None:
-            log.info("catalog: started Derby's network server for %s on 127.0.0.1:%d (log %s)",
-                     state.warehouse, server.port, state.log)
+            log.info(
+                "catalog: started Derby's network server for %s on 127.0.0.1:%d (log %s)",
+                state.warehouse,
+                server.port,
+                state.log,
+            )
             return server
         time.sleep(0.2)
     if supervisor_pid and _pid_alive(supervisor_pid):
         os.kill(supervisor_pid, signal.SIGTERM)
     raise CatalogUnavailableError(
-        f"the embedded catalog's Derby server for {state.warehouse} did not start; the end of {state.log}:\n"
-        f"{launched.stderr.strip()}{state.log_tail()}\nIs `java` (Java 17) on PATH or JAVA_HOME set? Is another "
-        f"Derby using {state.warehouse}/metastore_db (a job of an older courier)? Fix that, or use --set "
-        "spark.catalog=in-memory for a throw-away catalog")
+        f"the embedded catalog's Derby server for {state.warehouse} did not start; the end of "
+        f"{state.log}:\n{launched.stderr.strip()}{state.log_tail()}\nIs `java` (Java 17) on PATH "
+        f"or JAVA_HOME set? Is another Derby using {state.warehouse}/metastore_db (a job of an "
+        "older courier)? Fix that, or use --set spark.catalog=in-memory for a throw-away catalog"
+    )
 
 
 def stop_catalog_server(warehouse: str | Path, timeout_s: float = 30.0) -> bool:
@@ -184,6 +214,7 @@ def stop_catalog_server(warehouse: str | Path, timeout_s: float = 30.0) -> bool:
 
 
 # --- the warehouse's .catalog folder --------------------------------------------------------------
+
 
 class _StateDir:
     """``<warehouse>/.catalog``: the server's state, shared by its clients and its supervisor."""
@@ -205,21 +236,24 @@ class _StateDir:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def read_info(self) -> dict | None:
+    def read_info(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.info_file.read_text())
         except (OSError, ValueError):
             return None
 
-    def write_info(self, info: dict) -> None:
+    def write_info(self, info: dict[str, Any]) -> None:
         tmp = self.info_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         os.replace(tmp, self.info_file)  # readers see the whole file or none
 
     def running_server(self) -> CatalogServer | None:
-        """The server in server.json if its supervisor and JVM are alive and it accepts connections."""
+        """The server in server.json if its supervisor
+        and JVM are alive and it accepts connections."""
         info = self.read_info()
-        if info is None or not (_pid_alive(info["supervisor_pid"]) and _pid_alive(info["java_pid"])):
+        if info is None or not (
+            _pid_alive(info["supervisor_pid"]) and _pid_alive(info["java_pid"])
+        ):
             return None
         if not _accepts_connections(info["port"]):
             return None
@@ -228,10 +262,12 @@ class _StateDir:
     def write_server_properties(self) -> None:
         """derby.properties with a fresh password for the server's one user (owner-only file)."""
         password = secrets.token_urlsafe(24)
-        text = ("derby.connection.requireAuthentication=true\n"
-                "derby.authentication.provider=BUILTIN\n"
-                f"derby.user.{DERBY_USER}={password}\n"
-                "derby.drda.host=127.0.0.1\n")
+        text = (
+            "derby.connection.requireAuthentication=true\n"
+            "derby.authentication.provider=BUILTIN\n"
+            f"derby.user.{DERBY_USER}={password}\n"
+            "derby.drda.host=127.0.0.1\n"
+        )
         fd = os.open(self.properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(text)
@@ -295,7 +331,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-# --- the supervisor (python -m courier.catalog serve) -----------------------------------------------
+# --- the supervisor (python -m courier.catalog serve) ---------------------------------------------
+
 
 def _java() -> str:
     """The java that Spark would use: $JAVA_HOME/bin/java, else the one on PATH."""
@@ -312,14 +349,28 @@ def _java() -> str:
 
 
 def serve(warehouse: Path, classpath: str, idle_s: float) -> int:
-    """Run Derby's network server for ``warehouse`` until it has had no client for ``idle_s`` seconds."""
+    """Run Derby's network server for ``warehouse`` until
+    it has had no client for ``idle_s`` seconds."""
     state = _StateDir(warehouse)
     port = _free_port()
     server = subprocess.Popen(
-        [_java(), "-Xmx256m", "-cp", classpath, f"-Dderby.system.home={state.path}",
-         SERVER_MAIN, "start", "-h", "127.0.0.1", "-p", str(port), "-noSecurityManager"],
-        stdin=subprocess.DEVNULL)
-    stop_requested = []
+        [
+            _java(),
+            "-Xmx256m",
+            "-cp",
+            classpath,
+            f"-Dderby.system.home={state.path}",
+            SERVER_MAIN,
+            "start",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-noSecurityManager",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    stop_requested: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -329,15 +380,26 @@ def serve(warehouse: Path, classpath: str, idle_s: float) -> int:
             _shutdown(server)
             return 1
         time.sleep(0.2)
-    state.write_info({"port": port, "supervisor_pid": os.getpid(), "java_pid": server.pid,
-                      "warehouse": str(state.warehouse)})
-    print(f"catalog: serving {state.warehouse}/metastore_db on 127.0.0.1:{port} (stops after {idle_s:.0f} s idle)",
-          flush=True)
+    state.write_info(
+        {
+            "port": port,
+            "supervisor_pid": os.getpid(),
+            "java_pid": server.pid,
+            "warehouse": str(state.warehouse),
+        }
+    )
+    print(
+        f"catalog: serving {state.warehouse}/metastore_db on 127.0.0.1:{port} (stops after "
+        f"{idle_s:.0f} s idle)",
+        flush=True,
+    )
     _watch(state, server, idle_s, stop_requested)
     return 0
 
 
-def _watch(state: _StateDir, server: subprocess.Popen, idle_s: float, stop_requested: list) -> None:
+def _watch(
+    state: _StateDir, server: subprocess.Popen[bytes], idle_s: float, stop_requested: list[bool]
+) -> None:
     """Until stopped, idle or gone: sweep ended clients; then retire the server under the lock."""
     idle_since = time.monotonic()
     while not stop_requested and server.poll() is None and state.path.is_dir():
@@ -353,13 +415,13 @@ def _watch(state: _StateDir, server: subprocess.Popen, idle_s: float, stop_reque
         _retire(state, server)
 
 
-def _retire(state: _StateDir, server: subprocess.Popen) -> None:
+def _retire(state: _StateDir, server: subprocess.Popen[bytes]) -> None:
     """Unpublish the server (so no client picks it), then stop it: called holding the lock."""
     state.info_file.unlink(missing_ok=True)
     _shutdown(server)
 
 
-def _shutdown(server: subprocess.Popen) -> None:
+def _shutdown(server: subprocess.Popen[bytes]) -> None:
     # Derby logs every commit before it returns: a stop at any instant loses nothing, and the
     # next boot replays the log. SIGTERM first, so the JVM's shutdown hooks run.
     if server.poll() is None:
@@ -372,13 +434,19 @@ def _shutdown(server: subprocess.Popen) -> None:
 
 
 def detach(module: str, argv: Sequence[str], log_file: Path) -> int:
-    """Start ``python -m module argv`` (its ``serve`` without --detach) in a session of its own, print its
-    pid, return at once: it is then nobody's child here (no zombie in a long-lived caller) and outlives
+    """Start ``python -m module argv`` (its ``serve`` without --detach) in a session of its own,
+    print its pid, return at once: it is then nobody's child here
+    (no zombie in a long-lived caller) and outlives
     the command that started it. Used by the catalog's and the SQL endpoint's ``serve --detach``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
-        child = subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", module, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     print(child.pid)
     return 0
 
@@ -387,16 +455,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m courier.catalog")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("serve", help="run a warehouse's Derby network server (started by courier on demand)")
+    run = sub.add_parser(
+        "serve", help="run a warehouse's Derby network server (started by courier on demand)"
+    )
     run.add_argument("--warehouse", type=Path, required=True)
     run.add_argument("--classpath", required=True)
     run.add_argument("--idle-s", type=float, required=True)
-    run.add_argument("--detach", action="store_true", help="run it in the background; print its pid")
+    run.add_argument(
+        "--detach", action="store_true", help="run it in the background; print its pid"
+    )
     stop = sub.add_parser("stop", help="stop a warehouse's Derby network server")
     stop.add_argument("--warehouse", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "serve" and args.detach:
-        return detach("courier.catalog", [a for a in argv if a != "--detach"], _StateDir(args.warehouse).log)
+        return detach(
+            "courier.catalog", [a for a in argv if a != "--detach"], _StateDir(args.warehouse).log
+        )
     if args.command == "serve":
         return serve(args.warehouse, args.classpath, args.idle_s)
     print("stopped" if stop_catalog_server(args.warehouse) else "no server was running")

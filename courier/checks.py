@@ -1,4 +1,5 @@
 """The validation helpers the config sections share (shared plumbing: imports no stage)."""
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -8,20 +9,24 @@ E = TypeVar("E", bound=StrEnum)
 
 
 def require(ok: bool, message: str) -> None:
-    """Raise ValueError(``message``) unless ``ok``: a config section's check of one of its values."""
+    """Raise ValueError(``message``) unless ``ok``:
+    a config section's check of one of its values."""
     if not ok:
         raise ValueError(message)
 
 
 def choices(kind: type[StrEnum]) -> tuple[str, ...]:
-    """The values of a closed choice, in declaration order, as plain strings (for messages and YAML)."""
+    """The values of a closed choice, in declaration order,
+    as plain strings (for messages and YAML)."""
     return tuple(member.value for member in kind)
 
 
 def one_of(kind: type[E], value: Any, key: str) -> E:
-    """``value`` as a member of the closed choice ``kind``; a ValueError naming ``key`` when it is none.
+    """``value`` as a member of the closed choice ``kind``;
+    a ValueError naming ``key`` when it is none.
 
-    StrEnum members equal their strings, so YAML and ``--set`` values (plain strings) pass unchanged.
+    StrEnum members equal their strings,
+    so YAML and ``--set`` values (plain strings) pass unchanged.
     """
     try:
         return kind(value)

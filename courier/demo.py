@@ -1,12 +1,13 @@
 """The end-to-end demo on the embedded default: every stage that exists, then a summary."""
+
 from __future__ import annotations
 
 import datetime as dt
 
-from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession, functions as F
 
 from courier.config import CourierConfig
+from courier.experiment.report import ExperimentSummary
 from courier.experiment.run import encoder_window, run_experiment
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings
@@ -26,10 +27,15 @@ DEMO_DEFAULTS = ("samples.image_size=32", "train.eval_init_baseline=false")
 # The short CTR comparison of the demo: no feature, the oracle and the COURIER model the
 # demo just published, one seed, three epochs of a CTR model with 8-wide embeddings (faster
 # than the default 16: docs/BENCHMARKS.md; `courier experiment` runs the whole table).
-DEMO_EXPERIMENT = ("experiment.variants=[none,oracle,published]", "experiment.seeds=[0]", "experiment.usages=[]",
-                   "experiment.out_dir=warehouse/demo-experiment",
-                   "experiment.results_md=warehouse/demo-experiment/RESULTS.md", "ctr.max_epochs=3",
-                   "ctr.embedding_dim=8")
+DEMO_EXPERIMENT = (
+    "experiment.variants=[none,oracle,published]",
+    "experiment.seeds=[0]",
+    "experiment.usages=[]",
+    "experiment.out_dir=warehouse/demo-experiment",
+    "experiment.results_md=warehouse/demo-experiment/RESULTS.md",
+    "ctr.max_epochs=3",
+    "ctr.embedding_dim=8",
+)
 
 
 def world_date_range(cfg: CourierConfig) -> tuple[dt.date, dt.date]:
@@ -43,16 +49,27 @@ def describe_views(spark: SparkSession, cfg: CourierConfig) -> str:
     for view in FEATURE_VIEWS:
         name = cfg.tables.qualified(view)
         lines.append(f"{name:<36} {spark.table(name).count():>10,}")
-    summary = (spark.table(cfg.tables.qualified("cluster_summary"))
-               .orderBy(F.col("items").desc()).limit(5)
-               .select("image_cluster_id", "items", "top_category", "top_category_share", "mean_similarity").collect())
-    lines.append("largest clusters (id: items, top category and its share, mean cosine to the centroid):")
-    lines += [f"  {r['image_cluster_id']:>5}: {r['items']:>5} items, {r['top_category']} {r['top_category_share']:.0%}, "
-              f"{r['mean_similarity']:.3f}" for r in summary]
+    summary = (
+        spark.table(cfg.tables.qualified("cluster_summary"))
+        .orderBy(F.col("items").desc())
+        .limit(5)
+        .select(
+            "image_cluster_id", "items", "top_category", "top_category_share", "mean_similarity"
+        )
+        .collect()
+    )
+    lines.append(
+        "largest clusters (id: items, top category and its share, mean cosine to the centroid):"
+    )
+    lines += [
+        f"  {r['image_cluster_id']:>5}: {r['items']:>5} items, {r['top_category']} "
+        f"{r['top_category_share']:.0%}, {r['mean_similarity']:.3f}"
+        for r in summary
+    ]
     return "\n".join(lines)
 
 
-def _short_experiment(spark: SparkSession, cfg: CourierConfig):
+def _short_experiment(spark: SparkSession, cfg: CourierConfig) -> ExperimentSummary:
     """DEMO_EXPERIMENT from scratch: the demo rebuilt the shop, so earlier results are stale."""
     import shutil
 
@@ -64,11 +81,13 @@ def _short_experiment(spark: SparkSession, cfg: CourierConfig):
 
 
 def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
-    """Generate the shop, build its samples, train briefly, embed -> cluster -> assign, report, summarise."""
+    """Generate the shop, build its samples, train briefly,
+    embed -> cluster -> assign, report, summarise."""
     world = write_world(spark, cfg)
     start, end = world_date_range(cfg)
     built = build_samples(spark, cfg, start, end)
-    # The published model is scored by the short experiment: it learns from the CTR training days only.
+    # The published model is scored by the short experiment:
+    # it learns from the CTR training days only.
     trained = run_training(cfg, spark=spark, dates=encoder_window(cfg, start, end))
     embedded = embed_items(spark, cfg)
     clustered = cluster_embeddings(spark, cfg)
@@ -93,12 +112,13 @@ def run_demo(spark: SparkSession, cfg: CourierConfig) -> str:
         "tables:\n" + describe_tables(spark, cfg),
         "views:\n" + describe_views(spark, cfg),
         report.summary(),
-        "CTR lift of the published Cluster-IDs (short experiment; the full table: courier experiment):\n"
-        + experiment.table() + f"\n  report: {experiment.files['report']}",
+        "CTR lift of the published Cluster-IDs (short experiment; the full table: courier "
+        "experiment):\n" + experiment.table() + f"\n  report: {experiment.files['report']}",
         f"example sample: {example.asDict() if example else None}",
         "query them:\n"
-        f"  .venv/bin/courier sql \"SELECT * FROM {q('courier_samples')} LIMIT 5\"\n"
-        f"  .venv/bin/courier sql \"SELECT * FROM {q('cluster_summary')} ORDER BY items DESC\"\n"
-        f"  .venv/bin/courier sql \"SELECT * FROM {q('category_clusters')} WHERE category = 'bags'\"",
+        f'  .venv/bin/courier sql "SELECT * FROM {q("courier_samples")} LIMIT 5"\n'
+        f'  .venv/bin/courier sql "SELECT * FROM {q("cluster_summary")} ORDER BY items DESC"\n'
+        f'  .venv/bin/courier sql "SELECT * FROM {q("category_clusters")} '
+        "WHERE category = 'bags'\"",
     ]
     return "\n\n".join(parts)

@@ -3,6 +3,7 @@
 A tqdm bar when stderr is a terminal; otherwise (spark-submit, Airflow logs) a
 log line at most every ``every_seconds``, so logs stay readable.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ log = logging.getLogger("courier.progress")
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours:d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:d}:{secs:02d}"
@@ -22,8 +23,14 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Count work done towards ``total`` and report rate and ETA."""
 
-    def __init__(self, what: str, total: int | None, unit: str = "it", every_seconds: float = 10.0,
-                 interactive: bool | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int | None,
+        unit: str = "it",
+        every_seconds: float = 10.0,
+        interactive: bool | None = None,
+    ) -> None:
         self.what, self.total, self.unit = what, total, unit
         self.done = 0
         self.every_seconds = every_seconds
@@ -52,7 +59,10 @@ class Progress:
         eta = self.eta_seconds
         eta_text = f", ETA {format_duration(eta)}" if eta is not None else ""
         extra_text = f", {extra}" if extra else ""
-        return f"{self.what}: {self.done:,}{total} {self.unit} ({self.rate:,.1f} {self.unit}/s{eta_text}{extra_text})"
+        return (
+            f"{self.what}: {self.done:,}{total} {self.unit} "
+            f"({self.rate:,.1f} {self.unit}/s{eta_text}{extra_text})"
+        )
 
     def update(self, n: int = 1, extra: str = "") -> None:
         self.done += n

@@ -5,20 +5,27 @@ warehouse folder, served by Derby's network server (courier.catalog), so
 ``courier.courier_samples`` keeps its name across jobs and an analyst can run
 ``courier sql`` against it while a job is writing.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
-from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
-from courier.catalog import CatalogServer, CatalogUnavailableError, DerbyJars, ensure_catalog_server, find_derby_jars
+from courier.catalog import (
+    CatalogServer,
+    CatalogUnavailableError,
+    DerbyJars,
+    ensure_catalog_server,
+    find_derby_jars,
+)
 from courier.config import PROJECT_ROOT, Catalog, SparkConfig
+from courier.config.plumbing import JARS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +38,17 @@ def _catalog_error(exc: Exception, cfg: SparkConfig) -> CatalogUnavailableError 
     text = str(exc)
     if "SessionHiveMetaStoreClient" not in text and "Could not connect to meta store" not in text:
         return None
-    uris = cfg.conf.get("spark.hadoop.hive.metastore.uris") or cfg.conf.get("spark.hadoop.javax.jdo.option.ConnectionURL")
-    where = f"the Hive metastore at {uris}" if uris else f"the catalog of spark.catalog={cfg.catalog}"
+    uris = cfg.conf.get("spark.hadoop.hive.metastore.uris") or cfg.conf.get(
+        "spark.hadoop.javax.jdo.option.ConnectionURL"
+    )
+    where = (
+        f"the Hive metastore at {uris}" if uris else f"the catalog of spark.catalog={cfg.catalog}"
+    )
     return CatalogUnavailableError(
-        f"cannot open {where} ({text.splitlines()[0][:300]}). Check that the metastore service is up and "
-        "reachable from this machine (spark.conf spark.hadoop.hive.metastore.uris in the profile), "
-        "or use the embedded default (--profile local)")
+        f"cannot open {where} ({text.splitlines()[0][:300]}). Check that the metastore service is "
+        "up and reachable from this machine (spark.conf spark.hadoop.hive.metastore.uris in the "
+        "profile), or use the embedded default (--profile local)"
+    )
 
 
 def resolve_path(path: str) -> str:
@@ -53,8 +65,9 @@ def delta_jars(jars_dir: str) -> list[str]:
     jars = sorted(str(p) for p in folder.glob("*.jar"))
     if not any("delta-spark" in Path(j).name for j in jars):
         raise FileNotFoundError(
-            f"Delta Lake JARs not found in {folder}: run `make setup` (resolves them from Maven Central), "
-            "or set spark.jars_dir: null and pass --packages io.delta:delta-spark_2.13:4.0.1 to spark-submit"
+            f"Delta Lake JARs not found in {folder}: run `make setup` (resolves them from Maven "
+            "Central), or set spark.jars_dir: null and pass --packages "
+            "io.delta:delta-spark_2.13:4.0.1 to spark-submit"
         )
     return jars
 
@@ -62,7 +75,7 @@ def delta_jars(jars_dir: str) -> list[str]:
 def derby_jars(cfg: SparkConfig) -> DerbyJars:
     """The embedded catalog's Derby JARs, from ``spark.jars_dir`` (or, when spark-submit gives the
     JARs, the default folder ``make setup`` fills)."""
-    return find_derby_jars(Path(resolve_path(cfg.jars_dir or SparkConfig.jars_dir)))
+    return find_derby_jars(Path(resolve_path(cfg.jars_dir or JARS_DIR)))
 
 
 def spark_conf(cfg: SparkConfig, catalog: CatalogServer | None = None) -> dict[str, str]:
@@ -84,7 +97,9 @@ def spark_conf(cfg: SparkConfig, catalog: CatalogServer | None = None) -> dict[s
         "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.shuffle_partitions)),
     }
     if cfg.log4j_config:
-        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{resolve_path(cfg.log4j_config)}"
+        conf["spark.driver.extraJavaOptions"] = (
+            f"-Dlog4j2.configurationFile=file:{resolve_path(cfg.log4j_config)}"
+        )
     if cfg.master:
         conf["spark.master"] = cfg.master
     if cfg.jars_dir:
@@ -93,15 +108,20 @@ def spark_conf(cfg: SparkConfig, catalog: CatalogServer | None = None) -> dict[s
         if "://" in warehouse:
             raise ValueError(f"spark.catalog=derby needs a local warehouse_dir, got {warehouse}")
         if catalog is None:
-            raise ValueError("spark.catalog=derby needs the warehouse's catalog server (courier.catalog)")
+            raise ValueError(
+                "spark.catalog=derby needs the warehouse's catalog server (courier.catalog)"
+            )
         conf.update(catalog.spark_conf())
-        conf.update({
-            "spark.sql.catalogImplementation": "hive",
-            "spark.hadoop.hive.metastore.warehouse.dir": warehouse,
-            # JDBC's DriverManager only hands out drivers of the JVM's own class path, not spark.jars'.
-            # Effective when this process starts the JVM; under spark-submit, --driver-class-path.
-            "spark.driver.extraClassPath": derby_jars(cfg).client,
-        })
+        conf.update(
+            {
+                "spark.sql.catalogImplementation": "hive",
+                "spark.hadoop.hive.metastore.warehouse.dir": warehouse,
+                # JDBC's DriverManager only hands out drivers of the JVM's own class path, not
+                # spark.jars'. Effective when this process starts the JVM;
+                # under spark-submit, --driver-class-path.
+                "spark.driver.extraClassPath": derby_jars(cfg).client,
+            }
+        )
     elif cfg.catalog == Catalog.IN_MEMORY:
         conf["spark.sql.catalogImplementation"] = "in-memory"
     # Catalog.EXTERNAL: the metastore is configured in spark.conf (SparkConfig checks the choice).
@@ -110,14 +130,19 @@ def spark_conf(cfg: SparkConfig, catalog: CatalogServer | None = None) -> dict[s
 
 
 def _require_derby_client(spark: SparkSession, jars: DerbyJars) -> None:
-    """CatalogUnavailableError unless the JVM (started by spark-submit, say) can load the Derby client."""
+    """CatalogUnavailableError unless the JVM
+    (started by spark-submit, say) can load the Derby client."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None  # set on the driver while the session runs
     try:
-        spark.sparkContext._jvm.java.lang.ClassLoader.getSystemClassLoader().loadClass(
-            "org.apache.derby.client.ClientAutoloadedDriver")
-    except Exception as exc:  # noqa: BLE001 - Py4JJavaError wrapping ClassNotFoundException
+        jvm.java.lang.ClassLoader.getSystemClassLoader().loadClass(
+            "org.apache.derby.client.ClientAutoloadedDriver"
+        )
+    except Exception as exc:  # Py4JJavaError wrapping ClassNotFoundException
         raise CatalogUnavailableError(
             f"the embedded catalog's Derby client is not on the Spark driver's class path: pass "
-            f"--driver-class-path {jars.client} to spark-submit (courier's DAGs do)") from exc
+            f"--driver-class-path {jars.client} to spark-submit (courier's DAGs do)"
+        ) from exc
 
 
 def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkSession:
@@ -126,12 +151,15 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
     On the embedded default this first finds (or starts) the warehouse's catalog server.
     """
     if (cfg.master or "").startswith("local"):
-        # Local Python workers must run the driver's interpreter (the project venv), not `python3` on PATH.
+        # Local Python workers must run the driver's interpreter
+        # (the project venv), not `python3` on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     catalog = None
     if cfg.catalog == Catalog.DERBY:
-        catalog = ensure_catalog_server(resolve_path(cfg.warehouse_dir), derby_jars(cfg), cfg.catalog_idle_s)
+        catalog = ensure_catalog_server(
+            resolve_path(cfg.warehouse_dir), derby_jars(cfg), cfg.catalog_idle_s
+        )
     conf = spark_conf(cfg, catalog)
     builder = SparkSession.builder
     for key, value in conf.items():
@@ -144,13 +172,19 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
         _require_derby_client(spark, derby_jars(cfg))
     if database:
         try:
-            spark.sql("CREATE DATABASE IF NOT EXISTS IDENTIFIER(:database)", args={"database": database})
-        except Exception as exc:  # noqa: BLE001 - Py4J/AnalysisException wrapping Hive's MetaException
+            spark.sql(
+                "CREATE DATABASE IF NOT EXISTS IDENTIFIER(:database)", args={"database": database}
+            )
+        except Exception as exc:  # Py4J/AnalysisException wrapping Hive's MetaException
             if (error := _catalog_error(exc, cfg)) is not None:
                 raise error from exc
             raise
-    log.info("spark %s, master %s, warehouse %s", spark.version, spark.sparkContext.master,
-             spark.conf.get("spark.sql.warehouse.dir"))
+    log.info(
+        "spark %s, master %s, warehouse %s",
+        spark.version,
+        spark.sparkContext.master,
+        spark.conf.get("spark.sql.warehouse.dir"),
+    )
     return spark
 
 
@@ -163,8 +197,8 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
     try:
         yield
     finally:
-        for key, value in previous.items():
-            if value is None:
+        for key, old in previous.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)

@@ -6,12 +6,14 @@ the text, so a file reads the same in a code review, in ``spark-sql`` and here.
 The result is registered as a temporary view named after the file, which is how
 later files refer to it.
 """
+
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -20,7 +22,7 @@ from courier.config import PROJECT_ROOT
 SQL_DIR = PROJECT_ROOT / "sql"
 
 
-@lru_cache(maxsize=None)
+@cache
 def sql_text(relative_path: str) -> str:
     """The text of ``sql/<relative_path>`` (``.sql`` appended when missing)."""
     path = SQL_DIR / (relative_path if relative_path.endswith(".sql") else f"{relative_path}.sql")
@@ -35,7 +37,8 @@ def run_sql_file(
     args: Mapping[str, Any],
     literals: Mapping[str, int] | None = None,
 ) -> DataFrame:
-    """Run ``sql/<relative_path>.sql`` with ``args`` bound; register it as a temp view named after the file.
+    """Run ``sql/<relative_path>.sql`` with ``args`` bound;
+    register it as a temp view named after the file.
 
     ``literals`` are for the few places the grammar takes no parameter (window
     frame bounds): each is set as session conf ``courier.<name>`` and the file
@@ -60,11 +63,15 @@ def quote_identifier(name: str) -> str:
     """
     parts = name.split(".")
     if not 1 <= len(parts) <= 3 or not all(_PLAIN_NAME.match(p) for p in parts):
-        raise ValueError(f"not a plain table name (letters, digits, _; up to catalog.db.table): {name!r}")
+        raise ValueError(
+            f"not a plain table name (letters, digits, _; up to catalog.db.table): {name!r}"
+        )
     return ".".join(f"`{p}`" for p in parts)
 
 
-def create_view(spark: SparkSession, relative_path: str, view: str, tables: Mapping[str, str]) -> None:
+def create_view(
+    spark: SparkSession, relative_path: str, view: str, tables: Mapping[str, str]
+) -> None:
     """``CREATE OR REPLACE VIEW view AS`` the SELECT of ``sql/<relative_path>.sql``.
 
     A view body takes no parameter markers, so the file names its tables

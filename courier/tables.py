@@ -1,5 +1,6 @@
 """Delta table plumbing shared by every stage: schema checks, idempotent writes,
 write conflicts with concurrent runs, the rejects table and the per-run metrics table."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,17 +9,16 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from delta import exceptions as delta_errors
 from delta.exceptions import captured as _delta_captured  # noqa: F401 - makes PySpark raise Delta's conflict classes
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
+from pyspark.sql import DataFrame, Row, SparkSession, functions as F, types as T
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class ReconciliationError(RuntimeError):
 
 
 class WriteConflict(RuntimeError):
-    """A commit to ``table`` lost to a concurrent run's commit, or found the table changed under it."""
+    """A commit to ``table`` lost to a concurrent run's commit,
+    or found the table changed under it."""
 
     def __init__(self, table: str, detail: str) -> None:
         super().__init__(f"{table}: {detail}")
@@ -45,14 +46,21 @@ class ConcurrentRunError(RuntimeError):
 
 # Delta's optimistic concurrency: the commit that comes second finds its reads overtaken.
 DELTA_CONFLICTS = (
-    delta_errors.DeltaConcurrentModificationException, delta_errors.ConcurrentWriteException,
-    delta_errors.MetadataChangedException, delta_errors.ProtocolChangedException,
-    delta_errors.ConcurrentAppendException, delta_errors.ConcurrentDeleteReadException,
-    delta_errors.ConcurrentDeleteDeleteException, delta_errors.ConcurrentTransactionException,
+    delta_errors.DeltaConcurrentModificationException,
+    delta_errors.ConcurrentWriteException,
+    delta_errors.MetadataChangedException,
+    delta_errors.ProtocolChangedException,
+    delta_errors.ConcurrentAppendException,
+    delta_errors.ConcurrentDeleteReadException,
+    delta_errors.ConcurrentDeleteDeleteException,
+    delta_errors.ConcurrentTransactionException,
 )
 # Two runs creating the same new table: the catalog admits one.
-_CREATE_RACES = ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_CREATE_TABLE_WITH_DIFFERENT_PROPERTY",
-                 "DELTA_CREATE_TABLE_SCHEME_MISMATCH")
+_CREATE_RACES = (
+    "TABLE_OR_VIEW_ALREADY_EXISTS",
+    "DELTA_CREATE_TABLE_WITH_DIFFERENT_PROPERTY",
+    "DELTA_CREATE_TABLE_SCHEME_MISMATCH",
+)
 
 _T = TypeVar("_T")
 
@@ -62,7 +70,9 @@ def _conflict_detail(exc: BaseException) -> str | None:
     if isinstance(exc, DELTA_CONFLICTS):
         text = str(exc)
         first = text.splitlines()[0][:300]
-        operation = text.split('"operation":"', 1)[1].split('"', 1)[0] if '"operation":"' in text else "?"
+        operation = (
+            text.split('"operation":"', 1)[1].split('"', 1)[0] if '"operation":"' in text else "?"
+        )
         return f"{first} (the concurrent commit: {operation})"
     if isinstance(exc, AnalysisException) and (exc.getCondition() or "") in _CREATE_RACES:
         return f"created by a concurrent run ({exc.getCondition()})"
@@ -74,7 +84,7 @@ def committing(table: str) -> Iterator[None]:
     """Delta commit conflicts inside the block become a WriteConflict naming ``table``."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a conflict
+    except Exception as exc:  # re-raised unless it is a conflict
         detail = _conflict_detail(exc)
         if detail is None:
             raise
@@ -91,13 +101,14 @@ HOLD_BEFORE_COMMIT = "COURIER_TEST_HOLD_BEFORE_COMMIT"
 
 
 def held_before_commit(df: DataFrame) -> DataFrame:
-    """``df`` as it is, unless COURIER_TEST_HOLD_BEFORE_COMMIT=<file> is set (tests only): then ``df``
-    whose tasks create ``<file>.holding`` and wait until ``<file>`` exists before passing its rows on."""
+    """``df`` as it is, unless COURIER_TEST_HOLD_BEFORE_COMMIT=<file> is set (tests only): then
+    ``df`` whose tasks create ``<file>.holding`` and wait until ``<file>`` exists before passing
+    its rows on."""
     release = os.environ.get(HOLD_BEFORE_COMMIT)
     if not release:
         return df
 
-    def hold(batches: Iterator) -> Iterator:  # pyarrow RecordBatches, passed on unchanged
+    def hold(batches: Iterable[Any]) -> Iterator[Any]:  # pyarrow RecordBatches, passed on unchanged
         import os
         import time
 
@@ -109,7 +120,9 @@ def held_before_commit(df: DataFrame) -> DataFrame:
     return df.mapInArrow(hold, df.schema)
 
 
-def retry_on_conflict(stage: str, attempt: Callable[[], _T], attempts: int = 3, pause_s: float = 2.0) -> _T:
+def retry_on_conflict(
+    stage: str, attempt: Callable[[], _T], attempts: int = 3, pause_s: float = 2.0
+) -> _T:
     """Run a whole idempotent stage, and run it again after a write conflict with a concurrent run.
 
     A stage re-run converges on the same tables (that is what makes it idempotent), so the
@@ -123,12 +136,20 @@ def retry_on_conflict(stage: str, attempt: Callable[[], _T], attempts: int = 3, 
         except WriteConflict as conflict:
             if number == attempts:
                 raise ConcurrentRunError(
-                    f"{stage}: gave up after {attempts} write conflicts with a concurrent run; the last on "
-                    f"{conflict}. Nothing of the lost attempts stayed half-written (every Delta commit is "
-                    f"atomic); run {stage} again once the other run has finished") from conflict
+                    f"{stage}: gave up after {attempts} write conflicts with a concurrent run; the "
+                    f"last on {conflict}. Nothing of the lost attempts stayed half-written (every "
+                    f"Delta commit is atomic); run {stage} again once the other run has finished"
+                ) from conflict
             pause = pause_s * number * random.uniform(0.5, 1.5)
-            log.warning("%s: a concurrent run changed %s (%s); starting over in %.1f s (attempt %d of %d)",
-                        stage, conflict.table, str(conflict).split(": ", 1)[1], pause, number + 1, attempts)
+            log.warning(
+                "%s: a concurrent run changed %s (%s); starting over in %.1f s (attempt %d of %d)",
+                stage,
+                conflict.table,
+                str(conflict).split(": ", 1)[1],
+                pause,
+                number + 1,
+                attempts,
+            )
             time.sleep(pause)
     raise AssertionError("unreachable")
 
@@ -142,16 +163,35 @@ def timed(metrics: dict[str, int], phase: str) -> Iterator[None]:
     log.info("%s took %.1fs", phase, metrics[f"ms.{phase}"] / 1000)
 
 
+def one_row(df: DataFrame) -> Row:
+    """The row of ``df``, which has exactly one: a global aggregate, a MERGE's metrics, a detail.
+
+    ``DataFrame.first()`` may return None; for these frames that would be a bug, named here.
+    """
+    row = df.first()
+    if row is None:
+        raise ValueError(f"expected one row, got none (columns {df.columns})")
+    return row
+
+
 def count_by(df: DataFrame, key_expr: str) -> dict[str, int]:
     """``{key: rows}`` of ``df`` grouped by the SQL expression ``key_expr``."""
-    return {row["k"]: int(row["n"]) for row in df.groupBy(F.expr(key_expr).alias("k")).count()
-            .withColumnRenamed("count", "n").collect()}
+    return {
+        row["k"]: int(row["n"])
+        for row in df.groupBy(F.expr(key_expr).alias("k"))
+        .count()
+        .withColumnRenamed("count", "n")
+        .collect()
+    }
 
 
 def reconcile(what: str, total: int, parts: Mapping[str, int]) -> None:
-    """Raise ReconciliationError unless ``parts`` add up to ``total`` (in = out + dropped + rejected)."""
+    """Raise ReconciliationError unless ``parts`` add up to ``total``
+    (in = out + dropped + rejected)."""
     if total != sum(parts.values()):
-        raise ReconciliationError(f"{what}: {total} in, but {sum(parts.values())} accounted for: {dict(parts)}")
+        raise ReconciliationError(
+            f"{what}: {total} in, but {sum(parts.values())} accounted for: {dict(parts)}"
+        )
 
 
 REJECTS_SCHEMA = T.StructType(
@@ -181,7 +221,7 @@ RUNS_SCHEMA = T.StructType(
 
 def utc_now() -> dt.datetime:
     """Now, in UTC, zone-less (the session time zone is UTC)."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def table_exists(spark: SparkSession, qualified_name: str) -> bool:
@@ -205,8 +245,8 @@ def require_columns(
         accepted = tuple(accepted)
         if column.lower() not in actual:
             raise SchemaError(
-                f"table {qualified_name} has no column {column!r} (expected type {' or '.join(accepted)}); "
-                f"it has {sorted(actual)}"
+                f"table {qualified_name} has no column {column!r} (expected type "
+                f"{' or '.join(accepted)}); it has {sorted(actual)}"
             )
         if actual[column.lower()] not in accepted:
             raise SchemaError(
@@ -258,8 +298,13 @@ def date_range_predicate(start: dt.date, end: dt.date, column: str = "dt") -> st
     return f"{column} >= DATE'{start.isoformat()}' AND {column} <= DATE'{end.isoformat()}'"
 
 
-def ensure_table(spark: SparkSession, qualified_name: str, schema: T.StructType | str,
-                 properties: Mapping[str, str] | None = None, partition_by: Iterable[str] = ()) -> None:
+def ensure_table(
+    spark: SparkSession,
+    qualified_name: str,
+    schema: T.StructType | str,
+    properties: Mapping[str, str] | None = None,
+    partition_by: Iterable[str] = (),
+) -> None:
     """Create the Delta table empty (``schema``: a StructType or DDL) unless it exists.
 
     Tables are only ever created empty, and data written after: creating one commits its
@@ -286,7 +331,8 @@ def ensure_table(spark: SparkSession, qualified_name: str, schema: T.StructType 
 
 
 def clear_orphaned_location(spark: SparkSession, qualified_name: str) -> str | None:
-    """Move aside what a run killed while creating ``qualified_name`` left in its folder; the new path, or None.
+    """Move aside what a run killed while creating
+    ``qualified_name`` left in its folder; the new path, or None.
 
     Spark refuses to create a managed table where a folder exists
     (DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION). A folder with no Delta commit yet, or
@@ -295,25 +341,41 @@ def clear_orphaned_location(spark: SparkSession, qualified_name: str) -> str | N
     """
     database, name = qualified_name.split(".")
     location = f"{spark.catalog.getDatabase(database).locationUri.rstrip('/')}/{name.lower()}"
-    hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None  # set on the driver while the session runs
+    hadoop_path = jvm.org.apache.hadoop.fs.Path
     path = hadoop_path(location)
     fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     if not fs.exists(path):
         return None
     log_dir = hadoop_path(f"{location}/_delta_log")
-    commits = [c for c in (s.getPath().getName() for s in fs.listStatus(log_dir)) if c.endswith(".json")] \
-        if fs.exists(log_dir) else []
+    commits = (
+        [c for c in (s.getPath().getName() for s in fs.listStatus(log_dir)) if c.endswith(".json")]
+        if fs.exists(log_dir)
+        else []
+    )
     uncommitted = not commits  # files of a write killed before its first commit: no table at all
-    empty_create = commits == [f"{0:020d}.json"] and spark.read.format("delta").load(location).limit(1).count() == 0
+    empty_create = (
+        commits == [f"{0:020d}.json"]
+        and spark.read.format("delta").load(location).limit(1).count() == 0
+    )
     if not (uncommitted or empty_create):
         raise SchemaError(
-            f"table {qualified_name} is not in the catalog, but its folder {location} holds data: move the folder "
-            "away (or register it: CREATE TABLE ... USING delta LOCATION) and run the job again")
+            f"table {qualified_name} is not in the catalog, but its folder {location} holds data: "
+            "move the folder away (or register it: CREATE TABLE ... USING delta LOCATION) and run "
+            "the job again"
+        )
     aside = f"{location}.orphaned-{utc_now():%Y%m%dT%H%M%S%f}"
     if not fs.rename(path, hadoop_path(aside)):
-        raise RuntimeError(f"table {qualified_name}: cannot move the orphaned folder {location} aside to {aside}")
-    log.warning("table %s: %s held what a run killed while creating the table left; moved to %s",
-                qualified_name, location, aside)
+        raise RuntimeError(
+            f"table {qualified_name}: cannot move the orphaned folder {location} aside to {aside}"
+        )
+    log.warning(
+        "table %s: %s held what a run killed while creating the table left; moved to %s",
+        qualified_name,
+        location,
+        aside,
+    )
     return aside
 
 
@@ -349,7 +411,9 @@ def write_rejects(
         _overwrite_where(rows, rejects_table, predicate)
 
 
-def merge_rejects(spark: SparkSession, rejects_table: str, rejects: DataFrame, stage: str, run_id: str) -> None:
+def merge_rejects(
+    spark: SparkSession, rejects_table: str, rejects: DataFrame, stage: str, run_id: str
+) -> None:
     """Upsert rejects of ``stage`` keyed by ``key`` (for stages that are not date-partitioned)."""
     ensure_table(spark, rejects_table, REJECTS_SCHEMA)
     if rejects.isEmpty():  # a MERGE costs a few Delta jobs even with nothing to merge
@@ -390,19 +454,24 @@ class RunRecord:
             {k: int(v) for k, v in self.metrics.items()},
             self.config,
         )
-        spark.createDataFrame([row], RUNS_SCHEMA).write.format("delta").mode("append").saveAsTable(runs_table)
+        spark.createDataFrame([row], RUNS_SCHEMA).write.format("delta").mode("append").saveAsTable(
+            runs_table
+        )
 
     def summary(self) -> str:
         width = max((len(k) for k in self.metrics), default=0)
-        dates = f" ({self.start_dt} .. {self.end_dt})" if self.start_dt or self.end_dt else ""  # dateless stages
+        # dateless stages
+        dates = f" ({self.start_dt} .. {self.end_dt})" if self.start_dt or self.end_dt else ""
         lines = [f"{self.stage} run {self.run_id}{dates}"]
         lines += [f"  {k:<{width}}  {v:>12,}" for k, v in self.metrics.items()]
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({"run_id": self.run_id, "stage": self.stage, "metrics": self.metrics}, default=str)
+        return json.dumps(
+            {"run_id": self.run_id, "stage": self.stage, "metrics": self.metrics}, default=str
+        )
 
 
 def delta_version(spark: SparkSession, qualified_name: str) -> int:
     """The latest committed version of a Delta table."""
-    return int(DeltaTable.forName(spark, qualified_name).history(1).select("version").first()[0])
+    return int(one_row(DeltaTable.forName(spark, qualified_name).history(1).select("version"))[0])

@@ -5,6 +5,7 @@ The interval is one day, [00:00, 24:00) UTC, run after it closes; a backfill
 (`airflow backfill create --dag-id courier_nightly --from-date ... --to-date ...`) runs
 each day once, and re-running a day rewrites only that day (every stage is idempotent).
 """
+
 from __future__ import annotations
 
 from airflow.sdk import DAG

@@ -4,6 +4,7 @@ Scheduled on the production-model asset (courier_retraining's promote task): eve
 is embedded with the new model, the clusters are re-fitted from the previous centroids
 (ids matched, so a Cluster-ID keeps its meaning) and every item is re-assigned.
 """
+
 from __future__ import annotations
 
 from airflow.sdk import DAG
@@ -15,7 +16,9 @@ deployment = Deployment.from_env()
 
 with DAG(
     dag_id="courier_refit",
-    description="new production model -> its embeddings -> a warm-started cluster version -> Cluster-IDs",
+    description=(
+        "new production model -> its embeddings -> a warm-started cluster version -> Cluster-IDs"
+    ),
     schedule=[asset(PRODUCTION_MODEL)],
     tags=["courier", "ml-features"],
     **dag_settings(deployment),

@@ -5,6 +5,7 @@ candidate's held-out rows by promote.margin; otherwise the task is skipped and n
 downstream runs. A promotion updates the production-model asset, on which courier_refit
 is scheduled (re-embed, warm re-cluster, re-assign).
 """
+
 from __future__ import annotations
 
 from airflow.sdk import DAG

@@ -1,38 +1,57 @@
 """The ``courier`` command: one subcommand per stage.
 
     courier generate-world                      # synthetic shop -> raw_* tables
-    courier build-samples --start D --end D     # raw_* -> item_images, courier_samples, courier_training_rows
+    courier build-samples --start D --end D     # raw_* -> item_images, courier_samples,
+                                                # courier_training_rows
     courier train [--run-name N] [--start D --end D] [--no-spark] [--resume RUN]
-                                                # COURIER pre-training on a pinned courier_training_rows snapshot
-    courier evaluate                            # candidate vs production on the candidate's held-out rows
-    courier promote [--skip-exit-code N]        # production alias -> candidate if it wins by promote.margin
-    courier embed [--model URI] [--full]        # item_images -> item_embeddings (new or changed images only)
-    courier cluster                             # item_embeddings -> a new cluster_version (faiss k-means)
-    courier assign [--cluster-version V]        # every item -> its nearest centroid: item_image_features + views
+                                                # COURIER pre-training on a pinned
+                                                # courier_training_rows snapshot
+    courier evaluate                            # candidate vs production on the candidate's
+                                                # held-out rows
+    courier promote [--skip-exit-code N]        # production alias -> candidate if it wins by
+                                                # promote.margin
+    courier embed [--model URI] [--full]        # item_images -> item_embeddings (new or changed
+                                                # images only)
+    courier cluster                             # item_embeddings -> a new cluster_version (faiss
+                                                # k-means)
+    courier assign [--cluster-version V]        # every item -> its nearest centroid:
+                                                # item_image_features + views
     courier report [--out DIR]                  # cluster image grid and embedding map (PNGs)
     courier export-features --format mmrec OUT  # image_feat.npy + i_id_mapping.csv for MMRec
-    courier ctr-samples --start D --end D       # raw_impressions + as-of item_image_features -> ctr_samples
-    courier export-training-set FILE            # encoder rows + decoded images + CTR rows before the test days
-    courier experiment                          # the CTR comparison of experiment.variants: RESULTS.md + report
-    courier demo                                # everything above on the embedded default, then a summary
-    courier status                              # latest run per stage, rejects, table versions, aliases, clusters
-    courier sql "SELECT * FROM courier.courier_samples LIMIT 5"   # through the SQL endpoint when it is up
-    courier sql-server start|stop|status        # the analysts' read-only JDBC/ODBC endpoint on loopback
+    courier ctr-samples --start D --end D       # raw_impressions + as-of item_image_features
+                                                # -> ctr_samples
+    courier export-training-set FILE            # encoder rows + decoded images + CTR rows before
+                                                # the test days
+    courier experiment                          # the CTR comparison of experiment.variants:
+                                                # RESULTS.md + report
+    courier demo                                # everything above on the embedded default, then
+                                                # a summary
+    courier status                              # latest run per stage, rejects, table versions,
+                                                # aliases, clusters
+    courier sql "SELECT * FROM courier.courier_samples LIMIT 5"
+                                                # through the SQL endpoint when it is up
+    courier sql-server start|stop|status        # the analysts' read-only JDBC/ODBC endpoint on
+                                                # loopback
 
 Every subcommand takes ``--profile`` (conf/<profile>.yaml or a path) and
 repeatable ``--set section.key=value`` overrides, and logs the resolved config.
 The same functions run under spark-submit through jobs/<stage>.py.
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from courier.config import CourierConfig, load_config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("courier")
 
@@ -61,7 +80,7 @@ def _config(args: argparse.Namespace, defaults: tuple[str, ...] = ()) -> Courier
     return cfg
 
 
-def _spark(cfg: CourierConfig):
+def _spark(cfg: CourierConfig) -> SparkSession:
     from courier.spark import build_spark_session
 
     return build_spark_session(cfg.spark, database=cfg.tables.database)
@@ -103,11 +122,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             from courier.data.snapshot import TrainingSnapshot
 
             snapshot = TrainingSnapshot.from_dict(json.loads(Path(args.snapshot).read_text()))
-        # Spark is needed to pin a new snapshot, and by TorchDistributor; not to resume with --no-spark.
+        # Spark is needed to pin a new snapshot,
+        # and by TorchDistributor; not to resume with --no-spark.
         needs_pin = snapshot is None and existing_run_dir(cfg, args.run_name, args.resume) is None
         spark = _spark(cfg) if (needs_pin or not args.no_spark) else None
-        result = run_training(cfg, spark=spark, run_name=args.run_name, resume=args.resume, snapshot=snapshot,
-                              dates=dates, distributed=not args.no_spark)
+        result = run_training(
+            cfg,
+            spark=spark,
+            run_name=args.run_name,
+            resume=args.resume,
+            snapshot=snapshot,
+            dates=dates,
+            distributed=not args.no_spark,
+        )
     except TrainingError as exc:
         log.error("%s", exc)
         print(f"courier train: error: {exc}", file=sys.stderr)
@@ -199,10 +226,13 @@ def cmd_export_training_set(args: argparse.Namespace) -> int:
     start, end = date_range(spark, cfg)
     ts = export_training_set(spark, cfg, start, end, Path(args.out))
     size = Path(args.out).stat().st_size / 1e6
-    print(f"{args.out}: {len(ts.item_ids):,} items at {ts.meta['image_size']} px, {len(ts.pv_items):,} training rows "
-          f"of {ts.meta['encoder_window'][0]}..{ts.meta['encoder_window'][1]} (history {ts.meta['l_click']}), "
-          f"{len(ts.ctr['label']):,} CTR rows up to the last validation day {ts.meta['split']['validation'][1]}; "
-          f"{size:.1f} MB")
+    print(
+        f"{args.out}: {len(ts.item_ids):,} items at {ts.meta['image_size']} px, "
+        f"{len(ts.pv_items):,} training rows of "
+        f"{ts.meta['encoder_window'][0]}..{ts.meta['encoder_window'][1]} "
+        f"(history {ts.meta['l_click']}), {len(ts.ctr['label']):,} CTR rows up to the last "
+        f"validation day {ts.meta['split']['validation'][1]}; {size:.1f} MB"
+    )
     return 0
 
 
@@ -226,14 +256,19 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from courier.sql_server import endpoint_for, run_statements, warehouse_path
 
     cfg = _config(args)
-    statements = [args.query] if args.query else [s for s in sys.stdin.read().split(";") if s.strip()]
+    statements = (
+        [args.query] if args.query else [s for s in sys.stdin.read().split(";") if s.strip()]
+    )
     endpoint = None if args.no_endpoint else endpoint_for(cfg.spark)
     if endpoint is not None:  # no JVM here: the running endpoint answers (courier sql-server)
         run_statements(endpoint, statements, args.limit, args.truncate)
         return 0
     if not args.no_endpoint:
-        print(f"courier sql: no SQL endpoint is up for {warehouse_path(cfg.spark)} (`courier sql-server start`); "
-              "starting a Spark session of its own", file=sys.stderr)
+        print(
+            f"courier sql: no SQL endpoint is up for {warehouse_path(cfg.spark)} (`courier "
+            "sql-server start`); starting a Spark session of its own",
+            file=sys.stderr,
+        )
     spark = _spark(cfg)
     for statement in statements:
         spark.sql(statement).show(args.limit, truncate=args.truncate)
@@ -248,96 +283,206 @@ def cmd_sql_server(args: argparse.Namespace) -> int:
     if args.action == "start":
         start_sql_server(cfg.spark, port=args.port)
     elif args.action == "stop":
-        print("stopped" if stop_sql_server(warehouse) else f"no SQL endpoint was running for {warehouse}")
+        print(
+            "stopped"
+            if stop_sql_server(warehouse)
+            else f"no SQL endpoint was running for {warehouse}"
+        )
         return 0
     print(server_status(warehouse))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="courier", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="courier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", default="local", help="conf/<profile>.yaml, or a path to a YAML file")
-    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set samples.l_pv=10 (repeatable)")
+    common.add_argument(
+        "--profile", default="local", help="conf/<profile>.yaml, or a path to a YAML file"
+    )
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set samples.l_pv=10 (repeatable)",
+    )
     common.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
 
     add("generate-world", cmd_generate_world, "generate the synthetic shop into the raw_* tables")
-    p = add("build-samples", cmd_build_samples, "build item_images, courier_samples and courier_training_rows")
+    p = add(
+        "build-samples",
+        cmd_build_samples,
+        "build item_images, courier_samples and courier_training_rows",
+    )
     p.add_argument("--start", type=_date, required=True, help="first dt (YYYY-MM-DD)")
     p.add_argument("--end", type=_date, required=True, help="last dt (YYYY-MM-DD), inclusive")
-    p = add("train", cmd_train, "train the COURIER image encoder (TorchDistributor + DDP), log and register it in MLflow")
-    p.add_argument("--run-name", help="checkpoint folder / MLflow run name; an existing run of that name is resumed")
-    p.add_argument("--resume", metavar="RUN", help="resume a run: its folder, its name or its MLflow run id")
-    p.add_argument("--start", type=_date, help="first dt of courier_training_rows to train on (default: all)")
+    p = add(
+        "train",
+        cmd_train,
+        "train the COURIER image encoder (TorchDistributor + DDP), log and register it in MLflow",
+    )
+    p.add_argument(
+        "--run-name",
+        help="checkpoint folder / MLflow run name; an existing run of that name is resumed",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN", help="resume a run: its folder, its name or its MLflow run id"
+    )
+    p.add_argument(
+        "--start", type=_date, help="first dt of courier_training_rows to train on (default: all)"
+    )
     p.add_argument("--end", type=_date, help="last dt, inclusive")
-    p.add_argument("--snapshot", metavar="JSON", help="a pinned TrainingSnapshot (to_dict() as JSON) instead of pinning")
-    p.add_argument("--no-spark", action="store_true",
-                   help="train in this process without TorchDistributor (Spark only to pin a new snapshot)")
-    add("evaluate", cmd_evaluate, "score the candidate and the production model on the candidate's held-out rows")
-    p = add("promote", cmd_promote, "move the production alias to the candidate if its evaluation beats production")
-    p.add_argument("--skip-exit-code", type=int, metavar="N",
-                   help="exit with N (not 0) when the candidate is not promoted, e.g. 99 for Airflow's skip")
-    p = add("embed", cmd_embed, "embed new or changed item images with the registered encoder (Spark UDF)")
-    p.add_argument("--model", metavar="URI",
-                   help="MLflow model URI (default: models:/<mlflow.registered_model>@<mlflow.alias>)")
-    p.add_argument("--full", action="store_true", help="re-embed every item, not only new images or a new model")
-    add("cluster", cmd_cluster, "fit a new cluster version over the item embeddings (faiss spherical k-means)")
-    p = add("assign", cmd_assign, "assign every item to its nearest centroid and publish item_image_features")
-    p.add_argument("--cluster-version", type=int, help="the cluster version (default: assign.cluster_version or newest)")
+    p.add_argument(
+        "--snapshot",
+        metavar="JSON",
+        help="a pinned TrainingSnapshot (to_dict() as JSON) instead of pinning",
+    )
+    p.add_argument(
+        "--no-spark",
+        action="store_true",
+        help="train in this process without TorchDistributor (Spark only to pin a new snapshot)",
+    )
+    add(
+        "evaluate",
+        cmd_evaluate,
+        "score the candidate and the production model on the candidate's held-out rows",
+    )
+    p = add(
+        "promote",
+        cmd_promote,
+        "move the production alias to the candidate if its evaluation beats production",
+    )
+    p.add_argument(
+        "--skip-exit-code",
+        type=int,
+        metavar="N",
+        help="exit with N (not 0) when the candidate is not promoted, e.g. 99 for Airflow's skip",
+    )
+    p = add(
+        "embed",
+        cmd_embed,
+        "embed new or changed item images with the registered encoder (Spark UDF)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="URI",
+        help="MLflow model URI (default: models:/<mlflow.registered_model>@<mlflow.alias>)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="re-embed every item, not only new images or a new model",
+    )
+    add(
+        "cluster",
+        cmd_cluster,
+        "fit a new cluster version over the item embeddings (faiss spherical k-means)",
+    )
+    p = add(
+        "assign",
+        cmd_assign,
+        "assign every item to its nearest centroid and publish item_image_features",
+    )
+    p.add_argument(
+        "--cluster-version",
+        type=int,
+        help="the cluster version (default: assign.cluster_version or newest)",
+    )
     p = add("report", cmd_report, "write the cluster image grid and the embedding map (PNGs)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: report.out_dir)")
-    p = add("export-features", cmd_export_features, "export the item embeddings for another toolbox")
+    p = add(
+        "export-features", cmd_export_features, "export the item embeddings for another toolbox"
+    )
     p.add_argument("--format", choices=("mmrec",), required=True)
     p.add_argument("--model-version", help="model version to export (default: the newest embedded)")
     p.add_argument("out_dir", metavar="OUT")
-    p = add("ctr-samples", cmd_ctr_samples, "build ctr_samples: impressions, point-in-time history, as-of image features")
+    p = add(
+        "ctr-samples",
+        cmd_ctr_samples,
+        "build ctr_samples: impressions, point-in-time history, as-of image features",
+    )
     p.add_argument("--start", type=_date, required=True, help="first dt (YYYY-MM-DD)")
     p.add_argument("--end", type=_date, required=True, help="last dt (YYYY-MM-DD), inclusive")
-    add("experiment", cmd_experiment, "run the CTR comparison (experiment.variants x seeds), resumable; "
-        "write RESULTS.md and the HTML report")
-    p = add("export-training-set", cmd_export_training_set,
-            "write the encoder's training rows, decoded item images and the CTR rows before the test days to one "
-            "file (for bench/gpu_recipe.py and the recipe search)")
+    add(
+        "experiment",
+        cmd_experiment,
+        "run the CTR comparison (experiment.variants x seeds), resumable; "
+        "write RESULTS.md and the HTML report",
+    )
+    p = add(
+        "export-training-set",
+        cmd_export_training_set,
+        "write the encoder's training rows, decoded item images and the CTR rows before the test "
+        "days to one file (for bench/gpu_recipe.py and the recipe search)",
+    )
     p.add_argument("out", metavar="FILE", help="the .npz to write")
     add("demo", cmd_demo, "run every stage on the embedded default and summarise the tables")
-    add("status", cmd_status, "the latest run of each stage, table versions and counts, model aliases, clusters")
-    p = add("sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)")
+    add(
+        "status",
+        cmd_status,
+        "the latest run of each stage, table versions and counts, model aliases, clusters",
+    )
+    p = add(
+        "sql", cmd_sql, "run Spark SQL against the warehouse (statements on stdin when no query)"
+    )
     p.add_argument("query", nargs="?")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--truncate", type=int, default=60)
-    p.add_argument("--no-endpoint", action="store_true", help="run in a Spark session of its own even when "
-                   "the SQL endpoint is up")
-    p = add("sql-server", cmd_sql_server, "the analysts' read-only SQL endpoint (Thrift JDBC/ODBC on loopback) "
-            "over the warehouse")
+    p.add_argument(
+        "--no-endpoint",
+        action="store_true",
+        help="run in a Spark session of its own even when the SQL endpoint is up",
+    )
+    p = add(
+        "sql-server",
+        cmd_sql_server,
+        "the analysts' read-only SQL endpoint (Thrift JDBC/ODBC on loopback) over the warehouse",
+    )
     p.add_argument("action", choices=("start", "stop", "status"))
-    p.add_argument("--port", type=int, default=10000, help="TCP port on 127.0.0.1 (start; default 10000)")
+    p.add_argument(
+        "--port", type=int, default=10000, help="TCP port on 127.0.0.1 (start; default 10000)"
+    )
     return parser
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that name what is wrong (a table, column, key, model): printed as one line, no trace."""
+    """Errors that name what is wrong (a table, column,
+    key, model): printed as one line, no trace."""
+    from courier.catalog import CatalogUnavailableError
     from courier.config import ConfigError
     from courier.ctr.data import CtrDataError
-    from courier.features.cluster import ClusteringError
-    from courier.tracking.models import ModelResolutionError
-    from courier.tables import ConcurrentRunError, ReconciliationError, SchemaError
-    from courier.catalog import CatalogUnavailableError
-    from courier.sql_server import SqlServerError
     from courier.experiment.run import LeakageError
     from courier.experiment.trainset import TrainingSetError
+    from courier.features.cluster import ClusteringError
+    from courier.sql_server import SqlServerError
+    from courier.tables import ConcurrentRunError, ReconciliationError, SchemaError
+    from courier.tracking.models import ModelResolutionError
     from courier.train.errors import PromotionError
 
-    return (ConfigError, SchemaError, ReconciliationError, ModelResolutionError, ClusteringError, CtrDataError,
-            PromotionError, CatalogUnavailableError, ConcurrentRunError, LeakageError, TrainingSetError,
-            SqlServerError)
+    return (
+        ConfigError,
+        SchemaError,
+        ReconciliationError,
+        ModelResolutionError,
+        ClusteringError,
+        CtrDataError,
+        PromotionError,
+        CatalogUnavailableError,
+        ConcurrentRunError,
+        LeakageError,
+        TrainingSetError,
+        SqlServerError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

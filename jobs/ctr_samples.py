@@ -1,4 +1,6 @@
-"""spark-submit entry point: `spark-submit jobs/ctr_samples.py --start D --end D [--profile P] [--set k=v] ...`."""
+"""spark-submit entry point:
+`spark-submit jobs/ctr_samples.py --start D --end D [--profile P] [--set k=v] ...`."""
+
 import sys
 
 from jobs.cli import main

@@ -1,4 +1,5 @@
 """spark-submit entry point: `spark-submit jobs/embed.py [--profile P] [--set k=v] ...`."""
+
 import sys
 
 from jobs.cli import main

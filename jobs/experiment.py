@@ -1,4 +1,6 @@
-"""spark-submit entry point: `spark-submit jobs/experiment.py [--profile P] [--set experiment.seeds=[0]] ...`."""
+"""spark-submit entry point:
+`spark-submit jobs/experiment.py [--profile P] [--set experiment.seeds=[0]] ...`."""
+
 import sys
 
 from jobs.cli import main

@@ -1,4 +1,6 @@
-"""spark-submit entry point: `spark-submit jobs/train.py [--profile P] [--set k=v] [--run-name N] ...`."""
+"""spark-submit entry point:
+`spark-submit jobs/train.py [--profile P] [--set k=v] [--run-name N] ...`."""
+
 import sys
 
 from jobs.cli import main

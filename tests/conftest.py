@@ -1,4 +1,5 @@
 """Shared fixtures: one real local SparkSession (Delta + Derby catalog) for the whole run."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -6,8 +7,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -36,7 +37,8 @@ def base_config(warehouse_dir: Path) -> CourierConfig:
         "local",
         [
             f"spark.warehouse_dir={warehouse_dir}",
-            "spark.master=local[2,2]",  # as the embedded default: a failed task gets a second attempt
+            # as the embedded default: a failed task gets a second attempt
+            "spark.master=local[2,2]",
             "spark.shuffle_partitions=2",
             "spark.ui_enabled=false",
             "spark.driver_memory=3g",
@@ -55,21 +57,28 @@ def spark(base_config: CourierConfig):
     session.stop()
 
 
-def _tiny_shop(database: str, *, items: int, users: int, page_views: int, days: int,
-               rows_per_row_group: int) -> list[str]:
+def _tiny_shop(
+    database: str, *, items: int, users: int, page_views: int, days: int, rows_per_row_group: int
+) -> list[str]:
     """Overrides for a small 32 px shop starting 2026-01-01, with nothing rejected as future."""
     return [
         f"tables.database={database}",
-        f"world.n_items={items}", f"world.n_users={users}", f"world.n_page_views={page_views}",
-        f"world.days={days}", "world.start_date=2026-01-01", "world.image_size=32",
-        "samples.image_size=32", f"samples.rows_per_row_group={rows_per_row_group}",
+        f"world.n_items={items}",
+        f"world.n_users={users}",
+        f"world.n_page_views={page_views}",
+        f"world.days={days}",
+        "world.start_date=2026-01-01",
+        "world.image_size=32",
+        "samples.image_size=32",
+        f"samples.rows_per_row_group={rows_per_row_group}",
         "samples.max_event_ts=2026-06-01T00:00:00",
     ]
 
 
 @pytest.fixture(scope="session")
 def tiny_shop_overrides():
-    """``tiny_shop_overrides(database, items=, users=, page_views=, days=, rows_per_row_group=)``."""
+    """``tiny_shop_overrides(database, items=, users=,
+    page_views=, days=, rows_per_row_group=)``."""
     return _tiny_shop
 
 
@@ -81,20 +90,31 @@ TRAIN_START, TRAIN_END = dt.date(2026, 1, 1), dt.date(2026, 1, 4)
 
 
 @pytest.fixture(scope="session")
-def shop_config(base_config: CourierConfig, tmp_path_factory: pytest.TempPathFactory,
-                tiny_shop_overrides) -> CourierConfig:
-    """The shop plus training settings sized for a 2-core CPU; MLflow and checkpoints in a tmp folder."""
+def shop_config(
+    base_config: CourierConfig, tmp_path_factory: pytest.TempPathFactory, tiny_shop_overrides
+) -> CourierConfig:
+    """The shop plus training settings sized for a 2-core CPU;
+    MLflow and checkpoints in a tmp folder."""
     tmp = tmp_path_factory.mktemp("train")
-    shop = tiny_shop_overrides(TRAIN_DB, items=240, users=150, page_views=2000, days=4, rows_per_row_group=64)
-    return base_config.replace([
-        *shop,
-        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
-        "mlflow.experiment=courier-train-test",
-        "mlflow.registered_model=courier-train-test-encoder",
-        f"train.checkpoint_dir={tmp}/checkpoints",
-        "train.batch_size=32", "train.epochs=20", "train.log_every_steps=5", "train.checkpoint_every_steps=20",
-        "train.holdout_fraction=0.25", "train.eval_max_rows=512", "train.loader_workers=2",
-    ])
+    shop = tiny_shop_overrides(
+        TRAIN_DB, items=240, users=150, page_views=2000, days=4, rows_per_row_group=64
+    )
+    return base_config.replace(
+        [
+            *shop,
+            f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+            "mlflow.experiment=courier-train-test",
+            "mlflow.registered_model=courier-train-test-encoder",
+            f"train.checkpoint_dir={tmp}/checkpoints",
+            "train.batch_size=32",
+            "train.epochs=20",
+            "train.log_every_steps=5",
+            "train.checkpoint_every_steps=20",
+            "train.holdout_fraction=0.25",
+            "train.eval_max_rows=512",
+            "train.loader_workers=2",
+        ]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +147,15 @@ COPIED_TABLES = ("raw_items", "raw_impressions", "item_images", "eval_item_style
 @pytest.fixture(scope="session")
 def encoder_config(shop_config: CourierConfig) -> CourierConfig:
     # lr 1e-3 as in the training tests: 30 steps of 1e-4 leave the embeddings nearly collapsed.
-    return shop_config.replace(["train.max_steps=30", "train.lr=0.001", f"mlflow.registered_model={ENCODER}",
-                                "mlflow.experiment=courier-features-test", "cluster.k=16"])
+    return shop_config.replace(
+        [
+            "train.max_steps=30",
+            "train.lr=0.001",
+            f"mlflow.registered_model={ENCODER}",
+            "mlflow.experiment=courier-features-test",
+            "cluster.k=16",
+        ]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -136,21 +163,30 @@ def registered_encoder(spark, encoder_config: CourierConfig, training_table: str
     """The registered model version of a 30-step encoder (alias ``candidate``)."""
     from courier.train import run_training
 
-    result = run_training(encoder_config, spark=spark, run_name="features-encoder", distributed=False)
+    result = run_training(
+        encoder_config, spark=spark, run_name="features-encoder", distributed=False
+    )
     assert result.model_version is not None
     return result.model_version
 
 
 @pytest.fixture(scope="session")
-def feature_db(spark, shop_config: CourierConfig, encoder_config: CourierConfig, registered_encoder: str,
-               tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], CourierConfig]:
+def feature_db(
+    spark,
+    shop_config: CourierConfig,
+    encoder_config: CourierConfig,
+    registered_encoder: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], CourierConfig]:
     """``feature_db(name)``: a fresh database with copies of the shop's inputs; its config."""
 
     def make(name: str) -> CourierConfig:
         spark.sql(f"DROP DATABASE IF EXISTS {name} CASCADE")
         spark.sql(f"CREATE DATABASE {name}")
         for table in COPIED_TABLES:
-            spark.table(shop_config.tables.qualified(table)).write.format("delta").saveAsTable(f"{name}.{table}")
+            spark.table(shop_config.tables.qualified(table)).write.format("delta").saveAsTable(
+                f"{name}.{table}"
+            )
         reports: Path = tmp_path_factory.mktemp(f"{name}-reports")
         return encoder_config.replace([f"tables.database={name}", f"report.out_dir={reports}"])
 
@@ -165,8 +201,11 @@ EMBEDDED_DB = "courier_embedded_test"
 
 
 @pytest.fixture(scope="session")
-def copy_embeddings(spark, feature_db: Callable[[str], CourierConfig]) -> Callable[[CourierConfig], int]:
-    """``copy_embeddings(cfg)``: the shared item_embeddings written into cfg's database; its row count."""
+def copy_embeddings(
+    spark, feature_db: Callable[[str], CourierConfig]
+) -> Callable[[CourierConfig], int]:
+    """``copy_embeddings(cfg)``: the shared item_embeddings
+    written into cfg's database; its row count."""
     from courier.features.embed import embed_items
 
     source = feature_db(EMBEDDED_DB)

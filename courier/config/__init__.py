@@ -2,9 +2,9 @@
 
 ``CourierConfig`` and its loading live here; each section is defined, with its defaults and
 checks, in the module of this package named for the stage that reads it (``plumbing.py``: spark,
-tables, mlflow; ``world.py``, ``samples.py``, ``model.py``, ``train.py``, ``features.py``, ``ctr.py``,
-``experiment.py``). Shared plumbing: it imports no stage, so loading a config imports neither
-torch nor Spark.
+tables, mlflow; ``world.py``, ``samples.py``, ``model.py``, ``train.py``, ``features.py``,
+``ctr.py``, ``experiment.py``). Shared plumbing: it imports no stage, so loading a config imports
+neither torch nor Spark.
 
 Loaded from ``conf/base.yaml`` merged with a profile (``conf/local.yaml`` is the
 embedded default) and ``--set section.key=value`` overrides. Unknown keys and
@@ -16,6 +16,7 @@ Each default is written once, in its section's dataclass; the YAML files hold on
 ``Backbone``, ...), equal to their strings: YAML and ``--set`` give strings, each section's
 ``__post_init__`` turns them into members (or names the key), and ``to_dict`` gives strings back.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,15 +26,23 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
 from courier.config.ctr import CtrConfig, CtrSamplesConfig, ImageUsage
 from courier.config.experiment import ExperimentConfig
-from courier.config.features import AssignConfig, ClusterConfig, Device, EmbedConfig, GpuUse, ReportConfig
+from courier.config.features import (
+    AssignConfig,
+    ClusterConfig,
+    Device,
+    EmbedConfig,
+    GpuUse,
+    ReportConfig,
+)
 from courier.config.model import Ablation, Backbone, LossConfig, ModelConfig
 from courier.config.plumbing import Catalog, MlflowConfig, SparkConfig, TablesConfig
 from courier.config.samples import SamplesConfig
@@ -51,12 +60,43 @@ from courier.config.train import (
 from courier.config.world import WorldConfig
 
 __all__ = [
-    "CONF_DIR", "PROJECT_ROOT", "PROMOTION_METRICS", "Ablation", "AssignConfig", "Backbone", "BatchGrouping",
-    "Catalog", "ClusterConfig", "ConfigError", "CourierConfig", "CtrConfig", "CtrSamplesConfig", "Device",
-    "EmbedConfig", "ExperimentConfig", "GpuUse", "ImageUsage", "LoaderKind", "LossConfig", "MixedPrecision",
-    "MlflowConfig", "ModelConfig", "Objective", "PromoteConfig", "PromotionMetric", "ReportConfig",
-    "SamplesConfig", "SparkConfig", "TablesConfig", "TrainBackend", "TrainConfig", "WorldConfig",
-    "config_json", "from_dict", "load_config", "mask_secrets",
+    "CONF_DIR",
+    "PROJECT_ROOT",
+    "PROMOTION_METRICS",
+    "Ablation",
+    "AssignConfig",
+    "Backbone",
+    "BatchGrouping",
+    "Catalog",
+    "ClusterConfig",
+    "ConfigError",
+    "CourierConfig",
+    "CtrConfig",
+    "CtrSamplesConfig",
+    "Device",
+    "EmbedConfig",
+    "ExperimentConfig",
+    "GpuUse",
+    "ImageUsage",
+    "LoaderKind",
+    "LossConfig",
+    "MixedPrecision",
+    "MlflowConfig",
+    "ModelConfig",
+    "Objective",
+    "PromoteConfig",
+    "PromotionMetric",
+    "ReportConfig",
+    "SamplesConfig",
+    "SparkConfig",
+    "TablesConfig",
+    "TrainBackend",
+    "TrainConfig",
+    "WorldConfig",
+    "config_json",
+    "from_dict",
+    "load_config",
+    "mask_secrets",
 ]
 
 
@@ -118,7 +158,7 @@ class CourierConfig:
     def to_log_yaml(self) -> str:
         return yaml.safe_dump(self.to_log_dict(), sort_keys=False)
 
-    def replace(self, overrides: Sequence[str]) -> "CourierConfig":
+    def replace(self, overrides: Sequence[str]) -> CourierConfig:
         """A copy with ``section.key=value`` overrides applied."""
         data = self.to_dict()
         for override in overrides:
@@ -129,10 +169,23 @@ class CourierConfig:
 # A key whose dotted path contains one of these names a secret (spark.hadoop.fs.s3a.secret.key,
 # ...access.key, ...session.token, a JDBC password, an API token); "...provider" keys name a
 # class, not a credential.
-SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "access.key", "accesskey", "access_key",
-                    "api_key", "apikey", "private.key", "credential")
+SECRET_KEY_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "access.key",
+    "accesskey",
+    "access_key",
+    "api_key",
+    "apikey",
+    "private.key",
+    "credential",
+)
 MASK = "***"
-_URL_PASSWORD = re.compile(r"^(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*):(?P<password>[^@/\s]+)@")
+_URL_PASSWORD = re.compile(
+    r"^(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*):(?P<password>[^@/\s]+)@"
+)
 
 
 def _is_secret_key(path: str) -> bool:
@@ -172,7 +225,9 @@ def load_config(
     """
     conf_dir = Path(conf_dir)
     data: dict[str, Any] = {}
-    profile_path = Path(profile) if profile.endswith((".yaml", ".yml")) else conf_dir / f"{profile}.yaml"
+    profile_path = (
+        Path(profile) if profile.endswith((".yaml", ".yml")) else conf_dir / f"{profile}.yaml"
+    )
     for path in (conf_dir / "base.yaml", profile_path):
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
@@ -191,12 +246,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T: any dataclass
     unknown = sorted(set(data) - names)
     if unknown:
         where = path or cls.__name__
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
+    kwargs = {
+        name: _coerce(hints[name], value, f"{path}.{name}" if path else name)
+        for name, value in data.items()
+    }
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -206,7 +264,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
 
 
 def _plain(value: Any) -> Any:
-    """A closed choice's member as its string (tuples and lists of them too); anything else as it is."""
+    """A closed choice's member as its string
+    (tuples and lists of them too); anything else as it is."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (tuple, list)):
@@ -216,7 +275,7 @@ def _plain(value: Any) -> Any:
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return value  # a closed choice: the section's __post_init__ checks it and names the key
@@ -237,7 +296,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {_coerce(key_tp, k, f"{path}.{k}"): _coerce(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+        return {
+            _coerce(key_tp, k, f"{path}.{k}"): _coerce(val_tp, v, f"{path}.{k}")
+            for k, v in value.items()
+        }
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):
@@ -283,7 +345,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     keys = dotted.strip().split(".")
     # Free-form maps (spark.conf) take dotted keys of their own: spark.conf.spark.sql.x=1.
     if len(keys) > 2 and keys[1] == "conf":
-        keys = keys[:2] + [".".join(keys[2:])]
+        keys = [*keys[:2], ".".join(keys[2:])]
     node = data
     for key in keys[:-1]:
         child = node.setdefault(key, {})

@@ -1,9 +1,11 @@
-"""Typed, frozen configuration of the downstream CTR evaluation: samples, model, training (courier/ctr/).
+"""Typed, frozen configuration of the downstream CTR evaluation:
+samples, model, training (courier/ctr/).
 
 Each section is validated here, where it is defined. The defaults suit the
 embedded demo shop (14 days, 40k page views); the model is small enough to
 train in seconds per epoch on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,9 +17,9 @@ from courier.checks import choices, coerce_choices, require
 class ImageUsage(StrEnum):
     """``ctr.image_usage``: how the image feature enters the CTR model (paper appendix B)."""
 
-    NONE = "none"              # no image feature: the baseline
-    VECTOR = "vector"          # the embedding
-    SIMSCORE = "simscore"      # cosine of the candidate to each history item
+    NONE = "none"  # no image feature: the baseline
+    VECTOR = "vector"  # the embedding
+    SIMSCORE = "simscore"  # cosine of the candidate to each history item
     CLUSTER_ID = "cluster_id"  # an embedding of the Cluster-ID, for the candidate and the history
 
 
@@ -43,9 +45,14 @@ class CtrSamplesConfig:
 
     def __post_init__(self) -> None:
         require(self.l_click >= 1, f"ctr_samples.l_click must be >= 1, got {self.l_click}")
-        require(self.history_lookback_days >= 0,
-                 f"ctr_samples.history_lookback_days must be >= 0, got {self.history_lookback_days}")
-        require(self.validation_days >= 1, f"ctr_samples.validation_days must be >= 1, got {self.validation_days}")
+        require(
+            self.history_lookback_days >= 0,
+            f"ctr_samples.history_lookback_days must be >= 0, got {self.history_lookback_days}",
+        )
+        require(
+            self.validation_days >= 1,
+            f"ctr_samples.validation_days must be >= 1, got {self.validation_days}",
+        )
         require(self.test_days >= 1, f"ctr_samples.test_days must be >= 1, got {self.test_days}")
 
 
@@ -90,14 +97,27 @@ class CtrConfig:
 
     def __post_init__(self) -> None:
         coerce_choices(self, "ctr", {"image_usage": ImageUsage})
-        require(self.embedding_dim >= 2, f"ctr.embedding_dim must be >= 2, got {self.embedding_dim}")
-        require(self.heads >= 1 and self.embedding_dim % self.heads == 0,
-                 f"ctr.heads must divide ctr.embedding_dim ({self.embedding_dim}), got {self.heads}")
-        require(len(self.mlp_dims) >= 1 and all(d >= 1 for d in self.mlp_dims),
-                 f"ctr.mlp_dims must be positive widths, got {self.mlp_dims}")
+        require(
+            self.embedding_dim >= 2, f"ctr.embedding_dim must be >= 2, got {self.embedding_dim}"
+        )
+        require(
+            self.heads >= 1 and self.embedding_dim % self.heads == 0,
+            f"ctr.heads must divide ctr.embedding_dim ({self.embedding_dim}), got {self.heads}",
+        )
+        require(
+            len(self.mlp_dims) >= 1 and all(d >= 1 for d in self.mlp_dims),
+            f"ctr.mlp_dims must be positive widths, got {self.mlp_dims}",
+        )
         require(0.0 <= self.dropout < 1.0, f"ctr.dropout must be in [0, 1), got {self.dropout}")
         require(self.batch_size >= 1, f"ctr.batch_size must be >= 1, got {self.batch_size}")
-        require(self.lr > 0 and self.weight_decay >= 0, "ctr.lr must be > 0 and ctr.weight_decay >= 0")
-        require(self.max_epochs >= 1 and self.patience >= 1, "ctr.max_epochs and ctr.patience must be >= 1")
-        require(self.min_item_count >= 1, f"ctr.min_item_count must be >= 1, got {self.min_item_count}")
+        require(
+            self.lr > 0 and self.weight_decay >= 0, "ctr.lr must be > 0 and ctr.weight_decay >= 0"
+        )
+        require(
+            self.max_epochs >= 1 and self.patience >= 1,
+            "ctr.max_epochs and ctr.patience must be >= 1",
+        )
+        require(
+            self.min_item_count >= 1, f"ctr.min_item_count must be >= 1, got {self.min_item_count}"
+        )
         require(self.threads >= 0, f"ctr.threads must be >= 0, got {self.threads}")

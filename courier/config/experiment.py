@@ -1,4 +1,6 @@
-"""Typed, frozen configuration of ``courier experiment`` (section ``experiment``; courier/experiment/)."""
+"""Typed, frozen configuration of ``courier experiment``
+(section ``experiment``; courier/experiment/)."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -36,8 +38,8 @@ class ExperimentConfig:
     Attributes:
         variants: arms of the table (``VARIANTS``); ``none`` (no image feature) is the baseline
             every lift is measured against and is always run.
-        seeds: seeds per arm: each seed trains its own CTR model and, with ``encoder_seeds``, its own
-            encoder (train.seed = the seed), so the spread over seeds covers both trainings.
+        seeds: seeds per arm: each seed trains its own CTR model and, with ``encoder_seeds``, its
+            own encoder (train.seed = the seed), so the spread over seeds covers both trainings.
         encoder_seeds: one encoder per variant and seed (True), or one per variant trained with
             train.seed and scored by every seed's CTR model (False: cheaper, but the CTR seeds alone
             hide how much one encoder training varies from the next).
@@ -55,9 +57,18 @@ class ExperimentConfig:
         generate_world: generate the synthetic shop and build its samples first.
     """
 
-    variants: tuple[str, ...] = ("none", "oracle", "random_init", "label_aligned", "simclr", "courier",
-                                 "courier_no_ucs", "courier_no_contrast", "courier_no_reconstruction",
-                                 "courier_no_neg_pv")
+    variants: tuple[str, ...] = (
+        "none",
+        "oracle",
+        "random_init",
+        "label_aligned",
+        "simclr",
+        "courier",
+        "courier_no_ucs",
+        "courier_no_contrast",
+        "courier_no_reconstruction",
+        "courier_no_neg_pv",
+    )
     seeds: tuple[int, ...] = (0, 1, 2)
     encoder_seeds: bool = True
     usages: tuple[str, ...] = ("vector", "simscore")
@@ -75,31 +86,51 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
         require(not unknown, f"experiment.variants: unknown {unknown}; known: {list(VARIANTS)}")
-        require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
-                 f"experiment.seeds must be distinct and at least one, got {self.seeds}")
+        require(
+            len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+            f"experiment.seeds must be distinct and at least one, got {self.seeds}",
+        )
         bad_usages = [u for u in self.usages if u not in IMAGE_USAGES or u == "none"]
-        require(not bad_usages, f"experiment.usages: {bad_usages} are not image usages of {IMAGE_USAGES[1:]}")
-        require(all(k >= 2 for k in self.k_values), f"experiment.k_values must be >= 2, got {self.k_values}")
-        require(all(n >= 1 for n in self.step_values) and len(set(self.step_values)) == len(self.step_values),
-                f"experiment.step_values must be distinct and >= 1, got {self.step_values}")
-        require("imagenet_swin_t" not in self.variants or bool(self.imagenet_weights),
-                "experiment.variants has imagenet_swin_t: set experiment.imagenet_weights to a local "
-                "swin_t ImageNet state dict (weights are never downloaded)")
-        require(self.train_steps is None or self.train_steps >= 1,
-                 f"experiment.train_steps must be >= 1 or null, got {self.train_steps}")
+        require(
+            not bad_usages,
+            f"experiment.usages: {bad_usages} are not image usages of {IMAGE_USAGES[1:]}",
+        )
+        require(
+            all(k >= 2 for k in self.k_values),
+            f"experiment.k_values must be >= 2, got {self.k_values}",
+        )
+        require(
+            all(n >= 1 for n in self.step_values)
+            and len(set(self.step_values)) == len(self.step_values),
+            f"experiment.step_values must be distinct and >= 1, got {self.step_values}",
+        )
+        require(
+            "imagenet_swin_t" not in self.variants or bool(self.imagenet_weights),
+            "experiment.variants has imagenet_swin_t: set experiment.imagenet_weights to a local "
+            "swin_t ImageNet state dict (weights are never downloaded)",
+        )
+        require(
+            self.train_steps is None or self.train_steps >= 1,
+            f"experiment.train_steps must be >= 1 or null, got {self.train_steps}",
+        )
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None:
                 try:
                     _dt.date.fromisoformat(value)
                 except ValueError:
-                    raise ValueError(f"experiment.{name} must be an ISO date, got {value!r}") from None
-        require(self.bootstrap_resamples >= 10,
-                 f"experiment.bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}")
+                    raise ValueError(
+                        f"experiment.{name} must be an ISO date, got {value!r}"
+                    ) from None
+        require(
+            self.bootstrap_resamples >= 10,
+            f"experiment.bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}",
+        )
 
 
 def encoder_seed(exp: ExperimentConfig, seed: int) -> int | None:
-    """The seed of the encoder the CTR model of ``seed`` reads: ``seed``, or None (one shared encoder)."""
+    """The seed of the encoder the CTR model of ``seed`` reads:
+    ``seed``, or None (one shared encoder)."""
     return seed if exp.encoder_seeds else None
 
 

@@ -1,9 +1,11 @@
-"""Typed, frozen configuration of the feature stages: embed, cluster, assign, report (courier/features/).
+"""Typed, frozen configuration of the feature stages:
+embed, cluster, assign, report (courier/features/).
 
 Each section is validated here, where it is defined; the defaults suit the
 embedded demo shop (6 categories x 16 hidden styles, 3,000 items) and
 ``conf/cluster.example.yaml`` shows production values.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -37,8 +39,9 @@ class EmbedConfig:
     """``courier embed``: batch inference of the registered image encoder in a Spark UDF.
 
     Attributes:
-        model_uri: any MLflow model URI; None = ``models:/<mlflow.registered_model>@<mlflow.alias>``.
-            An alias is resolved to a concrete version once, on the driver.
+        model_uri: any MLflow model URI; None =
+            ``models:/<mlflow.registered_model>@<mlflow.alias>``. An alias is resolved to a
+            concrete version once, on the driver.
         batch_size: images per forward pass inside the UDF.
         arrow_batch_rows: rows per Arrow batch sent to the UDF. Each row carries a JPEG,
             so Spark's default of 10,000 rows is a gigabyte at 224 px.
@@ -55,10 +58,18 @@ class EmbedConfig:
 
     def __post_init__(self) -> None:
         require(self.batch_size > 0, f"embed.batch_size must be positive, got {self.batch_size}")
-        require(self.arrow_batch_rows > 0, f"embed.arrow_batch_rows must be positive, got {self.arrow_batch_rows}")
+        require(
+            self.arrow_batch_rows > 0,
+            f"embed.arrow_batch_rows must be positive, got {self.arrow_batch_rows}",
+        )
         coerce_choices(self, "embed", {"device": Device})
-        require(self.torch_threads >= 0, f"embed.torch_threads must be >= 0, got {self.torch_threads}")
-        require(self.model_uri is None or self.model_uri.strip() != "", "embed.model_uri must be null or a URI")
+        require(
+            self.torch_threads >= 0, f"embed.torch_threads must be >= 0, got {self.torch_threads}"
+        )
+        require(
+            self.model_uri is None or self.model_uri.strip() != "",
+            "embed.model_uri must be null or a URI",
+        )
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,8 @@ class ClusterConfig:
     """``courier cluster``: spherical faiss k-means over item_embeddings.
 
     Attributes:
-        k: clusters. Of the order of categories x styles or more: 192 is twice the demo shop's 6 x 16;
-            production uses ~1e5 over ~6e7 items (paper appendix B).
+        k: clusters. Of the order of categories x styles or more: 192 is twice the demo shop's
+            6 x 16; production uses ~1e5 over ~6e7 items (paper appendix B).
         niter: k-means iterations.
         seed: seeds faiss and the training sample.
         max_points_per_centroid: training points per centroid, as faiss samples them;
@@ -95,8 +106,10 @@ class ClusterConfig:
         require(self.k >= 2, f"cluster.k must be >= 2, got {self.k}")
         require(self.niter >= 1, f"cluster.niter must be >= 1, got {self.niter}")
         require(self.max_points_per_centroid >= 1, "cluster.max_points_per_centroid must be >= 1")
-        require(1 <= self.min_points_per_centroid <= self.max_points_per_centroid,
-                 "cluster.min_points_per_centroid must be in 1..max_points_per_centroid")
+        require(
+            1 <= self.min_points_per_centroid <= self.max_points_per_centroid,
+            "cluster.min_points_per_centroid must be in 1..max_points_per_centroid",
+        )
         coerce_choices(self, "cluster", {"use_gpu": GpuUse})
 
 
@@ -115,8 +128,10 @@ class AssignConfig:
     first_valid_from: str = "1970-01-01T00:00:00"
 
     def __post_init__(self) -> None:
-        require(self.cluster_version is None or self.cluster_version >= 1,
-                 f"assign.cluster_version must be null or >= 1, got {self.cluster_version}")
+        require(
+            self.cluster_version is None or self.cluster_version >= 1,
+            f"assign.cluster_version must be null or >= 1, got {self.cluster_version}",
+        )
         try:
             _dt.datetime.fromisoformat(self.first_valid_from)
         except ValueError as exc:
@@ -145,4 +160,6 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         for name in ("grid_clusters", "grid_items", "map_items"):
-            require(getattr(self, name) >= 1, f"report.{name} must be >= 1, got {getattr(self, name)}")
+            require(
+                getattr(self, name) >= 1, f"report.{name} must be >= 1, got {getattr(self, name)}"
+            )

@@ -1,4 +1,5 @@
-"""Typed, frozen configuration of the COURIER image model and its losses (``model``, ``loss``; courier/model/).
+"""Typed, frozen configuration of the COURIER image model
+and its losses (``model``, ``loss``; courier/model/).
 
 Fields are plain types (str, int, float, bool, None) or closed choices (``StrEnum``, equal to
 their strings) so that the dataclasses can be built directly from parsed YAML
@@ -15,7 +16,8 @@ from courier.checks import choices, coerce_choices
 
 
 class Backbone(StrEnum):
-    """``model.backbone``; each is built by its entry of courier.model.backbones.BACKBONE_FAMILIES."""
+    """``model.backbone``; each is built by its entry
+    of courier.model.backbones.BACKBONE_FAMILIES."""
 
     SWIN_T = "swin_t"
     RESNET18 = "resnet18"

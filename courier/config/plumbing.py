@@ -1,4 +1,5 @@
 """Config sections of the shared plumbing: the Spark session, the table names, MLflow."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +9,15 @@ from enum import StrEnum
 
 from courier.checks import coerce_choices, require
 
+# spark.jars_dir's default: where `make setup` resolves the Delta JARs (project-relative).
+JARS_DIR = ".jars"
+
 
 class Catalog(StrEnum):
     """``spark.catalog``: where table names live (courier.spark.spark_conf)."""
 
-    DERBY = "derby"          # a Hive metastore on Derby inside warehouse_dir, served by courier.catalog
-    EXTERNAL = "external"    # the Hive metastore configured in spark.conf (a cluster)
+    DERBY = "derby"  # a Hive metastore on Derby inside warehouse_dir, served by courier.catalog
+    EXTERNAL = "external"  # the Hive metastore configured in spark.conf (a cluster)
     IN_MEMORY = "in-memory"  # none: tables last as long as the session
 
 
@@ -31,8 +35,9 @@ class SparkConfig:
     catalog: Catalog = Catalog.DERBY
     # The Derby server stops after this many seconds without a courier process using it.
     catalog_idle_s: int = 300
-    # Folder of Delta JARs resolved by `make setup`; None when spark-submit --packages provides them.
-    jars_dir: str | None = ".jars"
+    # Folder of Delta JARs resolved by `make setup`;
+    # None when spark-submit --packages provides them.
+    jars_dir: str | None = JARS_DIR
     shuffle_partitions: int = 8
     driver_memory: str = "4g"
     ui_enabled: bool = True
@@ -77,9 +82,11 @@ class TablesConfig:
         # anything but plain identifiers here stops a hostile --set before any job starts.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            require(isinstance(value, str) and _PLAIN_IDENTIFIER.match(value) is not None,
-                    f"tables.{f.name} must be a plain identifier (letters, digits and _, not starting "
-                    f"with a digit), got {value!r}")
+            require(
+                isinstance(value, str) and _PLAIN_IDENTIFIER.match(value) is not None,
+                f"tables.{f.name} must be a plain identifier (letters, digits and _, not starting "
+                f"with a digit), got {value!r}",
+            )
 
     def qualified(self, name: str) -> str:
         """``database.table`` for a table attribute name, e.g. ``qualified("rejects")``."""

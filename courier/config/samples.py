@@ -1,4 +1,5 @@
 """Config section of the sample build (``samples``; courier/samples/)."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -31,16 +32,34 @@ class SamplesConfig:
     max_event_ts: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("l_pv", "l_click", "image_size", "max_image_bytes", "max_image_pixels", "rows_per_row_group"):
-            require(getattr(self, name) >= 1, f"samples.{name} must be >= 1, got {getattr(self, name)}")
-        require(0.0 <= self.negative_keep_rate <= 1.0,
-                f"samples.negative_keep_rate must be in [0, 1], got {self.negative_keep_rate}")
-        require(self.history_lookback_days >= 0,
-                f"samples.history_lookback_days must be >= 0, got {self.history_lookback_days}")
-        require(1 <= self.jpeg_quality <= 100, f"samples.jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        for name in (
+            "l_pv",
+            "l_click",
+            "image_size",
+            "max_image_bytes",
+            "max_image_pixels",
+            "rows_per_row_group",
+        ):
+            require(
+                getattr(self, name) >= 1, f"samples.{name} must be >= 1, got {getattr(self, name)}"
+            )
+        require(
+            0.0 <= self.negative_keep_rate <= 1.0,
+            f"samples.negative_keep_rate must be in [0, 1], got {self.negative_keep_rate}",
+        )
+        require(
+            self.history_lookback_days >= 0,
+            f"samples.history_lookback_days must be >= 0, got {self.history_lookback_days}",
+        )
+        require(
+            1 <= self.jpeg_quality <= 100,
+            f"samples.jpeg_quality must be in 1..100, got {self.jpeg_quality}",
+        )
         if self.max_event_ts is not None:
             try:
                 _dt.datetime.fromisoformat(self.max_event_ts)
             except ValueError:
-                raise ValueError(f"samples.max_event_ts must be null or an ISO timestamp, "
-                                 f"got {self.max_event_ts!r}") from None
+                raise ValueError(
+                    f"samples.max_event_ts must be null or an ISO timestamp, "
+                    f"got {self.max_event_ts!r}"
+                ) from None

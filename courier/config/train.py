@@ -1,4 +1,5 @@
 """Config sections of training and promotion (``train``, ``promote``; courier/train/)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,10 +9,11 @@ from courier.checks import choices, coerce_choices, one_of, require
 
 
 class TrainBackend(StrEnum):
-    """``train.backend``: the data-parallel launcher and process group (courier/train/backends.py, BACKENDS)."""
+    """``train.backend``: the data-parallel launcher and process group
+    (courier/train/backends.py, BACKENDS)."""
 
     TORCH_DISTRIBUTOR = "torch_distributor"  # TorchDistributor + DDP
-    HOROVOD = "horovod"                      # horovod.spark.run (built by `make setup`)
+    HOROVOD = "horovod"  # horovod.spark.run (built by `make setup`)
 
 
 class LoaderKind(StrEnum):
@@ -31,18 +33,19 @@ class MixedPrecision(StrEnum):
 
 
 class Objective(StrEnum):
-    """``train.objective``: COURIER (method.md), or an image-only baseline (courier/train/baselines.py)."""
+    """``train.objective``: COURIER (method.md),
+    or an image-only baseline (courier/train/baselines.py)."""
 
     COURIER = "courier"
-    RANDOM_INIT = "random_init"      # no step
+    RANDOM_INIT = "random_init"  # no step
     LABEL_ALIGNED = "label_aligned"  # predict the item's category
-    SIMCLR = "simclr"                # augmented views, NT-Xent at simclr_tau
+    SIMCLR = "simclr"  # augmented views, NT-Xent at simclr_tau
 
 
 class BatchGrouping(StrEnum):
     """``train.batch_grouping``: how the loader forms batches within a shuffle window."""
 
-    NONE = "none"    # rows in random order
+    NONE = "none"  # rows in random order
     QUERY = "query"  # one query after another: in-batch negatives share the category
 
 
@@ -55,8 +58,17 @@ class PromotionMetric(StrEnum):
 
 
 # Checked in TrainConfig.__post_init__: train.<name> must be > 0.
-_POSITIVE = ("batch_size", "epochs", "num_processes", "log_every_steps", "checkpoint_every_steps",
-             "keep_checkpoints", "eval_max_rows", "shuffle_window", "start_timeout_s")
+_POSITIVE = (
+    "batch_size",
+    "epochs",
+    "num_processes",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_max_rows",
+    "shuffle_window",
+    "start_timeout_s",
+)
 
 
 @dataclass(frozen=True)
@@ -111,28 +123,42 @@ class TrainConfig:
     history_clicks: int | None = None
 
     def __post_init__(self) -> None:
-        """Every check of the section's own values; all problems in one message, each naming its key.
+        """Every check of the section's own values;
+        all problems in one message, each naming its key.
 
-        (``history_clicks`` against ``samples.l_click`` spans two sections: courier.train.launch checks it.)
+        (``history_clicks`` against ``samples.l_click`` spans two sections:
+        courier.train.launch checks it.)
         """
         problems = []
-        for name, kind in (("loader_kind", LoaderKind), ("mixed_precision", MixedPrecision),
-                           ("backend", TrainBackend), ("batch_grouping", BatchGrouping), ("objective", Objective)):
+        for name, kind in (
+            ("loader_kind", LoaderKind),
+            ("mixed_precision", MixedPrecision),
+            ("backend", TrainBackend),
+            ("batch_grouping", BatchGrouping),
+            ("objective", Objective),
+        ):
             try:
                 object.__setattr__(self, name, one_of(kind, getattr(self, name), f"train.{name}"))
             except ValueError as exc:
                 problems.append(str(exc))
-        problems += [f"train.{name} must be positive, got {getattr(self, name)}"
-                     for name in _POSITIVE if getattr(self, name) <= 0]
+        problems += [
+            f"train.{name} must be positive, got {getattr(self, name)}"
+            for name in _POSITIVE
+            if getattr(self, name) <= 0
+        ]
         if self.simclr_tau <= 0:
             problems.append(f"train.simclr_tau must be positive, got {self.simclr_tau}")
         if self.max_steps is not None and self.max_steps <= 0:
             problems.append(f"train.max_steps must be positive or null, got {self.max_steps}")
         if not 0.0 <= self.holdout_fraction < 1.0:
-            problems.append(f"train.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+            problems.append(
+                f"train.holdout_fraction must be in [0, 1), got {self.holdout_fraction}"
+            )
         if "://" in self.checkpoint_dir:
-            problems.append(f"train.checkpoint_dir must be a filesystem path every training node mounts, "
-                            f"got the URI {self.checkpoint_dir!r}")
+            problems.append(
+                f"train.checkpoint_dir must be a filesystem path every training node mounts, "
+                f"got the URI {self.checkpoint_dir!r}"
+            )
         require(not problems, "; ".join(problems))
 
 
@@ -142,7 +168,8 @@ PROMOTION_METRICS: tuple[str, ...] = choices(PromotionMetric)
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    """``courier evaluate`` / ``courier promote``: when the ``mlflow.alias`` model replaces production.
+    """``courier evaluate`` / ``courier promote``:
+    when the ``mlflow.alias`` model replaces production.
 
     ``courier evaluate`` scores the candidate and the current production model on the
     candidate's held-out rows (one snapshot for both); ``courier promote`` moves
@@ -152,11 +179,14 @@ class PromoteConfig:
     to_alias: str = "production"
     metric: PromotionMetric = PromotionMetric.ROW_AUC
     margin: float = 0.002
-    max_rows: int = 2048          # held-out rows scored per model
+    max_rows: int = 2048  # held-out rows scored per model
     batch_size: int = 64
 
     def __post_init__(self) -> None:
         coerce_choices(self, "promote", {"metric": PromotionMetric})
         require(self.margin >= 0.0, f"promote.margin must be >= 0, got {self.margin}")
-        require(self.max_rows > 0 and self.batch_size > 0, "promote.max_rows and promote.batch_size must be > 0")
+        require(
+            self.max_rows > 0 and self.batch_size > 0,
+            "promote.max_rows and promote.batch_size must be > 0",
+        )
         require(bool(self.to_alias), "promote.to_alias must name an alias")

@@ -7,15 +7,18 @@ and accepts command-line overrides without custom parsing.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from courier.checks import require
 
 # Sizes of the world's catalogue, which the checks below need without importing the renderer:
 # courier/world/shapes.py and styles.py fail on import when their tables disagree with them.
 N_SHAPES = 10  # category silhouettes (courier.world.shapes.SHAPES)
-N_STYLES = 16  # hidden styles: 4 palettes x 2 colour orders x 2 patterns (courier.world.styles.STYLES)
+N_STYLES = (
+    16  # hidden styles: 4 palettes x 2 colour orders x 2 patterns (courier.world.styles.STYLES)
+)
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,13 @@ class WorldConfig:
     # Appearance jitter, on top of the colour-order design of the styles, is
     # what keeps a random-init CNN from reading the style off (docs/WORLD.md
     # has the measurements); shrinking it makes the world easier for them.
-    hue_jitter: float = 0.05          # fraction of the hue circle, +/-
-    saturation_jitter: float = 0.2    # +/- around the palette saturation
-    value_jitter: float = 0.2         # +/- around the palette brightness
-    lighting_strength: float = 0.3    # max. brightness change across the image
+    hue_jitter: float = 0.05  # fraction of the hue circle, +/-
+    saturation_jitter: float = 0.2  # +/- around the palette saturation
+    value_jitter: float = 0.2  # +/- around the palette brightness
+    lighting_strength: float = 0.3  # max. brightness change across the image
     background_saturation: float = 0.35
-    pixel_noise: float = 0.0          # std of per-pixel noise in [0, 1] units (PNGs grow ~2.5x)
-    split_jitter: float = 0.06        # +/- of the area fraction of the upper part
+    pixel_noise: float = 0.0  # std of per-pixel noise in [0, 1] units (PNGs grow ~2.5x)
+    split_jitter: float = 0.06  # +/- of the area fraction of the upper part
 
     # Threads rendering images; 0 = one per CPU. Output does not depend on it.
     render_threads: int = 0
@@ -107,17 +110,27 @@ def _validate(cfg: WorldConfig) -> None:
     require(32 <= cfg.image_size <= 224, "image_size must be in 32..224")
     require(cfg.items_per_page >= 1, "items_per_page must be >= 1")
     # Every page is full, so every category needs at least one page of items.
-    require(cfg.n_items // cfg.n_categories >= cfg.items_per_page,
-             "n_items // n_categories must be >= items_per_page")
+    require(
+        cfg.n_items // cfg.n_categories >= cfg.items_per_page,
+        "n_items // n_categories must be >= items_per_page",
+    )
     require(cfg.n_users >= 1 and cfg.n_page_views >= 1, "n_users and n_page_views must be >= 1")
     require(cfg.days >= 1, "days must be >= 1")
-    require(1 <= cfg.categories_per_user <= cfg.n_categories,
-             "categories_per_user must be in 1..n_categories")
+    require(
+        1 <= cfg.categories_per_user <= cfg.n_categories,
+        "categories_per_user must be in 1..n_categories",
+    )
     require(0.0 <= cfg.category_focus <= 1.0, "category_focus must be in [0, 1]")
     require(1 <= cfg.styles_per_user <= N_STYLES, f"styles_per_user must be in 1..{N_STYLES}")
     require(cfg.batch_page_views >= 1, "batch_page_views must be >= 1")
     require(cfg.item_age_days >= 1, "item_age_days must be >= 1")
     require(cfg.render_threads >= 0, "render_threads must be >= 0")
-    require(cfg.popularity_sigma >= 0 and cfg.user_activity_sigma >= 0 and cfg.user_bias_sd >= 0
-             and cfg.click_noise_sd >= 0 and cfg.pixel_noise >= 0, "spreads must be >= 0")
+    require(
+        cfg.popularity_sigma >= 0
+        and cfg.user_activity_sigma >= 0
+        and cfg.user_bias_sd >= 0
+        and cfg.click_noise_sd >= 0
+        and cfg.pixel_noise >= 0,
+        "spreads must be >= 0",
+    )
     require(0.0 <= cfg.split_jitter < 0.5, "split_jitter must be in [0, 0.5)")

@@ -3,6 +3,7 @@
 AUC is the Mann-Whitney statistic with average ranks for ties, so a constant
 score is exactly 0.5 (``sklearn.metrics.roc_auc_score`` agrees; a test checks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 class Gauc:
     """AUC averaged over page views that hold both a click and a non-click."""
 
-    weighted: float    # weighted by each page view's impressions (the paper's GAUC)
+    weighted: float  # weighted by each page view's impressions (the paper's GAUC)
     unweighted: float  # plain mean over the same page views
     groups_used: int
     groups_total: int
@@ -37,43 +38,61 @@ def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> Gauc:
     labels = np.asarray(labels).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     _, group_index = np.unique(np.asarray(groups), return_inverse=True)
-    order = np.lexsort((scores, group_index))  # by group, then score: ranks within a group in one pass
+    # by group, then score: ranks within a group in one pass
+    order = np.lexsort((scores, group_index))
     g, s, y = group_index[order], scores[order], labels[order]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     ends = np.r_[starts[1:], len(g)]
     aucs, sizes = [], []
-    for a, b in zip(starts, ends):
+    for a, b in zip(starts, ends, strict=True):
         n_pos = int(y[a:b].sum())
         if 0 < n_pos < b - a:
             ranks = rankdata(s[a:b])
-            aucs.append((ranks[y[a:b] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (b - a - n_pos)))
+            aucs.append(
+                (ranks[y[a:b] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (b - a - n_pos))
+            )
             sizes.append(b - a)
     if not aucs:
         return Gauc(float("nan"), float("nan"), 0, len(starts))
     aucs_arr, sizes_arr = np.asarray(aucs), np.asarray(sizes, dtype=np.float64)
-    return Gauc(float((aucs_arr * sizes_arr).sum() / sizes_arr.sum()), float(aucs_arr.mean()), len(aucs),
-                len(starts))
+    return Gauc(
+        float((aucs_arr * sizes_arr).sum() / sizes_arr.sum()),
+        float(aucs_arr.mean()),
+        len(aucs),
+        len(starts),
+    )
 
 
-def auc_by_category(labels: np.ndarray, scores: np.ndarray, categories: np.ndarray) -> dict[str, float]:
+def auc_by_category(
+    labels: np.ndarray, scores: np.ndarray, categories: np.ndarray
+) -> dict[str, float]:
     """``{category: AUC}`` over each category's impressions (paper fig. 4)."""
     categories = np.asarray(categories)
-    return {str(c): auc(labels[categories == c], scores[categories == c]) for c in np.unique(categories)}
+    return {
+        str(c): auc(labels[categories == c], scores[categories == c]) for c in np.unique(categories)
+    }
 
 
 @dataclass(frozen=True)
 class Lift:
     """AUC(variant) - AUC(baseline) on the same impressions, with a paired bootstrap interval."""
 
-    delta: float     # AUC points x 100 (0.46 = the paper's "+0.46%")
-    low: float       # bootstrap percentile interval, same unit
+    delta: float  # AUC points x 100 (0.46 = the paper's "+0.46%")
+    low: float  # bootstrap percentile interval, same unit
     high: float
     resamples: int
 
 
-def paired_bootstrap_lift(labels: np.ndarray, variant: np.ndarray, baseline: np.ndarray, resamples: int,
-                          confidence: float = 0.95, seed: int = 0) -> Lift:
-    """Lift of ``variant`` over ``baseline`` scores, both rescored on the same resampled impressions.
+def paired_bootstrap_lift(
+    labels: np.ndarray,
+    variant: np.ndarray,
+    baseline: np.ndarray,
+    resamples: int,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Lift:
+    """Lift of ``variant`` over ``baseline`` scores,
+    both rescored on the same resampled impressions.
 
     Scores are [N], or [S, N] for S seeds (seed s of the variant paired with seed s of the
     baseline): the lift is then the mean over seeds, in every resample as in the estimate.
@@ -81,11 +100,17 @@ def paired_bootstrap_lift(labels: np.ndarray, variant: np.ndarray, baseline: np.
     labels = np.asarray(labels)
     variant, baseline = np.atleast_2d(variant), np.atleast_2d(baseline)
     if variant.shape != baseline.shape or variant.shape[1] != len(labels):
-        raise ValueError(f"scores {variant.shape} / {baseline.shape} do not pair with {len(labels)} labels")
+        raise ValueError(
+            f"scores {variant.shape} / {baseline.shape} do not pair with {len(labels)} labels"
+        )
 
     def lift(idx: np.ndarray | slice) -> float:
         y = labels[idx]
-        return float(np.mean([auc(y, v[idx]) - auc(y, b[idx]) for v, b in zip(variant, baseline)]))
+        return float(
+            np.mean(
+                [auc(y, v[idx]) - auc(y, b[idx]) for v, b in zip(variant, baseline, strict=True)]
+            )
+        )
 
     rng = np.random.default_rng(seed)
     n = len(labels)

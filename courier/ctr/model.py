@@ -16,6 +16,7 @@ candidate's cluster meets the history's clusters in the attention, and, with
 The start token is always unmasked: a user without history attends to it alone
 instead of to nothing (which is NaN in a softmax).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,13 @@ class ItemTower(nn.Module):
             parts += 1
         self.out_dim = parts * d
 
-    def forward(self, item: torch.Tensor, category: torch.Tensor, cluster: torch.Tensor,
-                image: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        item: torch.Tensor,
+        category: torch.Tensor,
+        cluster: torch.Tensor,
+        image: torch.Tensor | None,
+    ) -> torch.Tensor:
         """ids [*S] (and image [*S, d_img] for ``vector``) -> [*S, Di]."""
         parts = [self.item(item), self.category(category)]
         if self.usage == "cluster_id":
@@ -66,28 +72,38 @@ class UserTower(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.score = nn.Sequential(nn.Linear(4 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
-    def forward(self, history: torch.Tensor, mask: torch.Tensor, candidate: torch.Tensor,
-                score_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        candidate: torch.Tensor,
+        score_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, _, d = history.shape
-        seq = torch.cat([self.start.expand(b, 1, d), history], dim=1)                    # [B, L+1, Di]
-        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)                              # [B, L+1]
+        seq = torch.cat([self.start.expand(b, 1, d), history], dim=1)  # [B, L+1, Di]
+        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)  # [B, L+1]
         attended, _ = self.attention(seq, seq, seq, key_padding_mask=~keep, need_weights=False)
-        seq = self.norm(seq + attended)                                                   # [B, L+1, Di]
+        seq = self.norm(seq + attended)  # [B, L+1, Di]
         cand = candidate.unsqueeze(1).expand_as(seq)
-        logits = self.score(torch.cat([seq, cand, seq * cand, seq - cand], dim=-1)).squeeze(-1)  # [B, L+1]
+        # [B, L+1]
+        logits = self.score(torch.cat([seq, cand, seq * cand, seq - cand], dim=-1)).squeeze(-1)
         if score_bias is not None:
             logits = logits + torch.cat([score_bias.new_zeros(b, 1), score_bias], dim=1)
         logits = logits.masked_fill(~keep, float("-inf"))
-        din = (logits.softmax(dim=1).unsqueeze(-1) * seq).sum(dim=1)                      # [B, Di]
+        din = (logits.softmax(dim=1).unsqueeze(-1) * seq).sum(dim=1)  # [B, Di]
         weights = keep.unsqueeze(-1).to(seq.dtype)
-        mean = (seq * weights).sum(dim=1) / weights.sum(dim=1)                            # [B, Di]
+        mean = (seq * weights).sum(dim=1) / weights.sum(dim=1)  # [B, Di]
         return torch.cat([din, mean], dim=-1)
 
 
 class DinCtrModel(nn.Module):
     """Click logit of an impression from its CtrTensors batch."""
 
-    def __init__(self, cfg: CtrConfig, vocab: Vocabularies, image_vectors: np.ndarray | None = None) -> None:
+    image_table: torch.Tensor  # a buffer, registered for the vector and simscore usages
+
+    def __init__(
+        self, cfg: CtrConfig, vocab: Vocabularies, image_vectors: np.ndarray | None = None
+    ) -> None:
         super().__init__()
         d = cfg.embedding_dim
         self.usage = cfg.image_usage
@@ -95,7 +111,9 @@ class DinCtrModel(nn.Module):
             if image_vectors is None:
                 raise ValueError(f"ctr.image_usage={self.usage} needs the item embeddings")
             # frozen: the feature is the encoder's, the CTR model only reads it
-            self.register_buffer("image_table", torch.from_numpy(np.asarray(image_vectors, dtype=np.float32)))
+            self.register_buffer(
+                "image_table", torch.from_numpy(np.asarray(image_vectors, dtype=np.float32))
+            )
         image_dim = int(image_vectors.shape[1]) if image_vectors is not None else 0
         self.items = ItemTower(cfg, vocab, image_dim)
         di = self.items.out_dim
@@ -106,7 +124,13 @@ class DinCtrModel(nn.Module):
         if self.usage == "simscore":
             self.simscore_scale = nn.Parameter(torch.tensor(1.0))
         self.history_match = self.usage == "cluster_id" and cfg.history_match
-        head_in = 2 * di + di + 3 * d + (2 if self.usage == "simscore" else 0) + (1 if self.history_match else 0)
+        head_in = (
+            2 * di
+            + di
+            + 3 * d
+            + (2 if self.usage == "simscore" else 0)
+            + (1 if self.history_match else 0)
+        )
         layers: list[nn.Module] = []
         for width in cfg.mlp_dims:
             layers += [nn.Linear(head_in, width), nn.ReLU(), nn.Dropout(cfg.dropout)]
@@ -119,13 +143,15 @@ class DinCtrModel(nn.Module):
     def forward(self, batch: CtrTensors) -> torch.Tensor:
         """[B] click logits."""
         cand_img, hist_img = self._image(batch.image_row), self._image(batch.history_image_row)
-        candidate = self.items(batch.item, batch.category, batch.cluster, cand_img)       # [B, Di]
-        history = self.items(batch.history_item, batch.history_category, batch.history_cluster,
-                             hist_img)                                                     # [B, L, Di]
+        candidate = self.items(batch.item, batch.category, batch.cluster, cand_img)  # [B, Di]
+        history = self.items(
+            batch.history_item, batch.history_category, batch.history_cluster, hist_img
+        )  # [B, L, Di]
         extra: list[torch.Tensor] = []
         bias = None
         if self.usage == "simscore":
-            sim = (hist_img * cand_img.unsqueeze(1)).sum(dim=-1)                          # [B, L] cosine
+            assert hist_img is not None and cand_img is not None  # simscore reads image_table
+            sim = (hist_img * cand_img.unsqueeze(1)).sum(dim=-1)  # [B, L] cosine
             sim = sim.masked_fill(~batch.history_mask, 0.0)
             bias = self.simscore_scale * sim
             has = batch.history_mask.any(dim=1)
@@ -133,10 +159,24 @@ class DinCtrModel(nn.Module):
             mean = sim.sum(dim=1) / batch.history_mask.sum(dim=1).clamp(min=1)
             extra = [torch.where(has, best, torch.zeros_like(best)).unsqueeze(1), mean.unsqueeze(1)]
         if self.history_match:
-            same = (batch.history_cluster == batch.cluster.unsqueeze(1)) & batch.history_mask \
-                & (batch.cluster > UNKNOWN).unsqueeze(1)                                    # [B, L]
-            extra.append((same.sum(dim=1) / batch.history_mask.sum(dim=1).clamp(min=1)).unsqueeze(1).float())
-        user = self.user_tower(history, batch.history_mask, candidate, bias)               # [B, 2 Di]
-        features = torch.cat([user, candidate, self.user(batch.user), self.query(batch.query),
-                              self.position(batch.position), *extra], dim=-1)
+            same = (
+                (batch.history_cluster == batch.cluster.unsqueeze(1))
+                & batch.history_mask
+                & (batch.cluster > UNKNOWN).unsqueeze(1)
+            )  # [B, L]
+            extra.append(
+                (same.sum(dim=1) / batch.history_mask.sum(dim=1).clamp(min=1)).unsqueeze(1).float()
+            )
+        user = self.user_tower(history, batch.history_mask, candidate, bias)  # [B, 2 Di]
+        features = torch.cat(
+            [
+                user,
+                candidate,
+                self.user(batch.user),
+                self.query(batch.query),
+                self.position(batch.position),
+                *extra,
+            ],
+            dim=-1,
+        )
         return self.head(features).squeeze(-1)

@@ -10,6 +10,7 @@ Invalid impressions go to the rejects table (stage ``ctr_samples``) with the sam
 build's reasons; the counts are checked BEFORE anything is written, so a build
 that does not add up leaves the table as it was.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -35,6 +36,7 @@ from courier.tables import (
     RunRecord,
     count_by,
     date_range_predicate,
+    one_row,
     reconcile,
     replace_where,
     require_columns,
@@ -53,7 +55,8 @@ STAGE = "ctr_samples"
 def build_ctr_samples(
     spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date, run_id: str | None = None
 ) -> RunRecord:
-    """Build ``ctr_samples`` for ``[start, end]``; re-running a range replaces exactly its partitions.
+    """Build ``ctr_samples`` for ``[start, end]``;
+    re-running a range replaces exactly its partitions.
 
     A run that loses a Delta commit to a concurrent one starts over (ConcurrentRunError after 3).
     """
@@ -63,14 +66,18 @@ def build_ctr_samples(
     return retry_on_conflict(STAGE, lambda: _build_once(spark, cfg, start, end, run_id))
 
 
-def _build_once(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date, run_id: str) -> RunRecord:
+def _build_once(
+    spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date, run_id: str
+) -> RunRecord:
     t = cfg.tables
     started = utc_now()
     timings: dict[str, int] = {}
     require_columns(spark, t.qualified("raw_impressions"), RAW_IMPRESSIONS_COLUMNS)
     require_columns(spark, t.qualified("raw_items"), RAW_ITEMS_COLUMNS)
     if not table_exists(spark, t.qualified("item_images")):
-        raise FileNotFoundError(f"table {t.qualified('item_images')} does not exist: run `courier build-samples` first")
+        raise FileNotFoundError(
+            f"table {t.qualified('item_images')} does not exist: run `courier build-samples` first"
+        )
 
     with timed(timings, "plan"):
         checked, samples = _sample_frames(spark, cfg, start, end)
@@ -79,8 +86,14 @@ def _build_once(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt
     with timed(timings, "reconcile"):
         metrics = _reconcile(checked.where(in_scope), samples)
     with timed(timings, "write_rejects"):
-        write_rejects(spark, t.qualified("rejects"), impression_rejects(checked.where(in_scope)), STAGE, run_id,
-                      in_scope)
+        write_rejects(
+            spark,
+            t.qualified("rejects"),
+            impression_rejects(checked.where(in_scope)),
+            STAGE,
+            run_id,
+            in_scope,
+        )
     with timed(timings, "write_samples"):
         replace_where(samples, t.qualified("ctr_samples"), in_range, partition_by=["dt"])
     checked.unpersist()
@@ -91,10 +104,16 @@ def _build_once(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt
     return record
 
 
-def _sample_frames(spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date) -> tuple[DataFrame, DataFrame]:
+def _sample_frames(
+    spark: SparkSession, cfg: CourierConfig, start: dt.date, end: dt.date
+) -> tuple[DataFrame, DataFrame]:
     """(impressions_checked of the window, ctr_samples of the range), both persisted."""
     t, s = cfg.tables, cfg.ctr_samples
-    max_event_ts = dt.datetime.fromisoformat(cfg.samples.max_event_ts) if cfg.samples.max_event_ts else utc_now()
+    max_event_ts = (
+        dt.datetime.fromisoformat(cfg.samples.max_event_ts)
+        if cfg.samples.max_event_ts
+        else utc_now()
+    )
     args = {
         "raw_impressions": t.qualified("raw_impressions"),
         "raw_items": t.qualified("raw_items"),
@@ -107,7 +126,9 @@ def _sample_frames(spark: SparkSession, cfg: CourierConfig, start: dt.date, end:
     }
     checked, page_views = click_history_views(spark, args)
     run_sql_file(spark, "ctr/ctr_items", args)
-    impressions = run_sql_file(spark, "ctr/ctr_impressions", args).persist(StorageLevel.MEMORY_AND_DISK)
+    impressions = run_sql_file(spark, "ctr/ctr_impressions", args).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     features = _item_image_features(spark, cfg)
     _as_of(spark, "ctr_impressions", features, "candidate_features")
     run_sql_file(spark, "ctr/history_items", args)
@@ -121,41 +142,64 @@ def _sample_frames(spark: SparkSession, cfg: CourierConfig, start: dt.date, end:
 
 
 def _item_image_features(spark: SparkSession, cfg: CourierConfig) -> str:
-    """The feature history to join: the table, or an empty stand-in before the first ``courier assign``."""
+    """The feature history to join: the table,
+    or an empty stand-in before the first ``courier assign``."""
     table = cfg.tables.qualified("item_image_features")
     if table_exists(spark, table):
         return table
-    log.warning("%s does not exist yet (no `courier assign`): every image feature of ctr_samples is NULL", table)
-    spark.createDataFrame([], ITEM_IMAGE_FEATURES_DDL).createOrReplaceTempView("no_item_image_features")
+    log.warning(
+        "%s does not exist yet (no `courier assign`): every image feature of ctr_samples is NULL",
+        table,
+    )
+    spark.createDataFrame([], ITEM_IMAGE_FEATURES_DDL).createOrReplaceTempView(
+        "no_item_image_features"
+    )
     return "no_item_image_features"
 
 
 def _as_of(spark: SparkSession, events_view: str, features: str, name: str) -> DataFrame:
     """sql/features/item_features_as_of.sql on ``events_view``, registered as temp view ``name``."""
-    df = run_sql_file(spark, "features/item_features_as_of", {"events": events_view, "item_image_features": features})
+    df = run_sql_file(
+        spark,
+        "features/item_features_as_of",
+        {"events": events_view, "item_image_features": features},
+    )
     df.createOrReplaceTempView(name)
     return df
 
 
 def _reconcile(checked_in_range: DataFrame, samples: DataFrame) -> dict[str, int]:
     """impressions in = ctr_samples rows + rejected by reason; the feature coverage, as counts."""
-    by_reason = count_by(checked_in_range, "coalesce(concat('impressions_rejected.', reject_reason), 'valid')")
+    by_reason = count_by(
+        checked_in_range, "coalesce(concat('impressions_rejected.', reject_reason), 'valid')"
+    )
     valid = by_reason.pop("valid", 0)
-    totals = samples.selectExpr(
-        "count(*) AS rows_written",
-        "count_if(label = 1) AS clicks",
-        "count(DISTINCT request_id) AS page_views",
-        "count_if(size(history_item_ids) = 0) AS rows_without_history",
-        "count_if(image_cluster_id IS NOT NULL) AS rows_with_image_feature",
-        "coalesce(sum(size(history_item_ids)), 0) AS history_slots",
-        "coalesce(sum(size(filter(history_cluster_ids, c -> c IS NOT NULL))), 0) AS history_slots_with_image_feature",
-        "count_if(size(history_cluster_ids) <> size(history_item_ids)) AS history_misaligned",
-    ).first().asDict()
-    metrics = {"impressions_in": valid + sum(by_reason.values()), **by_reason,
-               **{k: int(v) for k, v in totals.items()}}
-    reconcile("ctr_samples impressions", metrics["impressions_in"],
-              {"rows_written": metrics["rows_written"], **by_reason})
+    totals = one_row(
+        samples.selectExpr(
+            "count(*) AS rows_written",
+            "count_if(label = 1) AS clicks",
+            "count(DISTINCT request_id) AS page_views",
+            "count_if(size(history_item_ids) = 0) AS rows_without_history",
+            "count_if(image_cluster_id IS NOT NULL) AS rows_with_image_feature",
+            "coalesce(sum(size(history_item_ids)), 0) AS history_slots",
+            "coalesce(sum(size(filter(history_cluster_ids, c -> c IS NOT NULL))), 0) AS "
+            "history_slots_with_image_feature",
+            "count_if(size(history_cluster_ids) <> size(history_item_ids)) AS history_misaligned",
+        )
+    ).asDict()
+    metrics = {
+        "impressions_in": valid + sum(by_reason.values()),
+        **by_reason,
+        **{k: int(v) for k, v in totals.items()},
+    }
+    reconcile(
+        "ctr_samples impressions",
+        metrics["impressions_in"],
+        {"rows_written": metrics["rows_written"], **by_reason},
+    )
     if metrics["history_misaligned"]:
         raise ReconciliationError(
-            f"ctr_samples: {metrics['history_misaligned']} rows lost history slots in the as-of join")
+            f"ctr_samples: {metrics['history_misaligned']} rows lost history slots in the as-of "
+            "join"
+        )
     return metrics

@@ -4,6 +4,7 @@ A run is deterministic for ``ctr.seed`` on one machine: the weights are seeded,
 the epochs' shuffles come from a seeded generator, and the rows arrive in the
 order ``read_ctr_samples`` sorts them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,8 @@ class CtrFit:
 
     model: DinCtrModel
     best_epoch: int
-    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, validation AUC, seconds
+    # per epoch: loss, validation AUC, seconds
+    history: list[dict[str, float]] = field(default_factory=list)
     train_rows: int = 0
     seconds: float = 0.0
 
@@ -52,9 +54,16 @@ def predict(model: DinCtrModel, data: CtrTensors) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def fit_ctr(cfg: CtrConfig, vocab: Vocabularies, train: CtrTensors, validation: CtrTensors,
-            image_vectors: np.ndarray | None = None, show_progress: bool = False) -> CtrFit:
-    """Train until the validation AUC stops improving for ``cfg.patience`` epochs; keep the best epoch."""
+def fit_ctr(
+    cfg: CtrConfig,
+    vocab: Vocabularies,
+    train: CtrTensors,
+    validation: CtrTensors,
+    image_vectors: np.ndarray | None = None,
+    show_progress: bool = False,
+) -> CtrFit:
+    """Train until the validation AUC stops improving
+    for ``cfg.patience`` epochs; keep the best epoch."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -68,11 +77,22 @@ def fit_ctr(cfg: CtrConfig, vocab: Vocabularies, train: CtrTensors, validation: 
         t0 = time.perf_counter()
         loss = _train_epoch(model, optimizer, train, cfg.batch_size, shuffles, show_progress, epoch)
         val_auc = auc(validation.label.numpy(), predict(model, validation))
-        fit.history.append({"epoch": epoch, "loss": loss, "validation_auc": val_auc,
-                            "seconds": time.perf_counter() - t0})
+        fit.history.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "validation_auc": val_auc,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         log.info("ctr epoch %d: loss %.4f, validation AUC %.4f", epoch, loss, val_auc)
         if val_auc > best_auc:
-            best_auc, best_state, fit.best_epoch, stale = val_auc, copy.deepcopy(model.state_dict()), epoch, 0
+            best_auc, best_state, fit.best_epoch, stale = (
+                val_auc,
+                copy.deepcopy(model.state_dict()),
+                epoch,
+                0,
+            )
         else:
             stale += 1
             if stale >= cfg.patience:
@@ -82,16 +102,25 @@ def fit_ctr(cfg: CtrConfig, vocab: Vocabularies, train: CtrTensors, validation: 
     return fit
 
 
-def _train_epoch(model: DinCtrModel, optimizer: torch.optim.Optimizer, train: CtrTensors, batch_size: int,
-                 shuffles: torch.Generator, show_progress: bool, epoch: int) -> float:
+def _train_epoch(
+    model: DinCtrModel,
+    optimizer: torch.optim.Optimizer,
+    train: CtrTensors,
+    batch_size: int,
+    shuffles: torch.Generator,
+    show_progress: bool,
+    epoch: int,
+) -> float:
     """One pass over ``train`` in a seeded random order; the mean BCE."""
     model.train()
     order = torch.randperm(len(train), generator=shuffles)
     steps = (len(train) + batch_size - 1) // batch_size
     total = 0.0
-    progress = Progress(f"ctr epoch {epoch}", total=steps, unit="batches") if show_progress else None
+    progress = (
+        Progress(f"ctr epoch {epoch}", total=steps, unit="batches") if show_progress else None
+    )
     for step in range(steps):
-        batch = train.take(order[step * batch_size:(step + 1) * batch_size])
+        batch = train.take(order[step * batch_size : (step + 1) * batch_size])
         loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

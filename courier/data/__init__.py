@@ -8,6 +8,7 @@ Public API:
 
 See docs/TRAINING_DATA.md.
 """
+
 from __future__ import annotations
 
 from courier.data.decode import (

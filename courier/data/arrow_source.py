@@ -4,11 +4,12 @@ The second implementation behind the BatchSource interface: no Petastorm, the
 same plan, decoder and batching, so it yields exactly the batches the
 Petastorm loader yields. Useful as a fallback and to cross-check Petastorm.
 """
+
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
 
 import pyarrow.parquet as pq
 
@@ -29,9 +30,11 @@ class PyArrowBatchSource(ShardedBatchSource):
             table = pq.ParquetFile(handle).read(columns=list(LOADER_COLUMNS))
         return FileChunk(index, self.decoder.decode_table(table))
 
-    def _read(self, plan: EpochPlan) -> Iterator[FileChunk]:
+    def _read(self, plan: EpochPlan) -> Generator[FileChunk, None, None]:
         uris = [self.snapshot.files[i] for i in plan.files]
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="courier-loader") as pool:
+        with ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="courier-loader"
+        ) as pool:
             futures: deque[Future[FileChunk]] = deque()
             todo = iter(enumerate(uris))
 

@@ -11,19 +11,19 @@ This runs inside the reader's workers (Petastorm's TransformSpec, or the
 pyarrow loader's thread pool), one row group at a time, and fails loudly on
 rows that break the table contract.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torchvision.io import ImageReadMode
-from torchvision.io import decode_jpeg as _tv_decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg as _tv_decode_jpeg
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -33,13 +33,24 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 #   click_images   float32 [l_click, 3, S, S]  click_mask     bool  [l_click] (True = real click)
 #   pv_item_ids    int64   [l_pv]              click_item_ids int64 [l_click] (-1 = padding)
 #   request_keys   int64   []                  (63-bit hash of request_id: which rows a step saw)
-#   pv_image_keys  int64   [l_pv]              click_image_keys int64 [l_click] (63-bit hash of the slot's
-#                                              JPEG bytes, -1 = padding: the model encodes each distinct image once)
-BATCH_KEYS = ("pv_images", "pv_labels", "click_images", "click_mask", "pv_item_ids", "click_item_ids",
-              "request_keys", "pv_image_keys", "click_image_keys")
+#   pv_image_keys  int64   [l_pv]              click_image_keys int64 [l_click] (63-bit hash of
+#                                              the slot's JPEG bytes, -1 = padding: the model
+#                                              encodes each distinct image once)
+BATCH_KEYS = (
+    "pv_images",
+    "pv_labels",
+    "click_images",
+    "click_mask",
+    "pv_item_ids",
+    "click_item_ids",
+    "request_keys",
+    "pv_image_keys",
+    "click_image_keys",
+)
 # Decoded beside the batch keys, for the loader only (never yielded):
-#   group_keys     int64   []                  (63-bit hash of the page view's query: train.batch_grouping)
-DECODED_KEYS = BATCH_KEYS + ("group_keys",)
+#   group_keys     int64   []                  (63-bit hash of the page view's query:
+#                                              train.batch_grouping)
+DECODED_KEYS = (*BATCH_KEYS, "group_keys")
 
 
 CLICK_KEYS = ("click_images", "click_mask", "click_item_ids", "click_image_keys")
@@ -57,7 +68,8 @@ def newest_clicks(batch: dict[str, torch.Tensor], n: int | None) -> dict[str, to
 
 
 class DecodeError(ValueError):
-    """A row breaks the courier_training_rows contract (missing image, wrong size, ragged arrays)."""
+    """A row breaks the courier_training_rows contract
+    (missing image, wrong size, ragged arrays)."""
 
     def __init__(self, message: str, index: int | None = None) -> None:
         super().__init__(message)
@@ -65,7 +77,8 @@ class DecodeError(ValueError):
 
 
 def _decode_tensors(jpegs: Sequence[bytes], image_size: int) -> list[torch.Tensor]:
-    """JPEG bytes -> uint8 [3, S, S] RGB tensors; DecodeError (with ``index``) unless each is an S x S JPEG."""
+    """JPEG bytes -> uint8 [3, S, S] RGB tensors; DecodeError
+    (with ``index``) unless each is an S x S JPEG."""
     s = image_size
     if not jpegs:
         return []
@@ -82,7 +95,9 @@ def _decode_tensors(jpegs: Sequence[bytes], image_size: int) -> list[torch.Tenso
             try:
                 _tv_decode_jpeg(part, mode=ImageReadMode.RGB)
             except RuntimeError as exc:
-                raise DecodeError(f"undecodable image: {str(exc).splitlines()[0]}", index=i) from exc
+                raise DecodeError(
+                    f"undecodable image: {str(exc).splitlines()[0]}", index=i
+                ) from exc
         raise
     for i, img in enumerate(images):
         if tuple(img.shape) != (3, s, s):
@@ -91,7 +106,8 @@ def _decode_tensors(jpegs: Sequence[bytes], image_size: int) -> list[torch.Tenso
 
 
 def decode_jpegs(jpegs: Sequence[bytes], image_size: int) -> np.ndarray:
-    """JPEG bytes -> uint8 [N, 3, S, S] RGB; DecodeError (with ``index``) unless each is an S x S JPEG."""
+    """JPEG bytes -> uint8 [N, 3, S, S] RGB; DecodeError
+    (with ``index``) unless each is an S x S JPEG."""
     images = _decode_tensors(jpegs, image_size)
     if not images:
         return np.zeros((0, 3, image_size, image_size), dtype=np.uint8)
@@ -103,33 +119,39 @@ def decode_jpeg(data: bytes, image_size: int) -> np.ndarray:
     return decode_jpegs([data], image_size)[0]
 
 
-_SCALE = (1.0 / (255.0 * IMAGENET_STD)).reshape(3, 1, 1)   # [3, 1, 1]
-_BIAS = (-IMAGENET_MEAN / IMAGENET_STD).reshape(3, 1, 1)    # [3, 1, 1]
+_SCALE = (1.0 / (255.0 * IMAGENET_STD)).reshape(3, 1, 1)  # [3, 1, 1]
+_BIAS = (-IMAGENET_MEAN / IMAGENET_STD).reshape(3, 1, 1)  # [3, 1, 1]
 
 
 def normalise_images(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [..., 3, S, S] -> float32 [..., 3, S, S]: (x / 255 - mean) / std per channel (into ``out`` if given)."""
+    """uint8 [..., 3, S, S] -> float32 [..., 3, S, S]:
+    (x / 255 - mean) / std per channel (into ``out`` if given)."""
     out = np.multiply(images, _SCALE, dtype=np.float32, out=out)
     out += _BIAS
     return out
 
 
 def stable_key(text: str | bytes) -> int:
-    """Stable 63-bit key of a request id, query or image (the same in every process, unlike ``hash``)."""
+    """Stable 63-bit key of a request id, query or image
+    (the same in every process, unlike ``hash``)."""
     data = text.encode("utf-8") if isinstance(text, str) else text
     digest = hashlib.blake2b(data, digest_size=8).digest()
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def image_keys(jpegs: Sequence[bytes], ids: np.ndarray) -> np.ndarray:
-    """int64 [n, l]: ``stable_key`` of each real slot's JPEG bytes (row-major ``jpegs``), -1 in padding.
+    """int64 [n, l]: ``stable_key`` of each real slot's JPEG bytes
+    (row-major ``jpegs``), -1 in padding.
 
     The key of the image itself, not of the item: a row built before an item's image changed
     carries the old picture, and the two must not share an embedding.
     """
     flat = ids.reshape(-1)
-    keys = np.fromiter((stable_key(jpegs[i]) if flat[i] != -1 else -1 for i in range(flat.size)),
-                       dtype=np.int64, count=flat.size)
+    keys = np.fromiter(
+        (stable_key(jpegs[i]) if flat[i] != -1 else -1 for i in range(flat.size)),
+        dtype=np.int64,
+        count=flat.size,
+    )
     return keys.reshape(ids.shape)
 
 
@@ -170,17 +192,19 @@ class RowDecoder:
         self,
         request_ids: Sequence[str],
         queries: Sequence[str | None],
-        pv_ids: np.ndarray,        # [n, l_pv]
-        pv_labels: np.ndarray,     # [n, l_pv]
-        click_ids: np.ndarray,     # [n, l_click]
-        pv_jpegs: Sequence[bytes],     # n * l_pv, row-major
+        pv_ids: np.ndarray,  # [n, l_pv]
+        pv_labels: np.ndarray,  # [n, l_pv]
+        click_ids: np.ndarray,  # [n, l_click]
+        pv_jpegs: Sequence[bytes],  # n * l_pv, row-major
         click_jpegs: Sequence[bytes],  # n * l_click
     ) -> dict[str, np.ndarray]:
         pv_valid = pv_ids != -1
         if not np.array_equal(pv_valid, pv_labels >= 0):
             row = int(np.flatnonzero((pv_valid != (pv_labels >= 0)).any(axis=1))[0])
-            raise DecodeError(f"request {request_ids[row]}: pv_labels {pv_labels[row].tolist()} disagree with "
-                              f"pv_item_ids {pv_ids[row].tolist()} on padding")
+            raise DecodeError(
+                f"request {request_ids[row]}: pv_labels {pv_labels[row].tolist()} disagree with "
+                f"pv_item_ids {pv_ids[row].tolist()} on padding"
+            )
         click_valid = click_ids != -1
         pv_keys, click_keys = image_keys(pv_jpegs, pv_ids), image_keys(click_jpegs, click_ids)
         return {
@@ -192,13 +216,17 @@ class RowDecoder:
             "click_item_ids": click_ids,
             "pv_image_keys": pv_keys,
             "click_image_keys": click_keys,
-            "request_keys": np.fromiter((stable_key(r) for r in request_ids), dtype=np.int64,
-                                        count=len(request_ids)),
-            "group_keys": np.fromiter((stable_key(q or "") for q in queries), dtype=np.int64, count=len(queries)),
+            "request_keys": np.fromiter(
+                (stable_key(r) for r in request_ids), dtype=np.int64, count=len(request_ids)
+            ),
+            "group_keys": np.fromiter(
+                (stable_key(q or "") for q in queries), dtype=np.int64, count=len(queries)
+            ),
         }
 
-    def _decode_slots(self, jpegs: Sequence[bytes], ids: np.ndarray, keys: np.ndarray,
-                      request_ids: Sequence[str]) -> np.ndarray:
+    def _decode_slots(
+        self, jpegs: Sequence[bytes], ids: np.ndarray, keys: np.ndarray, request_ids: Sequence[str]
+    ) -> np.ndarray:
         """float32 [n, l, 3, S, S]: normalised images of the real slots, zeros in padding slots.
 
         Each distinct image (``keys``) of the row group is decoded once and copied into every slot
@@ -216,9 +244,11 @@ class RowDecoder:
         except DecodeError as exc:
             at = int(real[first[exc.index]]) if exc.index is not None else 0
             row, slot = divmod(at, length)
-            raise DecodeError(f"request {request_ids[row]}: item {ids[row, slot]} (slot {slot}): {exc}") from exc
+            raise DecodeError(
+                f"request {request_ids[row]}: item {ids[row, slot]} (slot {slot}): {exc}"
+            ) from exc
         # Normalised straight into the slot of its first copy, then copied to the others.
-        for slot, image in zip(real[first], images):
+        for slot, image in zip(real[first], images, strict=True):
             normalise_images(image.numpy(), out=out[slot])
         out[real] = out[real[first][inverse]]
         return out.reshape(n, length, 3, s, s)
@@ -231,7 +261,7 @@ class RowDecoder:
             raise DecodeError(f"{column}: rows of length {sorted(lengths)}, expected {length}")
         if len(cells) == 0:
             return np.zeros((0, length), dtype=dtype)
-        return np.stack(cells).astype(dtype, copy=False)
+        return np.stack(list(cells)).astype(dtype, copy=False)
 
     @staticmethod
     def _frame_flat(frame: pd.DataFrame, column: str, length: int) -> list[bytes]:

@@ -10,12 +10,14 @@ table-level facts that decide whether raw Parquet reading is faithful
 
 Protocol: https://github.com/delta-io/delta/blob/master/PROTOCOL.md
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
@@ -35,10 +37,10 @@ class DeltaLogError(RuntimeError):
 class DataFile:
     """One live data file of a table version (an ``add`` action that no later action removed)."""
 
-    uri: str                                # absolute URI, decoded (file:/..., s3a://...)
+    uri: str  # absolute URI, decoded (file:/..., s3a://...)
     partition_values: dict[str, str | None]
     size: int
-    num_records: int | None                 # from the add action's stats; None when stats were not written
+    num_records: int | None  # from the add action's stats; None when stats were not written
     has_deletion_vector: bool
 
 
@@ -66,7 +68,11 @@ def _log_listing(fs: pafs.FileSystem, log_path: str) -> list[str]:
 def latest_version(location: str) -> int:
     """The newest commit version found in the log folder of the table at ``location``."""
     fs, path = filesystem_and_path(location)
-    versions = [int(m.group(1)) for name in _log_listing(fs, f"{path}/_delta_log") if (m := _COMMIT.match(name))]
+    versions = [
+        int(m.group(1))
+        for name in _log_listing(fs, f"{path}/_delta_log")
+        if (m := _COMMIT.match(name))
+    ]
     if not versions:
         raise DeltaLogError(f"no commits in {location}/_delta_log")
     return max(versions)
@@ -88,12 +94,16 @@ def _pick_checkpoint(names: Iterable[str], version: int) -> tuple[int, list[str]
     return max(complete) if complete else None
 
 
-def _read_checkpoint(fs: pafs.FileSystem, log_path: str, files: list[str]) -> Iterator[dict[str, Any]]:
+def _read_checkpoint(
+    fs: pafs.FileSystem, log_path: str, files: list[str]
+) -> Iterator[dict[str, Any]]:
     """Actions of a classic checkpoint as the same dicts a JSON commit line holds."""
     for name in files:
         with fs.open_input_file(f"{log_path}/{name}") as handle:
             pf = pq.ParquetFile(handle)
-            columns = [c for c in ("add", "remove", "metaData", "protocol") if c in pf.schema_arrow.names]
+            columns = [
+                c for c in ("add", "remove", "metaData", "protocol") if c in pf.schema_arrow.names
+            ]
             table = pf.read(columns=columns)
         for column in columns:
             for value in table.column(column).to_pylist():
@@ -164,8 +174,9 @@ def read_version_state(location: str, version: int) -> DeltaVersionState:
     missing = [v for v in range(first_commit, version + 1) if v not in commits]
     if missing:
         raise DeltaLogError(
-            f"cannot reconstruct version {version} of {location}: commits {missing[:5]}... are missing "
-            "and no classic checkpoint covers them (log cleaned up, or only v2 checkpoints)")
+            f"cannot reconstruct version {version} of {location}: commits {missing[:5]}... are "
+            "missing and no classic checkpoint covers them (log cleaned up, or only v2 checkpoints)"
+        )
     actions.extend(_read_commit(fs, log_path, v) for v in range(first_commit, version + 1))
 
     live: dict[tuple[str, str | None], dict[str, Any]] = {}

@@ -4,6 +4,7 @@ Spark and Delta write Hadoop-style URIs; pyarrow's filesystems know ``s3`` but
 not ``s3a`` and want plain paths for the local disk. One helper keeps that
 translation in one place for the Delta log reader and the loaders.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

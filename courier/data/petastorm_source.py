@@ -13,10 +13,12 @@ batches are the same for any number of workers. The reorder buffer stays small
 because Petastorm ventilates only ``workers + 2`` row groups ahead of what the
 main thread has taken.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,21 +38,29 @@ SOURCE_FIELD = "source_file"  # "<path>#<row group>" of each decoded row
 
 
 def _quiet_petastorm() -> None:
-    # Petastorm 0.12 drives pyarrow's legacy dataset API, which warns on every call (also in worker threads).
+    # Petastorm 0.12 drives pyarrow's legacy dataset API,
+    # which warns on every call (also in worker threads).
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
-    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*pyarrow\.localfs is deprecated.*")
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, message=r".*pyarrow\.localfs is deprecated.*"
+    )
 
 
 def _list_column(values: np.ndarray) -> pd.arrays.ArrowExtensionArray:
     """[n, ...] array -> an Arrow-backed column of n flat lists, built without copying per cell."""
     n = len(values)
     width = int(np.prod(values.shape[1:]))
-    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32) if n else np.zeros(1, np.int32))
-    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1))))
+    offsets = pa.array(
+        np.arange(0, (n + 1) * width, width, dtype=np.int32) if n else np.zeros(1, np.int32)
+    )
+    return pd.arrays.ArrowExtensionArray(
+        pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+    )
 
 
 class DecodeTransform:
-    """The TransformSpec function: a row group's frame -> decoded batch columns (one flat list per row).
+    """The TransformSpec function: a row group's frame
+    -> decoded batch columns (one flat list per row).
 
     Multi-dimensional fields travel flattened and Arrow-backed: Petastorm would
     otherwise ravel every cell and convert the frame back to Arrow element by
@@ -61,10 +71,16 @@ class DecodeTransform:
         self.decoder = decoder
         d, s = decoder, decoder.image_size
         self.row_shapes: dict[str, tuple[int, ...]] = {
-            "pv_images": (d.l_pv, 3, s, s), "pv_labels": (d.l_pv,),
-            "click_images": (d.l_click, 3, s, s), "click_mask": (d.l_click,),
-            "pv_item_ids": (d.l_pv,), "click_item_ids": (d.l_click,), "request_keys": (), "group_keys": (),
-            "pv_image_keys": (d.l_pv,), "click_image_keys": (d.l_click,),
+            "pv_images": (d.l_pv, 3, s, s),
+            "pv_labels": (d.l_pv,),
+            "click_images": (d.l_click, 3, s, s),
+            "click_mask": (d.l_click,),
+            "pv_item_ids": (d.l_pv,),
+            "click_item_ids": (d.l_click,),
+            "request_keys": (),
+            "group_keys": (),
+            "pv_image_keys": (d.l_pv,),
+            "click_image_keys": (d.l_click,),
         }
         assert set(self.row_shapes) == set(DECODED_KEYS)
 
@@ -77,13 +93,15 @@ class DecodeTransform:
     def spec(self) -> TransformSpec:
         """edit_fields: each decoded field with its dtype and (flattened) per-row shape."""
         dtypes = {"pv_images": np.float32, "click_images": np.float32, "click_mask": np.bool_}
-        fields = [(k, dtypes.get(k, np.int64), (int(np.prod(shape)),) if shape else (), False)
-                  for k, shape in self.row_shapes.items()]
+        fields = [
+            (k, dtypes.get(k, np.int64), (int(np.prod(shape)),) if shape else (), False)
+            for k, shape in self.row_shapes.items()
+        ]
         fields.append((SOURCE_FIELD, np.str_, (), False))
         return TransformSpec(self, edit_fields=fields, selected_fields=[f[0] for f in fields])
 
 
-class _TaggingWorker(ArrowReaderWorker):
+class _TaggingWorker(ArrowReaderWorker):  # type: ignore[misc]  # petastorm has no types
     """Petastorm's Arrow worker, stamping each decoded row group with where it came from."""
 
     def _load_rows(self, pq_file: Any, piece: Any, shuffle_row_drop_range: Any) -> pa.Table:
@@ -101,13 +119,14 @@ class PetastormBatchSource(ShardedBatchSource):
         super().__init__(*args, **kwargs)
         self._transform = DecodeTransform(self.decoder)
 
-    def _read(self, plan: EpochPlan) -> Iterator[FileChunk]:
+    def _read(self, plan: EpochPlan) -> Generator[FileChunk, None, None]:
         _quiet_petastorm()
         uris = [self.snapshot.files[i] for i in plan.files]
         filesystem, paths = get_filesystem_and_path_or_paths(normalize_dataset_url_or_urls(uris))
         index_of = {path: i for i, path in enumerate(paths)}
         reader = Reader(
-            filesystem, paths,
+            filesystem,
+            paths,
             schema_fields=[f"^{c}$" for c in LOADER_COLUMNS],
             worker_class=_TaggingWorker,
             reader_pool=ThreadPool(self.workers, results_queue_size=self.workers + 2),
@@ -118,16 +137,25 @@ class PetastormBatchSource(ShardedBatchSource):
             is_batched_reader=True,
         )
         try:
-            yield from self._in_plan_order(reader, index_of, [self.snapshot.file_rows[i] for i in plan.files],
-                                           self._transform.row_shapes)
+            yield from self._in_plan_order(
+                reader,
+                index_of,
+                [self.snapshot.file_rows[i] for i in plan.files],
+                self._transform.row_shapes,
+            )
         finally:
             reader.stop()
             reader.join()
 
     @staticmethod
-    def _in_plan_order(reader: Reader, index_of: dict[str, int], file_rows: list[int],
-                       row_shapes: dict[str, tuple[int, ...]]) -> Iterator[FileChunk]:
-        """Reorder row groups from completion order into plan order; a file is out once all its rows are in."""
+    def _in_plan_order(
+        reader: Reader,
+        index_of: dict[str, int],
+        file_rows: list[int],
+        row_shapes: dict[str, tuple[int, ...]],
+    ) -> Iterator[FileChunk]:
+        """Reorder row groups from completion order into plan order;
+        a file is out once all its rows are in."""
         pending: dict[int, dict[int, Columns]] = {}  # file index -> row group -> columns
         rows_in: dict[int, int] = {}
         next_index = 0
@@ -136,7 +164,11 @@ class PetastormBatchSource(ShardedBatchSource):
             groups = pending.pop(index)
             rows_in.pop(index, None)
             parts = [groups[rg] for rg in sorted(groups)]
-            columns = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            columns = (
+                parts[0]
+                if len(parts) == 1
+                else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            )
             return FileChunk(index, columns)
 
         for result in reader:
@@ -144,7 +176,9 @@ class PetastormBatchSource(ShardedBatchSource):
             tag = str(columns.pop(SOURCE_FIELD)[0])
             path, _, row_group = tag.rpartition("#")
             if path not in index_of:
-                raise RuntimeError(f"petastorm returned rows of {path}, which is not in this epoch's plan")
+                raise RuntimeError(
+                    f"petastorm returned rows of {path}, which is not in this epoch's plan"
+                )
             index = index_of[path]
             n = len(columns["request_keys"])
             shaped = {k: columns[k].reshape(n, *row_shapes[k]) for k in DECODED_KEYS}
@@ -154,6 +188,7 @@ class PetastormBatchSource(ShardedBatchSource):
             while next_index in pending and rows_in[next_index] >= file_rows[next_index]:
                 yield take(next_index)
                 next_index += 1
-        # The reader is done: whatever is left (files short of rows) goes out in order for the check.
+        # The reader is done: whatever is left
+        # (files short of rows) goes out in order for the check.
         for index in sorted(pending):
             yield take(index)

@@ -9,11 +9,12 @@ so files are dealt to ranks balanced by rows (the writer puts one row group in
 each file, so a file is the unit a reader fetches and decodes) and
 ``steps_per_epoch = min over ranks of rows_r // batch_size``.
 """
+
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -44,14 +45,18 @@ def rows_per_rank(file_rows: Sequence[int], assignment: Sequence[Sequence[int]])
     return tuple(sum(file_rows[i] for i in files) for files in assignment)
 
 
-def steps_per_epoch(file_rows: Sequence[int], assignment: Sequence[Sequence[int]], batch_size: int) -> int:
+def steps_per_epoch(
+    file_rows: Sequence[int], assignment: Sequence[Sequence[int]], batch_size: int
+) -> int:
     """Full batches every rank can fill: min over ranks of rows_r // batch_size."""
     return min(rows // batch_size for rows in rows_per_rank(file_rows, assignment))
 
 
 def rng(seed: int, *key: int) -> np.random.Generator:
     """A generator for (seed, *key): independent streams per epoch, rank and window."""
-    return np.random.default_rng(np.random.SeedSequence([seed & _MASK64, *(k & _MASK64 for k in key)]))
+    return np.random.default_rng(
+        np.random.SeedSequence([seed & _MASK64, *(k & _MASK64 for k in key)])
+    )
 
 
 # Stream purposes in rng keys.
@@ -64,15 +69,16 @@ class EpochPlan:
 
     epoch: int
     rank: int
-    files: tuple[int, ...]      # snapshot file indices to read, in read order
-    windows: tuple[int, ...]    # files per shuffle window, in order; sums to len(files)
-    first_window: int           # index of windows[0] in the whole epoch (keys its shuffle)
-    skip_rows: int              # rows of the first window's shuffled order already consumed (resume)
-    batches: int                # batches to yield
-    skipped_batches: int        # batches of this epoch before the resume point
+    files: tuple[int, ...]  # snapshot file indices to read, in read order
+    windows: tuple[int, ...]  # files per shuffle window, in order; sums to len(files)
+    first_window: int  # index of windows[0] in the whole epoch (keys its shuffle)
+    skip_rows: int  # rows of the first window's shuffled order already consumed (resume)
+    batches: int  # batches to yield
+    skipped_batches: int  # batches of this epoch before the resume point
 
     def window_rng(self, seed: int, window: int) -> np.random.Generator:
-        """The row shuffle of ``windows[window]`` (a function of the window's place in the whole epoch)."""
+        """The row shuffle of ``windows[window]``
+        (a function of the window's place in the whole epoch)."""
         return rng(seed, self.epoch, self.rank, _WINDOW_ORDER, self.first_window + window)
 
 
@@ -99,13 +105,15 @@ def plan_epoch(
         raise ValueError(f"skip must be in 0..{steps} (steps per epoch), got {skip}")
     if window < 1:
         raise ValueError(f"shuffle window must be >= 1 file, got {window}")
-    order = [rank_files[i] for i in rng(seed, epoch, rank, _FILE_ORDER).permutation(len(rank_files))]
-    groups = [order[i:i + window] for i in range(0, len(order), window)]
+    order = [
+        rank_files[i] for i in rng(seed, epoch, rank, _FILE_ORDER).permutation(len(rank_files))
+    ]
+    groups = [order[i : i + window] for i in range(0, len(order), window)]
     if skip == steps:
         return EpochPlan(epoch, rank, (), (), len(groups), 0, 0, skip)
     start_row = skip * batch_size
     seen = 0
-    for first, group in enumerate(groups):
+    for first, group in enumerate(groups):  # noqa: B007 - `first` is read after the break
         rows = sum(file_rows[i] for i in group)
         if seen + rows > start_row:
             break

@@ -5,13 +5,14 @@ A concrete reader only has to turn the files of an EpochPlan into decoded
 which batch* lives here, so two readers given the same snapshot and seed yield
 the same batches.
 """
+
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ Columns = dict[str, np.ndarray]  # batch key -> [rows, ...]
 class FileChunk:
     """The decoded rows of one planned file."""
 
-    index: int          # position in EpochPlan.files
+    index: int  # position in EpochPlan.files
     columns: Columns
 
     @property
@@ -49,7 +50,8 @@ def _concat(parts: list[Columns]) -> Columns:
 
 
 class _Window:
-    """The rows of a few files, addressed 0..n-1 across them without concatenating (a copy of MBs of pixels)."""
+    """The rows of a few files, addressed 0..n-1 across them
+    without concatenating (a copy of MBs of pixels)."""
 
     def __init__(self, parts: list[Columns]) -> None:
         self.parts = parts
@@ -65,7 +67,7 @@ class _Window:
         first = self.parts[0]
         out = {k: np.empty((len(idx), *v.shape[1:]), dtype=v.dtype) for k, v in first.items()}
         # Row by row: one memcpy per row and key, no fancy-index temporaries.
-        for j, (p, r) in enumerate(zip(part.tolist(), local.tolist())):
+        for j, (p, r) in enumerate(zip(part.tolist(), local.tolist(), strict=True)):
             source = self.parts[p]
             for k, column in out.items():
                 column[j] = source[k][r]
@@ -96,8 +98,10 @@ class ShardedBatchSource(ABC):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         if batch_size < 1 or workers < 1 or shuffle_window < 1:
-            raise ValueError(f"batch_size, workers and shuffle_window must be >= 1, got "
-                             f"{batch_size}, {workers}, {shuffle_window}")
+            raise ValueError(
+                f"batch_size, workers and shuffle_window must be >= 1, got "
+                f"{batch_size}, {workers}, {shuffle_window}"
+            )
         self.snapshot = snapshot
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.seed = batch_size, seed
@@ -108,23 +112,33 @@ class ShardedBatchSource(ABC):
         self._steps = steps_per_epoch(snapshot.file_rows, self.assignment, batch_size)
         if self._steps == 0:
             raise ValueError(
-                f"{snapshot.table}@{snapshot.version}: {snapshot.total_rows} rows in {len(snapshot.files)} files "
-                f"give rank rows {list(self.rank_rows)}; not every one of {world_size} ranks can fill a batch "
-                f"of {batch_size}")
+                f"{snapshot.table}@{snapshot.version}: {snapshot.total_rows} rows in "
+                f"{len(snapshot.files)} files give rank rows {list(self.rank_rows)}; not every one "
+                f"of {world_size} ranks can fill a batch of {batch_size}"
+            )
         self.decoder = RowDecoder(snapshot.l_pv, snapshot.l_click, snapshot.image_size)
         self.last_epoch_stats: EpochStats | None = None
-        log.info("%s loader rank %d/%d: %d files, %d rows, %d steps of %d, ~%.0f MiB decoded in flight",
-                 self.kind, rank, world_size, len(self.assignment[rank]), self.rank_rows[rank], self._steps,
-                 batch_size, self.memory_estimate_bytes() / 2**20)
+        log.info(
+            "%s loader rank %d/%d: %d files, %d rows, %d steps of %d, ~%.0f MiB decoded in flight",
+            self.kind,
+            rank,
+            world_size,
+            len(self.assignment[rank]),
+            self.rank_rows[rank],
+            self._steps,
+            batch_size,
+            self.memory_estimate_bytes() / 2**20,
+        )
 
     def steps_per_epoch(self) -> int:
         """Batches per epoch, the same on every rank."""
         return self._steps
 
     def memory_estimate_bytes(self) -> int:
-        """Rough upper bound of decoded bytes held at once: in-flight files, the shuffle window, two batches."""
+        """Rough upper bound of decoded bytes held at once:
+        in-flight files, the shuffle window, two batches."""
         s = self.snapshot
-        row_bytes = (s.l_pv + s.l_click) * 3 * s.image_size ** 2 * 4
+        row_bytes = (s.l_pv + s.l_click) * 3 * s.image_size**2 * 4
         max_file_rows = max(s.file_rows) if s.file_rows else 0
         files = self.in_flight_files() + self.shuffle_window
         return (files * max_file_rows + 2 * self.batch_size) * row_bytes
@@ -133,24 +147,33 @@ class ShardedBatchSource(ABC):
         """Decoded files the reader may hold before the main thread takes them."""
         return self.workers + 2
 
-    def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, epoch: int, skip: int = 0) -> Generator[dict[str, torch.Tensor], None, None]:
         """The batches of ``epoch`` from batch ``skip`` on (see BatchSource.batches)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         plan = plan_epoch(
-            self.snapshot.file_rows, self.assignment[self.rank], seed=self.seed, epoch=epoch, rank=self.rank,
-            batch_size=self.batch_size, steps=self._steps, skip=skip, window=self.shuffle_window)
+            self.snapshot.file_rows,
+            self.assignment[self.rank],
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            batch_size=self.batch_size,
+            steps=self._steps,
+            skip=skip,
+            window=self.shuffle_window,
+        )
         return self._batches(plan)
 
-    def _batches(self, plan: EpochPlan) -> Iterator[dict[str, torch.Tensor]]:
+    def _batches(self, plan: EpochPlan) -> Generator[dict[str, torch.Tensor], None, None]:
         if plan.batches == 0:  # resumed exactly at the end of the epoch: nothing left to read
             return
         with closing(self._read(plan)) as chunks:
             yield from self._stream(plan, chunks)
 
     @abstractmethod
-    def _read(self, plan: EpochPlan) -> Iterator[FileChunk]:
-        """Decoded chunks of ``plan.files``, in plan order (a file that yields no rows may be absent).
+    def _read(self, plan: EpochPlan) -> Generator[FileChunk, None, None]:
+        """Decoded chunks of ``plan.files``, in plan order
+        (a file that yields no rows may be absent).
 
         Must release its reader when closed early (GeneratorExit).
         """
@@ -158,7 +181,8 @@ class ShardedBatchSource(ABC):
     # -- batching ------------------------------------------------------------------------------
 
     def _cut(self, window: _Window, order: np.ndarray, carry: list[Columns]) -> Iterator[Columns]:
-        """Full batches of (carry, then ``window`` rows in ``order``); leaves the tail in ``carry``."""
+        """Full batches of (carry, then ``window`` rows in ``order``);
+        leaves the tail in ``carry``."""
         b = self.batch_size
         have = sum(len(c["request_keys"]) for c in carry)
         start = 0
@@ -172,7 +196,7 @@ class ShardedBatchSource(ABC):
             carry.clear()
             yield batch
         while start + b <= len(order):
-            yield window.take(order[start:start + b])
+            yield window.take(order[start : start + b])
             start += b
         if start < len(order):
             carry.append(window.take(order[start:]))
@@ -192,19 +216,33 @@ class ShardedBatchSource(ABC):
             return order
         keys = np.concatenate([p["group_keys"] for p in parts])[order]
         queries = np.unique(keys)  # sorted: the seeded shuffle below is the only source of order
-        rank_of = dict(zip(queries.tolist(), generator.permutation(len(queries)).tolist()))
+        rank_of = dict(
+            zip(queries.tolist(), generator.permutation(len(queries)).tolist(), strict=True)
+        )
         ranks = np.fromiter((rank_of[k] for k in keys.tolist()), dtype=np.int64, count=len(keys))
         return order[np.argsort(ranks, kind="stable")]
 
     def _error(self, plan: EpochPlan, expected: int, read: int, detail: str) -> EpochRowCountError:
         s = self.snapshot
-        message = (f"{s.table} version {s.version}, rank {self.rank}/{self.world_size}, epoch {plan.epoch}: "
-                   f"expected {expected} rows, read {read}: {detail}")
-        return EpochRowCountError(message, table=s.table, version=s.version, rank=self.rank, epoch=plan.epoch,
-                                  expected=expected, read=read)
+        message = (
+            f"{s.table} version {s.version}, rank {self.rank}/{self.world_size}, "
+            f"epoch {plan.epoch}: expected {expected} rows, read {read}: {detail}"
+        )
+        return EpochRowCountError(
+            message,
+            table=s.table,
+            version=s.version,
+            rank=self.rank,
+            epoch=plan.epoch,
+            expected=expected,
+            read=read,
+        )
 
-    def _stream(self, plan: EpochPlan, chunks: Iterator[FileChunk]) -> Iterator[dict[str, torch.Tensor]]:
-        """Windows of chunks -> shuffled rows -> batches, checking every file's row count on arrival.
+    def _stream(
+        self, plan: EpochPlan, chunks: Iterator[FileChunk]
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Windows of chunks -> shuffled rows -> batches,
+        checking every file's row count on arrival.
 
         The last batch is held back until the whole plan has been read and
         counted, so a short or long epoch raises before training sees its last
@@ -224,11 +262,21 @@ class ShardedBatchSource(ABC):
                 uri = self.snapshot.files[plan.files[position]]
                 if chunk is None or chunk.index != position:
                     ended = " (the reader ended)" if chunk is None else ""
-                    raise self._error(plan, expected, read, f"the reader returned nothing for file {uri}, "
-                                      f"{file_rows[position]} rows expected{ended}")
+                    raise self._error(
+                        plan,
+                        expected,
+                        read,
+                        f"the reader returned nothing for file {uri}, "
+                        f"{file_rows[position]} rows expected{ended}",
+                    )
                 if chunk.rows != file_rows[position]:
-                    raise self._error(plan, expected, read + chunk.rows,
-                                      f"file {uri} has {chunk.rows} rows, the snapshot records {file_rows[position]}")
+                    raise self._error(
+                        plan,
+                        expected,
+                        read + chunk.rows,
+                        f"file {uri} has {chunk.rows} rows, the snapshot records "
+                        f"{file_rows[position]}",
+                    )
                 read += chunk.rows
                 position += 1
                 parts.append(chunk.columns)
@@ -237,7 +285,7 @@ class ShardedBatchSource(ABC):
             window = _Window(parts)
             order = self._window_order(plan, w, parts, window.rows)
             if w == 0:
-                order = order[plan.skip_rows:]
+                order = order[plan.skip_rows :]
             for batch in self._cut(window, order, carry):
                 if emitted + 1 < plan.batches:
                     emitted += 1
@@ -248,19 +296,37 @@ class ShardedBatchSource(ABC):
 
         extra = next(chunks, None)
         if extra is not None:
-            raise self._error(plan, expected, read + extra.rows, "the reader returned more files than planned")
+            raise self._error(
+                plan, expected, read + extra.rows, "the reader returned more files than planned"
+            )
         if read != expected:
             raise self._error(plan, expected, read, "row counts differ")
         if held is None:
-            raise self._error(plan, expected, read,
-                              f"only {emitted} of {plan.batches} batches could be filled")
+            raise self._error(
+                plan, expected, read, f"only {emitted} of {plan.batches} batches could be filled"
+            )
         in_batches = (emitted + 1) * self.batch_size
         stats = EpochStats(
-            epoch=plan.epoch, rank=self.rank, files=len(plan.files), rows_expected=expected, rows_read=read,
-            rows_skipped=plan.skip_rows, rows_in_batches=in_batches,
-            rows_left_over=read - plan.skip_rows - in_batches, batches=emitted + 1)
+            epoch=plan.epoch,
+            rank=self.rank,
+            files=len(plan.files),
+            rows_expected=expected,
+            rows_read=read,
+            rows_skipped=plan.skip_rows,
+            rows_in_batches=in_batches,
+            rows_left_over=read - plan.skip_rows - in_batches,
+            batches=emitted + 1,
+        )
         self.last_epoch_stats = stats
-        log.info("epoch %d rank %d: read %d rows from %d files (as recorded), %d batches, %d rows left over%s",
-                 plan.epoch, self.rank, read, len(plan.files), stats.batches, stats.rows_left_over,
-                 f", resumed after {plan.skipped_batches} batches" if plan.skipped_batches else "")
+        log.info(
+            "epoch %d rank %d: read %d rows from %d files (as recorded), %d batches, %d rows left "
+            "over%s",
+            plan.epoch,
+            self.rank,
+            read,
+            len(plan.files),
+            stats.batches,
+            stats.rows_left_over,
+            f", resumed after {plan.skipped_batches} batches" if plan.skipped_batches else "",
+        )
         yield held

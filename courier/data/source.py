@@ -1,14 +1,16 @@
 """The loader interface training uses: a BatchSource per rank, built from a pinned snapshot.
 
-Training code depends only on this module (and on ``epoch.py``'s accounting). ``kind`` picks the reader behind it:
-``"petastorm"`` (the default: Petastorm worker pool, JPEG decoding inside its
+Training code depends only on this module (and on ``epoch.py``'s accounting). ``kind`` picks the
+reader behind it: ``"petastorm"`` (the default: Petastorm worker pool, JPEG decoding inside its
 workers via a TransformSpec) or ``"pyarrow"`` (plain pyarrow reads and a thread
 pool; a fallback and a cross-check). Both read the same files in the same
 order and yield identical batches for the same (seed, epoch).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Protocol
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +30,7 @@ class BatchSource(Protocol):
         """Batches every rank yields per epoch (the same on every rank)."""
         ...
 
-    def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, "torch.Tensor"]]:
+    def batches(self, epoch: int, skip: int = 0) -> Generator[dict[str, torch.Tensor], None, None]:
         """The batches of ``epoch`` after the first ``skip``; deterministic for (seed, epoch).
 
         Raises EpochRowCountError when the rows read differ from the rows
@@ -39,7 +41,7 @@ class BatchSource(Protocol):
 
 
 def make_batch_source(
-    snapshot: "TrainingSnapshot",
+    snapshot: TrainingSnapshot,
     rank: int,
     world_size: int,
     batch_size: int,
@@ -54,18 +56,20 @@ def make_batch_source(
 
     Every reader setting is required (training passes its ``train`` section's: ``loader_workers``,
     ``loader_kind``, ``shuffle_window``, ``batch_grouping``), so no default is written twice.
-    ``kind``: one of ``LoaderKind``. ``workers``: reader threads decoding row groups. ``shuffle_window``: files
-    (row groups) whose rows are shuffled together; with ``workers`` it sets the
-    memory bound (see ``ShardedBatchSource.memory_estimate_bytes``). ``group_by_query``:
+    ``kind``: one of ``LoaderKind``. ``workers``: reader threads decoding row groups.
+    ``shuffle_window``: files (row groups) whose rows are shuffled together; with ``workers`` it
+    sets the memory bound (see ``ShardedBatchSource.memory_estimate_bytes``). ``group_by_query``:
     batches drawn one query at a time within each window (hard in-batch negatives).
     """
     kind = one_of(LoaderKind, kind, "train.loader_kind")
     if kind == LoaderKind.PETASTORM:
         from courier.data.petastorm_source import PetastormBatchSource
 
-        return PetastormBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window,
-                                    group_by_query)
+        return PetastormBatchSource(
+            snapshot, rank, world_size, batch_size, seed, workers, shuffle_window, group_by_query
+        )
     from courier.data.arrow_source import PyArrowBatchSource  # LoaderKind.PYARROW
 
-    return PyArrowBatchSource(snapshot, rank, world_size, batch_size, seed, workers, shuffle_window,
-                              group_by_query)
+    return PyArrowBatchSource(
+        snapshot, rank, world_size, batch_size, seed, workers, shuffle_window, group_by_query
+    )

@@ -4,6 +4,7 @@ An arm is (variant, image usage, k). Encoder variants write their own feature
 tables, prefixed ``exp_<variant>_`` in the warehouse database, so the comparison
 never touches the tables `courier assign` publishes; ``published`` reads those.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,10 +12,25 @@ from dataclasses import dataclass
 from courier.config import CourierConfig
 from courier.config.experiment import ExperimentConfig, encoder_variants
 
-FEATURE_TABLES = ("item_embeddings", "cluster_centroids", "item_image_features", "ctr_samples",
-                  "item_clusters_current", "cluster_summary", "category_clusters", "cluster_click_share_daily")
-PER_K_TABLES = ("cluster_centroids", "item_image_features", "ctr_samples", "item_clusters_current",
-                "cluster_summary", "category_clusters", "cluster_click_share_daily")
+FEATURE_TABLES = (
+    "item_embeddings",
+    "cluster_centroids",
+    "item_image_features",
+    "ctr_samples",
+    "item_clusters_current",
+    "cluster_summary",
+    "category_clusters",
+    "cluster_click_share_daily",
+)
+PER_K_TABLES = (
+    "cluster_centroids",
+    "item_image_features",
+    "ctr_samples",
+    "item_clusters_current",
+    "cluster_summary",
+    "category_clusters",
+    "cluster_click_share_daily",
+)
 
 
 @dataclass(frozen=True)
@@ -52,11 +68,14 @@ def arms(exp: ExperimentConfig) -> list[Arm]:
             if variant == "courier":
                 out += [Arm(variant, "cluster_id", k) for k in exp.k_values]
     known = {a.variant for a in out}
-    out += [Arm(v, "cluster_id") for v in encoder_variants(exp) if v not in known]  # courier_steps<N>
+    # courier_steps<N>
+    out += [Arm(v, "cluster_id") for v in encoder_variants(exp) if v not in known]
     return out
 
 
-def variant_config(cfg: CourierConfig, variant: str, k: int | None = None, seed: int | None = None) -> CourierConfig:
+def variant_config(
+    cfg: CourierConfig, variant: str, k: int | None = None, seed: int | None = None
+) -> CourierConfig:
     """``cfg`` pointed at the variant's own tables and registered model (``published``: unchanged).
 
     ``seed``: the encoder of that seed (train.seed = seed, tables ``exp_<variant>_s<seed>_``);
@@ -69,12 +88,19 @@ def variant_config(cfg: CourierConfig, variant: str, k: int | None = None, seed:
     prefix = f"exp_{name}_"
     overrides = [f"tables.{t}={prefix}{t}" for t in FEATURE_TABLES]
     suffix = "" if seed is None else f"-s{seed}"
-    overrides += [f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}{suffix}",
-                  f"report.out_dir={cfg.experiment.out_dir}/{variant}" + ("" if seed is None else f"/seed{seed}")]
+    overrides += [
+        f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}{suffix}",
+        f"report.out_dir={cfg.experiment.out_dir}/{variant}"
+        + ("" if seed is None else f"/seed{seed}"),
+    ]
     if seed is not None:
         overrides.append(f"train.seed={seed}")
-    if cfg.experiment.train_steps is not None:  # epochs = steps: the step budget governs, however long an epoch
-        overrides += [f"train.max_steps={cfg.experiment.train_steps}", f"train.epochs={cfg.experiment.train_steps}"]
+    # epochs = steps: the step budget governs, however long an epoch
+    if cfg.experiment.train_steps is not None:
+        overrides += [
+            f"train.max_steps={cfg.experiment.train_steps}",
+            f"train.epochs={cfg.experiment.train_steps}",
+        ]
     overrides += variants[variant]  # last: courier_steps<N> sets its own budget
     if k is not None:
         overrides += [f"tables.{t}={prefix}k{k}_{t}" for t in PER_K_TABLES] + [f"cluster.k={k}"]
@@ -83,5 +109,9 @@ def variant_config(cfg: CourierConfig, variant: str, k: int | None = None, seed:
 
 def base_config(cfg: CourierConfig) -> CourierConfig:
     """Tables of the feature-less ctr_samples that ``none`` and ``oracle`` read."""
-    return cfg.replace(["tables.ctr_samples=exp_base_ctr_samples",
-                        "tables.item_image_features=exp_base_no_item_image_features"])
+    return cfg.replace(
+        [
+            "tables.ctr_samples=exp_base_ctr_samples",
+            "tables.item_image_features=exp_base_no_item_image_features",
+        ]
+    )

@@ -18,11 +18,13 @@ rendering a single image, so a sweep over world knobs takes seconds per shop:
 
     python -m courier.experiment.shop_signal     # the default shop and one knob at a time
 """
+
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,29 +40,40 @@ class BehaviourSignal:
 
     l_click: int
     clicks_per_page_view: float
-    liked_click_share: float     # clicks on one of the user's liked styles
-    history_has_style: float     # clicked items whose style is among the user's last l_click clicks
-    style_match_auc: float       # clicked vs unclicked (same page): #history items of the item's style
-    other_page_category_auc: float  # clicked vs another page view's items: #history items of the item's category
-    hard_negative_share: float   # in-batch negatives of a click that share its category (random batches)
+    liked_click_share: float  # clicks on one of the user's liked styles
+    history_has_style: float  # clicked items whose style is among the user's last l_click clicks
+    style_match_auc: float  # clicked vs unclicked (same page): #history items of the item's style
+    other_page_category_auc: (
+        float  # clicked vs another page view's items: #history items of the item's category
+    )
+    hard_negative_share: (
+        float  # in-batch negatives of a click that share its category (random batches)
+    )
 
     def row(self) -> str:
-        return (f"{self.l_click:>7} {self.clicks_per_page_view:>9.2f} {self.liked_click_share:>11.3f} "
-                f"{self.history_has_style:>13.3f} {self.style_match_auc:>15.3f} {self.other_page_category_auc:>18.3f} "
-                f"{self.hard_negative_share:>13.3f}")
+        return (
+            f"{self.l_click:>7} {self.clicks_per_page_view:>9.2f} {self.liked_click_share:>11.3f} "
+            f"{self.history_has_style:>13.3f} {self.style_match_auc:>15.3f} "
+            f"{self.other_page_category_auc:>18.3f} {self.hard_negative_share:>13.3f}"
+        )
 
     @staticmethod
     def header() -> str:
-        return (f"{'l_click':>7} {'clicks/pv':>9} {'liked share':>11} {'hist has style':>13} "
-                f"{'style match AUC':>15} {'other-page cat. AUC':>18} {'hard negatives':>13}")
+        return (
+            f"{'l_click':>7} {'clicks/pv':>9} {'liked share':>11} {'hist has style':>13} "
+            f"{'style match AUC':>15} {'other-page cat. AUC':>18} {'hard negatives':>13}"
+        )
 
 
 def behaviour_signal(cfg: WorldConfig, l_click: int, batch_size: int = 64) -> BehaviourSignal:
-    """The signal of ``cfg``'s world for histories of ``l_click`` clicks and batches of ``batch_size``."""
+    """The signal of ``cfg``'s world for histories of
+    ``l_click`` clicks and batches of ``batch_size``."""
     catalogue, users = draw_catalogue(cfg), draw_users(cfg)
-    history: dict[int, deque[tuple[int, int]]] = defaultdict(lambda: deque(maxlen=l_click))  # (ts, item row)
+    # (ts, item row)
+    history: dict[int, deque[tuple[int, int]]] = defaultdict(lambda: deque(maxlen=l_click))
     style_hits, labels = [], []
-    category_clicked, category_other = [], []  # history items of the category of a click / another page's item
+    # history items of the category of a click / another page's item
+    category_clicked, category_other = [], []
     rng = np.random.default_rng(cfg.seed)
     clicks = page_views = liked_clicks = 0
     queries = []
@@ -69,16 +82,22 @@ def behaviour_signal(cfg: WorldConfig, l_click: int, batch_size: int = 64) -> Be
         queries.append(pv.query)
         page_views += len(pv.user)
         clicks += int(pv.clicked.sum())
-        liked_clicks += int((pv.clicked & users.likes[pv.user[:, None], catalogue.style[pv.shown]]).sum())
+        liked_clicks += int(
+            (pv.clicked & users.likes[pv.user[:, None], catalogue.style[pv.shown]]).sum()
+        )
         for i in range(len(pv.user)):
             user, ts = int(pv.user[i]), int(pv.ts[i])
-            earlier = [item for t, item in history[user] if t < ts]  # strictly before, as the sample build
+            # strictly before, as the sample build
+            earlier = [item for t, item in history[user] if t < ts]
             if earlier:
                 shown = pv.shown[i]  # (k,) item rows
-                style_hits.append((catalogue.style[shown][:, None] == catalogue.style[earlier][None, :]).sum(1))
+                style_hits.append(
+                    (catalogue.style[shown][:, None] == catalogue.style[earlier][None, :]).sum(1)
+                )
                 labels.append(pv.clicked[i])
                 per_category = np.bincount(catalogue.category[earlier], minlength=cfg.n_categories)
-                other_page = pv.shown[rng.integers(len(pv.user))]  # an in-batch negative page (may be this one)
+                # an in-batch negative page (may be this one)
+                other_page = pv.shown[rng.integers(len(pv.user))]
                 category_clicked.append(per_category[catalogue.category[shown[pv.clicked[i]]]])
                 category_other.append(per_category[catalogue.category[other_page]])
             for item in pv.shown[i][pv.clicked[i]].tolist():
@@ -91,21 +110,26 @@ def behaviour_signal(cfg: WorldConfig, l_click: int, batch_size: int = 64) -> Be
         liked_click_share=liked_clicks / max(clicks, 1),
         history_has_style=float((style[label] > 0).mean()),
         style_match_auc=auc(label.astype(np.int64), style.astype(np.float64)),
-        other_page_category_auc=auc(np.r_[np.ones(len(positive)), np.zeros(len(other))].astype(np.int64),
-                                    np.r_[positive, other].astype(np.float64)),
-        hard_negative_share=_hard_negative_share(np.concatenate(queries), cfg.items_per_page, batch_size),
+        other_page_category_auc=auc(
+            np.r_[np.ones(len(positive)), np.zeros(len(other))].astype(np.int64),
+            np.r_[positive, other].astype(np.float64),
+        ),
+        hard_negative_share=_hard_negative_share(
+            np.concatenate(queries), cfg.items_per_page, batch_size
+        ),
     )
 
 
 def _hard_negative_share(query: np.ndarray, k: int, batch_size: int) -> float:
     """Of a click's in-batch negatives (its page's k-1 others, k per other page view), the share
     in its category, for page views drawn at random into batches."""
-    p_same = float(np.sum((np.bincount(query) / len(query)) ** 2))  # two random page views, one query
+    # two random page views, one query
+    p_same = float(np.sum((np.bincount(query) / len(query)) ** 2))
     other = (batch_size - 1) * k
     return ((k - 1) + other * p_same) / ((k - 1) + other)
 
 
-SWEEP: tuple[tuple[str, dict[str, object], int], ...] = (
+SWEEP: tuple[tuple[str, dict[str, Any], int], ...] = (
     ("default shop", {}, 5),
     ("history of 20 clicks", {}, 20),
     ("1 liked style per user", {"styles_per_user": 1}, 5),

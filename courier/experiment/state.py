@@ -1,7 +1,9 @@
-"""What a run of the experiment has finished: the encoders built (state.json) and each CTR model's result.
+"""What a run of the experiment has finished:
+the encoders built (state.json) and each CTR model's result.
 
 Below both ``run.py``, which writes them, and ``report.py``, which summarises them.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +33,7 @@ class ExperimentState:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, out_dir: Path) -> "ExperimentState":
+    def load(cls, out_dir: Path) -> ExperimentState:
         path = out_dir / "state.json"
         if not path.is_file():
             return cls(path)
@@ -41,5 +43,7 @@ class ExperimentState:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"parent_run_id": self.parent_run_id, "encoders": self.encoders}, indent=2))
+        tmp.write_text(
+            json.dumps({"parent_run_id": self.parent_run_id, "encoders": self.encoders}, indent=2)
+        )
         tmp.replace(self.path)  # atomic: a kill never leaves half a state file

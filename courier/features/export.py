@@ -5,6 +5,7 @@ MMRec (the multimodal recommendation toolbox) keeps item features as
 item MMRec calls ``itemID`` i, with the raw ids in ``i_id_mapping.csv``
 (tab-separated). Items are numbered 0..n-1 in ascending ``item_id`` order.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession, functions as F
 
 from courier.config import CourierConfig
 
@@ -28,13 +28,18 @@ class ExportResult:
     model_version: str
 
     def summary(self) -> str:
-        return (f"export-features: {self.items:,} items x {self.dim} (model version {self.model_version}) -> "
-                f"{self.out_dir / 'image_feat.npy'}, {self.out_dir / 'i_id_mapping.csv'}")
+        return (
+            f"export-features: {self.items:,} items x {self.dim} (model version "
+            f"{self.model_version}) -> {self.out_dir / 'image_feat.npy'}, "
+            f"{self.out_dir / 'i_id_mapping.csv'}"
+        )
 
 
-def export_mmrec(spark: SparkSession, cfg: CourierConfig, out_dir: str | Path,
-                 model_version: str | None = None) -> ExportResult:
-    """Write image_feat.npy, i_id_mapping.csv and export.json for one model version (default: the newest).
+def export_mmrec(
+    spark: SparkSession, cfg: CourierConfig, out_dir: str | Path, model_version: str | None = None
+) -> ExportResult:
+    """Write image_feat.npy, i_id_mapping.csv and
+    export.json for one model version (default: the newest).
 
     Raises:
         ValueError: the embeddings table holds nothing for that model version.
@@ -43,8 +48,11 @@ def export_mmrec(spark: SparkSession, cfg: CourierConfig, out_dir: str | Path,
 
     table = cfg.tables.qualified("item_embeddings")
     version = model_version or latest_model_version(spark, table)
-    item_ids, features = vectors(spark.table(table).where(F.col("model_version") == version).orderBy("item_id"),
-                                 "item_id", "embedding")
+    item_ids, features = vectors(
+        spark.table(table).where(F.col("model_version") == version).orderBy("item_id"),
+        "item_id",
+        "embedding",
+    )
     if len(item_ids) == 0:
         raise ValueError(f"table {table} holds no embeddings of model version {version}")
     dim = features.shape[1]
@@ -53,7 +61,18 @@ def export_mmrec(spark: SparkSession, cfg: CourierConfig, out_dir: str | Path,
     np.save(out / "image_feat.npy", features)
     lines = ["item_id\titemID", *(f"{raw}\t{i}" for i, raw in enumerate(item_ids))]
     (out / "i_id_mapping.csv").write_text("\n".join(lines) + "\n")
-    (out / "export.json").write_text(json.dumps({
-        "format": "mmrec", "table": table, "model_version": version, "items": len(item_ids), "dim": dim,
-        "order": "ascending item_id; row i of image_feat.npy is itemID i", "l2_normalised": True}, indent=2))
+    (out / "export.json").write_text(
+        json.dumps(
+            {
+                "format": "mmrec",
+                "table": table,
+                "model_version": version,
+                "items": len(item_ids),
+                "dim": dim,
+                "order": "ascending item_id; row i of image_feat.npy is itemID i",
+                "l2_normalised": True,
+            },
+            indent=2,
+        )
+    )
     return ExportResult(out, len(item_ids), dim, version)

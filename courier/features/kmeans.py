@@ -3,6 +3,7 @@
 Pure numpy + faiss (no Spark): ``courier cluster`` calls these on the driver
 with a sample it drew in Spark, and the benchmarks call them directly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,19 +76,29 @@ def fit_spherical_kmeans(
     k = c.k
     if n < k:
         raise ValueError(f"k-means with k={k} needs at least k points, got {n}")
-    kmeans = faiss.Kmeans(d, k, niter=c.niter, seed=c.seed, spherical=True, gpu=gpu,
-                          max_points_per_centroid=c.max_points_per_centroid,
-                          min_points_per_centroid=c.min_points_per_centroid, verbose=False)
+    kmeans = faiss.Kmeans(
+        d,
+        k,
+        niter=c.niter,
+        seed=c.seed,
+        spherical=True,
+        gpu=gpu,
+        max_points_per_centroid=c.max_points_per_centroid,
+        min_points_per_centroid=c.min_points_per_centroid,
+        verbose=False,
+    )
     init = None
     if init_centroids is not None:
         init = np.ascontiguousarray(init_centroids, dtype=np.float32)
         if init.shape != (k, d):
             raise ValueError(f"init_centroids must be [{k}, {d}], got {list(init.shape)}")
     kmeans.train(x, init_centroids=init)
+    assert kmeans.centroids is not None  # set by train
     centroids = kmeans.centroids.astype(np.float32)  # [k, d]
     _, nearest = kmeans.index.search(x, 1)  # [n, 1]
     sizes = np.bincount(nearest[:, 0], minlength=k).astype(np.int64)
     stats = kmeans.iteration_stats
+    assert stats is not None  # set by train
     last = stats[-1] if stats else {}
     n_train = min(n, k * c.max_points_per_centroid)
     return KMeansFit(
@@ -102,7 +113,9 @@ def fit_spherical_kmeans(
     )
 
 
-def match_cluster_ids(new: np.ndarray, old: np.ndarray, old_ids: np.ndarray, first_fresh: int = 0) -> np.ndarray:
+def match_cluster_ids(
+    new: np.ndarray, old: np.ndarray, old_ids: np.ndarray, first_fresh: int = 0
+) -> np.ndarray:
     """Stable ids for ``new`` centroids [k_new, d]: the id of the old centroid each is matched to.
 
     A one-to-one matching that maximises the total cosine between matched centroids
@@ -157,7 +170,7 @@ def _sparse_assignment(new: np.ndarray, old: np.ndarray) -> tuple[np.ndarray, np
         cols.append(o)
     # Whoever has no free candidate left takes a free old id (ids stay within the old range).
     free_old = np.flatnonzero(~old_taken)
-    for r, o in zip(np.flatnonzero(~new_taken), free_old):
+    for r, o in zip(np.flatnonzero(~new_taken), free_old, strict=False):
         rows.append(int(r))
         cols.append(int(o))
     return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)

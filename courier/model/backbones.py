@@ -22,7 +22,6 @@ from courier.model.swin import build_swin_t
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class BackboneFamily:
     """How one ``model.backbone`` is built, and which keys of its state dict are the head.
@@ -37,15 +36,19 @@ class BackboneFamily:
     head_prefix: str
 
 
-# The one registry of model.backbone: adding a backbone adds its entry here (and its Backbone member;
-# tests/unit/test_registries.py checks that the two agree).
+# The one registry of model.backbone: adding a backbone adds its entry here (and its Backbone
+# member; tests/unit/test_registries.py checks that the two agree).
 BACKBONE_FAMILIES: dict[Backbone, BackboneFamily] = {
     Backbone.SWIN_T: BackboneFamily(build_swin_t, "head."),
     Backbone.RESNET18: BackboneFamily(lambda d, gc: build_resnet("resnet18", d, gc), "fc."),
     Backbone.RESNET50: BackboneFamily(lambda d, gc: build_resnet("resnet50", d, gc), "fc."),
-    Backbone.SMALL_CNN: BackboneFamily(lambda d, gc: SmallCNN(d, gradient_checkpointing=gc), "head."),
+    Backbone.SMALL_CNN: BackboneFamily(
+        lambda d, gc: SmallCNN(d, gradient_checkpointing=gc), "head."
+    ),
 }
-HEAD_PREFIXES: dict[str, str] = {name.value: family.head_prefix for name, family in BACKBONE_FAMILIES.items()}
+HEAD_PREFIXES: dict[str, str] = {
+    name.value: family.head_prefix for name, family in BACKBONE_FAMILIES.items()
+}
 # Wrappers that prefix every key of a saved state dict (DDP, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -104,7 +107,9 @@ def _preview(keys: list[str], limit: int = 15) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path, head_prefix: str) -> WeightLoadReport:
+def load_backbone_weights(
+    backbone: nn.Module, path: str | Path, head_prefix: str
+) -> WeightLoadReport:
     """Load a local state dict into ``backbone``, all keys but the head.
 
     Strict on everything except the head: a missing, unexpected or wrongly
@@ -119,7 +124,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, head_prefix: st
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained_weights_path {str(path)!r} does not exist. Weights are never downloaded: "
-            "place the state dict file there, or set pretrained_weights_path to null for random init."
+            "place the state dict file there, or set pretrained_weights_path to null for random "
+            "init."
         )
     state = _extract_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
     ignored = tuple(sorted(k for k in state if k.startswith(head_prefix)))
@@ -169,8 +175,8 @@ def build_image_encoder(cfg: ModelConfig) -> ImageEncoder:
         load_backbone_weights(backbone, cfg.pretrained_weights_path, family.head_prefix)
     encoder = ImageEncoder(backbone, cfg.embedding_dim, cfg.channels_last)
     if cfg.channels_last:
-        encoder = encoder.to(memory_format=torch.channels_last)
+        encoder = encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
     if cfg.compile:
         # The number of valid images changes every batch: compile for dynamic N.
-        encoder.compile(dynamic=True)
+        encoder.compile(dynamic=True)  # type: ignore[no-untyped-call]  # untyped in torch
     return encoder

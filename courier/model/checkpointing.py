@@ -30,13 +30,10 @@ class CheckpointSequential(nn.Sequential):
         super().__init__(*modules)
         self.checkpointing = enabled
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         use_ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         for module in self:
-            if use_ckpt:
-                x = checkpoint(module, x, use_reentrant=False)
-            else:
-                x = module(x)
+            x = checkpoint(module, x, use_reentrant=False) if use_ckpt else module(x)
         return x
 
     @classmethod

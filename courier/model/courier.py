@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,14 @@ def _check_batch(batch: Mapping[str, torch.Tensor]) -> None:
             f"{tuple(pv_images.shape)} / {tuple(click_images.shape)}"
         )
     if pv_labels.shape != pv_images.shape[:2]:
-        raise ValueError(f"pv_labels {tuple(pv_labels.shape)} != pv_images[:2] {tuple(pv_images.shape[:2])}")
+        raise ValueError(
+            f"pv_labels {tuple(pv_labels.shape)} != pv_images[:2] {tuple(pv_images.shape[:2])}"
+        )
     if click_mask.shape != click_images.shape[:2]:
-        raise ValueError(f"click_mask {tuple(click_mask.shape)} != click_images[:2] {tuple(click_images.shape[:2])}")
+        raise ValueError(
+            f"click_mask {tuple(click_mask.shape)} != click_images[:2] "
+            f"{tuple(click_images.shape[:2])}"
+        )
     if pv_images.shape[0] != click_images.shape[0]:
         raise ValueError("pv and click tensors disagree on the batch size")
 
@@ -53,27 +58,41 @@ def _distinct_slots(
     """Which valid slots hold the first copy of each distinct item, and where every slot's copy is.
 
     Returns:
-        first_pv: [U_pv] flat PV slots encoded (the first slot of an item seen first among PV slots);
+        first_pv: [U_pv] flat PV slots encoded (the first slot of an item seen first among PV
+            slots);
         first_click: [U_click] flat click slots encoded (items that appear only in the history);
-        inverse: [n_pv + n_click] row of each valid slot (PV slots first) in ``[first_pv; first_click]``.
+        inverse: [n_pv + n_click] row of each valid slot (PV slots first) in
+            ``[first_pv; first_click]``.
     """
     pv_key, click_key = _image_key_names(batch)
-    ids = torch.cat([batch[pv_key].reshape(-1).index_select(0, pv_idx),
-                     batch[click_key].reshape(-1).index_select(0, click_idx)])  # [n]
+    ids = torch.cat(
+        [
+            batch[pv_key].reshape(-1).index_select(0, pv_idx),
+            batch[click_key].reshape(-1).index_select(0, click_idx),
+        ]
+    )  # [n]
     n, n_pv = ids.numel(), pv_idx.numel()
     distinct, inverse = torch.unique(ids, return_inverse=True)  # [U], [n]
     slots = torch.arange(n, device=ids.device)
-    first = torch.full_like(distinct, n).scatter_reduce(0, inverse, slots, reduce="amin")  # [U] first slot
+    # [U] first slot
+    first = torch.full_like(distinct, n).scatter_reduce(0, inverse, slots, reduce="amin")
     from_pv = first < n_pv  # [U]
     # Encoded order: distinct items first seen in a PV slot, then those first seen in the history.
     order = torch.cat([from_pv.nonzero().squeeze(1), (~from_pv).nonzero().squeeze(1)])  # [U]
-    position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=ids.device))
-    return pv_idx.index_select(0, first[from_pv]), click_idx.index_select(0, first[~from_pv] - n_pv), \
-        position.index_select(0, inverse)
+    position = torch.empty_like(order).scatter_(
+        0, order, torch.arange(order.numel(), device=ids.device)
+    )
+    return (
+        pv_idx.index_select(0, first[from_pv]),
+        click_idx.index_select(0, first[~from_pv] - n_pv),
+        position.index_select(0, inverse),
+    )
 
 
 def encode_valid_images(
-    encoder: nn.Module, batch: Mapping[str, torch.Tensor], distinct: bool = True
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    distinct: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the valid images of a batch with ``encoder`` ([N, 3, H, W] -> [N, d]), in one call.
 
@@ -101,7 +120,10 @@ def encode_valid_images(
     # One call for PV and clicks: BatchNorm statistics see only real images,
     # and the backbone runs once per step.
     images = torch.cat(
-        [pv_images.flatten(0, 1).index_select(0, pv_src), click_images.flatten(0, 1).index_select(0, click_src)]
+        [
+            pv_images.flatten(0, 1).index_select(0, pv_src),
+            click_images.flatten(0, 1).index_select(0, click_src),
+        ]
     )  # [U or n_pv + n_click, 3, H, W]
     emb = encoder(images)  # [U or n_pv + n_click, d]
     if gather is not None:
@@ -141,7 +163,8 @@ class CourierModel(nn.Module):
         )
 
     def encode_batch(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embed only the valid images of a batch, in one backbone call (see ``encode_valid_images``)."""
+        """Embed only the valid images of a batch,
+        in one backbone call (see ``encode_valid_images``)."""
         return encode_valid_images(self.encoder, batch, self.model_cfg.distinct_images)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> LossOutput:

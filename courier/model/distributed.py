@@ -1,4 +1,5 @@
-"""Collectives across data-parallel ranks, and the all-gather with gradients behind global-batch negatives.
+"""Collectives across data-parallel ranks,
+and the all-gather with gradients behind global-batch negatives.
 
 Two implementations of one small interface, ``Collectives``: ``TorchCollectives``
 (``torch.distributed``: gloo on CPU, NCCL on GPU, under TorchDistributor/torchrun) and
@@ -21,7 +22,7 @@ summing, which would scale the negatives' gradient by 1/world for our loss
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -69,7 +70,11 @@ class Collectives(Protocol):
 class TorchCollectives:
     """``Collectives`` over a ``torch.distributed`` process group (default: WORLD)."""
 
-    _OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    _OPS: ClassVar[dict[str, dist.ReduceOp.RedOpType]] = {
+        "sum": dist.ReduceOp.SUM,
+        "min": dist.ReduceOp.MIN,
+        "max": dist.ReduceOp.MAX,
+    }
 
     def __init__(self, group: ProcessGroup | None = None) -> None:
         self.group = group if group is not None else dist.group.WORLD
@@ -152,7 +157,9 @@ class HorovodCollectives:
         return self._hvd.synchronize(handle)
 
     def all_reduce(self, x: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
-        handle = self._hvd.allreduce_async(x.detach().contiguous(), name=self._name("allreduce"), op=self._ops[op])
+        handle = self._hvd.allreduce_async(
+            x.detach().contiguous(), name=self._name("allreduce"), op=self._ops[op]
+        )
         return self._hvd.synchronize(handle)
 
     def reduce_scatter_sum(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,12 +199,12 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """x [n, ...] (same n on every rank) -> [world * n, ...] in rank order; backward sums."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, comm: Collectives) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, comm: Collectives) -> torch.Tensor:
         ctx.comm = comm
         return comm.all_gather(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return ctx.comm.reduce_scatter_sum(grad.contiguous()), None
 
 
@@ -227,13 +234,15 @@ def gather_rows(x: torch.Tensor, comm: Collectives | None) -> GatheredRows:
         return GatheredRows(rows=x, offset=0, world_size=1)
     world, rank = comm.world_size, comm.rank
     # Row counts first (tiny), so each rank knows where the padding is.
-    counts = comm.all_gather(torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))  # [world]
+    # [world]
+    counts = comm.all_gather(torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
     sizes = [int(c) for c in counts.tolist()]
     n_max = max(sizes)
     if x.shape[0] < n_max:
         pad = x.new_zeros((n_max - x.shape[0], *x.shape[1:]))
         x = torch.cat([x, pad], dim=0)  # [n_max, ...]
-    gathered = _AllGatherWithGrad.apply(x, comm)  # [world * n_max, ...]
+    # [world * n_max, ...]
+    gathered = _AllGatherWithGrad.apply(x, comm)  # type: ignore[no-untyped-call]  # untyped in torch
     if all(s == n_max for s in sizes):
         rows = gathered
     else:

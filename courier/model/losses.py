@@ -11,8 +11,8 @@ ranks: each rank all-gathers its normalised item embeddings (with gradients,
 see ``distributed.py``) and computes the loss columns of its OWN positives
 against all gathered rows. Each column's loss is divided by the GLOBAL number of
 loss-carrying columns, and the local sum is multiplied by the world size ``W``
-because DDP (and Horovod's DistributedOptimizer) average gradients over ranks. Then, summed over ranks, the
-gradients equal those of one process on the concatenated batch, also when ranks
+because DDP (and Horovod's DistributedOptimizer) average gradients over ranks. Then, summed over
+ranks, the gradients equal those of one process on the concatenated batch, also when ranks
 hold different numbers of rows/valid items/positives.
 
 The returned ``loss`` has the value of the global loss on every rank (a
@@ -95,7 +95,7 @@ class LossOutput:
         """All fields as Python floats (a single host sync)."""
         names = [f.name for f in fields(self)]
         values = torch.stack([getattr(self, n).detach().to(torch.float64) for n in names]).tolist()
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
 
 # DDP flattens a module's output with pytree when find_unused_parameters or
@@ -217,7 +217,8 @@ class _Terms:
     pv_recon: torch.Tensor  # [B, Lp, d] each PV item reconstructed from the row's clicks
     pv_pos: torch.Tensor  # [B*Lp] clicked
     pv_cols: torch.Tensor  # [B*Lp] positives of the PV term (clicked, with a history)
-    pv_pool: torch.Tensor  # [B*Lp] candidates of the PV term (every valid item, or the clicked ones: no_neg_pv)
+    # [B*Lp] candidates of the PV term (every valid item, or the clicked ones: no_neg_pv)
+    pv_pool: torch.Tensor
     bce_items: torch.Tensor  # [B*Lp] items of the click BCE (valid, with a history)
     ucs_targets: torch.Tensor  # [B, d] the most recent click
     ucs_recon: torch.Tensor  # [B, d] it, reconstructed from the earlier clicks
@@ -225,10 +226,17 @@ class _Terms:
     rec: Reconstruction  # the PV reconstruction (attention entropy)
 
 
-def _loss_terms(e_pv: torch.Tensor, pv_labels: torch.Tensor, e_click: torch.Tensor, click_mask: torch.Tensor,
-                cfg: LossConfig, dtype: torch.dtype) -> _Terms:
-    """Reconstruct every PV item from the row's clicks, and each row's latest click from the earlier ones."""
-    b, l_pv, d = e_pv.shape
+def _loss_terms(
+    e_pv: torch.Tensor,
+    pv_labels: torch.Tensor,
+    e_click: torch.Tensor,
+    click_mask: torch.Tensor,
+    cfg: LossConfig,
+    dtype: torch.dtype,
+) -> _Terms:
+    """Reconstruct every PV item from the row's clicks,
+    and each row's latest click from the earlier ones."""
+    b, l_pv, _d = e_pv.shape
     click_mask = click_mask.bool()
     pv_valid = pv_labels >= 0  # [B, Lp]
     pv_pos = pv_labels == 1  # [B, Lp]
@@ -237,7 +245,11 @@ def _loss_terms(e_pv: torch.Tensor, pv_labels: torch.Tensor, e_click: torch.Tens
     no_rec = cfg.ablation == Ablation.NO_RECONSTRUCTION
 
     # --- PV term: reconstruct every PV item from the row's clicks.
-    rec = reconstruct_without_query(l_pv, e_click, click_mask) if no_rec else reconstruct(e_pv, e_click, click_mask)
+    rec = (
+        reconstruct_without_query(l_pv, e_click, click_mask)
+        if no_rec
+        else reconstruct(e_pv, e_click, click_mask)
+    )
     pv_cols = pv_pos & rec.has_history.unsqueeze(1)  # [B, Lp]
     pv_pool = pv_pos if cfg.ablation == Ablation.NO_NEG_PV else pv_valid  # [B, Lp]
 
@@ -248,20 +260,33 @@ def _loss_terms(e_pv: torch.Tensor, pv_labels: torch.Tensor, e_click: torch.Tens
         ucs_rec = reconstruct_without_query(1, e_click, split.history_mask)
     else:
         ucs_rec = reconstruct(targets.unsqueeze(1), e_click, split.history_mask)
-    return _Terms(e_pv=e_pv, pv_recon=rec.recon, pv_pos=pv_pos.reshape(-1),
-                  pv_cols=pv_cols.reshape(-1), pv_pool=pv_pool.reshape(-1),
-                  bce_items=(pv_valid & rec.has_history.unsqueeze(1)).reshape(-1),
-                  ucs_targets=targets, ucs_recon=ucs_rec.recon[:, 0], ucs_cols=split.has_target, rec=rec)
+    return _Terms(
+        e_pv=e_pv,
+        pv_recon=rec.recon,
+        pv_pos=pv_pos.reshape(-1),
+        pv_cols=pv_cols.reshape(-1),
+        pv_pool=pv_pool.reshape(-1),
+        bce_items=(pv_valid & rec.has_history.unsqueeze(1)).reshape(-1),
+        ucs_targets=targets,
+        ucs_recon=ucs_rec.recon[:, 0],
+        ucs_cols=split.has_target,
+        rec=rec,
+    )
 
 
-def _click_bce_sum(t: _Terms, click_head: ClickHead | None, w_bce: float, dtype: torch.dtype) -> torch.Tensor:
-    """Summed BCE of the optional click head on ``[R, E_pv]`` over ``bce_items``; 0 when its weight is 0."""
+def _click_bce_sum(
+    t: _Terms, click_head: ClickHead | None, w_bce: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """Summed BCE of the optional click head on ``[R, E_pv]``
+    over ``bce_items``; 0 when its weight is 0."""
     if w_bce <= 0:
         return t.e_pv.new_zeros(())
     assert click_head is not None
     head_dtype = next(click_head.parameters()).dtype
     d = t.e_pv.shape[-1]
-    logits = click_head(t.pv_recon.reshape(-1, d).to(head_dtype), t.e_pv.reshape(-1, d).to(head_dtype)).to(dtype)  # [B*Lp]
+    logits = click_head(
+        t.pv_recon.reshape(-1, d).to(head_dtype), t.e_pv.reshape(-1, d).to(head_dtype)
+    ).to(dtype)  # [B*Lp]
     bce = F.binary_cross_entropy_with_logits(logits, t.pv_pos.to(dtype), reduction="none")
     return torch.where(t.bce_items, bce, torch.zeros_like(bce)).sum()
 
@@ -289,33 +314,60 @@ def _courier_loss(
     # (so it also issues no backward collective, consistently on every rank).
     with torch.set_grad_enabled(grad_on and w_pv > 0):
         d = t.e_pv.shape[-1]
-        pv = contrastive_reconstruction_sums(t.e_pv.reshape(-1, d), t.pv_recon.reshape(-1, d), t.pv_cols, t.pv_pool,
-                                             cfg.tau, contrast, comm)
+        pv = contrastive_reconstruction_sums(
+            t.e_pv.reshape(-1, d),
+            t.pv_recon.reshape(-1, d),
+            t.pv_cols,
+            t.pv_pool,
+            cfg.tau,
+            contrast,
+            comm,
+        )
     with torch.set_grad_enabled(grad_on and w_ucs > 0):
-        ucs = contrastive_reconstruction_sums(t.ucs_targets, t.ucs_recon, t.ucs_cols, t.ucs_cols, cfg.tau, contrast,
-                                              comm)
+        ucs = contrastive_reconstruction_sums(
+            t.ucs_targets, t.ucs_recon, t.ucs_cols, t.ucs_cols, cfg.tau, contrast, comm
+        )
     bce_sum = _click_bce_sum(t, click_head, cfg.click_bce_weight, dtype)
     return _combine(pv, ucs, bce_sum, _entropy_sum(t.rec), counts, cfg, comm)
 
 
-def _combine(pv: ContrastiveSums, ucs: ContrastiveSums, bce_sum: torch.Tensor,
-             entropy: tuple[torch.Tensor, torch.Tensor], counts: torch.Tensor, cfg: LossConfig,
-             comm: Collectives | None) -> LossOutput:
-    """This rank's sums -> the global means (logged) and the loss whose gradient is the global one."""
+def _combine(
+    pv: ContrastiveSums,
+    ucs: ContrastiveSums,
+    bce_sum: torch.Tensor,
+    entropy: tuple[torch.Tensor, torch.Tensor],
+    counts: torch.Tensor,
+    cfg: LossConfig,
+    comm: Collectives | None,
+) -> LossOutput:
+    """This rank's sums -> the global means
+    (logged) and the loss whose gradient is the global one."""
     w_pv, w_ucs, w_bce = cfg.w_pv, cfg.effective_w_ucs, cfg.click_bce_weight
     n_pv, n_ucs, n_bce = counts.unbind()
     ent_sum, ent_count = entropy
     local_stats = torch.stack(
-        [pv.loss_sum.detach(), ucs.loss_sum.detach(), bce_sum.detach(), ent_sum, ent_count, pv.cos_sum, ucs.cos_sum]
+        [
+            pv.loss_sum.detach(),
+            ucs.loss_sum.detach(),
+            bce_sum.detach(),
+            ent_sum,
+            ent_count,
+            pv.cos_sum,
+            ucs.cos_sum,
+        ]
     )
-    g_pv, g_ucs, g_bce, g_ent, g_ent_n, g_pv_cos, g_ucs_cos = all_reduce_sum(local_stats, comm).unbind()
+    g_pv, g_ucs, g_bce, g_ent, g_ent_n, g_pv_cos, g_ucs_cos = all_reduce_sum(
+        local_stats, comm
+    ).unbind()
     n_pv1, n_ucs1, n_bce1 = n_pv.clamp(min=1), n_ucs.clamp(min=1), n_bce.clamp(min=1)
     loss_pv, loss_ucs, loss_bce = g_pv / n_pv1, g_ucs / n_ucs1, g_bce / n_bce1
     total_global = w_pv * loss_pv + w_ucs * loss_ucs + w_bce * loss_bce
 
     # x W: DDP / hvd.DistributedOptimizer divide the summed gradients by the world size.
     world = world_size(comm)
-    total_local = world * (w_pv * pv.loss_sum / n_pv1 + w_ucs * ucs.loss_sum / n_ucs1 + w_bce * bce_sum / n_bce1)
+    total_local = world * (
+        w_pv * pv.loss_sum / n_pv1 + w_ucs * ucs.loss_sum / n_ucs1 + w_bce * bce_sum / n_bce1
+    )
     loss = total_local + (total_global - total_local).detach()
 
     return LossOutput(

@@ -58,7 +58,9 @@ def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
-def reconstruct(queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> Reconstruction:
+def reconstruct(
+    queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
+) -> Reconstruction:
     """Cross-attention reconstruction ``R[j] = sum_k softmax_k(<q_j, c_k>/sqrt(d)) c_k``.
 
     Args:
@@ -76,7 +78,9 @@ def reconstruct(queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tenso
     return Reconstruction(recon=recon, attn=attn, attn_rows=attn_rows, has_history=has_history)
 
 
-def reconstruct_without_query(num_queries: int, keys: torch.Tensor, key_mask: torch.Tensor) -> Reconstruction:
+def reconstruct_without_query(
+    num_queries: int, keys: torch.Tensor, key_mask: torch.Tensor
+) -> Reconstruction:
     """``no_reconstruction`` ablation: a user vector that never sees the query.
 
     Parameter-free self-attention over the valid clicks (same scaled dot product
@@ -101,7 +105,9 @@ def reconstruct_without_query(num_queries: int, keys: torch.Tensor, key_mask: to
     user = (hidden * weights.unsqueeze(-1)).sum(dim=1) / n_valid  # [B, d]
     recon = user.unsqueeze(1).expand(-1, num_queries, -1)  # [B, Q, d]
     has_history = key_mask.any(dim=-1)  # [B]
-    return Reconstruction(recon=recon, attn=attn, attn_rows=key_mask.clone(), has_history=has_history)
+    return Reconstruction(
+        recon=recon, attn=attn, attn_rows=key_mask.clone(), has_history=has_history
+    )
 
 
 @dataclass
@@ -130,7 +136,10 @@ def split_click_sequence(click_mask: torch.Tensor) -> ClickSplit:
     """
     k = click_mask.shape[1]
     positions = torch.arange(k, device=click_mask.device).expand_as(click_mask)  # [B, K]
-    last = torch.where(click_mask, positions, torch.full_like(positions, -1)).max(dim=1).values  # [B]
+    # [B]
+    last = torch.where(click_mask, positions, torch.full_like(positions, -1)).max(dim=1).values
     history_mask = click_mask & (positions < last.unsqueeze(1))  # [B, K]
     has_target = click_mask.sum(dim=1) >= 2  # [B]
-    return ClickSplit(target_index=last.clamp(min=0), history_mask=history_mask, has_target=has_target)
+    return ClickSplit(
+        target_index=last.clamp(min=0), history_mask=history_mask, has_target=has_target
+    )

@@ -23,5 +23,7 @@ def build_resnet(name: str, embedding_dim: int, gradient_checkpointing: bool) ->
     model.fc = nn.Linear(in_features, embedding_dim)
     for layer_name in ("layer1", "layer2", "layer3", "layer4"):
         layer = getattr(model, layer_name)
-        setattr(model, layer_name, CheckpointSequential.from_sequential(layer, gradient_checkpointing))
+        setattr(
+            model, layer_name, CheckpointSequential.from_sequential(layer, gradient_checkpointing)
+        )
     return model

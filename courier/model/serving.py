@@ -8,6 +8,7 @@ copies the loader's constants by hand. The size, mean and std also travel in
 the MLflow model's metadata (``PreprocessingSpec``, courier/tracking/models.py) for callers that
 must prepare the input (decode, resize) before calling the model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,6 +20,9 @@ from courier.tracking.models import PreprocessingSpec
 
 class EmbeddingModel(nn.Module):
     """Trained encoder + its preprocessing: uint8 images [N, 3, S, S] -> unit embeddings [N, d]."""
+
+    scale: torch.Tensor  # buffers, registered in __init__
+    shift: torch.Tensor
 
     def __init__(self, encoder: nn.Module, spec: PreprocessingSpec) -> None:
         super().__init__()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -33,8 +35,10 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         stages: list[nn.Module] = [_conv_bn_relu(3, widths[0], stride=2)]
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
-            stages.append(nn.Sequential(_conv_bn_relu(c_in, c_out, 2), _conv_bn_relu(c_out, c_out, 1)))
+        for c_in, c_out in itertools.pairwise(widths):
+            stages.append(
+                nn.Sequential(_conv_bn_relu(c_in, c_out, 2), _conv_bn_relu(c_out, c_out, 1))
+            )
         # Each stage is one checkpoint unit.
         self.features = CheckpointSequential(*stages, enabled=gradient_checkpointing)
         self.pool = nn.AdaptiveAvgPool2d(1)

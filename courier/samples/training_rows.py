@@ -21,20 +21,27 @@ The id-only samples are range-partitioned and sorted by (dt, request_id)
 before the images are attached, so each task writes one or two dt partitions,
 in request order (the same input always gives the same files).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark import Broadcast
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
+from pyspark.sql import DataFrame, functions as F, types as T
 
-SAMPLE_COLUMNS = ("request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels", "click_item_ids")
+SAMPLE_COLUMNS = (
+    "request_id",
+    "user_id",
+    "event_ts",
+    "query",
+    "pv_item_ids",
+    "pv_labels",
+    "click_item_ids",
+)
 IMAGE_COLUMNS = (("pv_item_ids", "pv_images"), ("click_item_ids", "click_images"))
 PADDING_ITEM = -1
 
@@ -43,7 +50,9 @@ class MissingImageError(RuntimeError):
     """A sample names an item that has no row in item_images."""
 
 
-def referenced_images(samples: DataFrame, item_images: DataFrame, item_images_name: str) -> pa.Table:
+def referenced_images(
+    samples: DataFrame, item_images: DataFrame, item_images_name: str
+) -> pa.Table:
     """(item_id, jpeg) of every item the samples name, sorted by item_id.
 
     Raises MissingImageError naming the items when one has no image: the
@@ -61,7 +70,8 @@ def referenced_images(samples: DataFrame, item_images: DataFrame, item_images_na
         examples = sorted(missing.column("item_id").to_pylist())[:10]
         raise MissingImageError(
             f"{missing.num_rows} items named by the samples have no image in {item_images_name} "
-            f"(e.g. item_id {examples}): was it rewritten during the build?")
+            f"(e.g. item_id {examples}): was it rewritten during the build?"
+        )
     return table.sort_by("item_id")
 
 
@@ -69,22 +79,24 @@ def referenced_images(samples: DataFrame, item_images: DataFrame, item_images_na
 class ImageIndex:
     """Sorted item ids and their JPEGs, with one empty JPEG after the last for padding slots."""
 
-    keys: np.ndarray       # [n_items] int64, sorted
+    keys: np.ndarray  # [n_items] int64, sorted
     jpegs: pa.BinaryArray  # [n_items + 1]; jpegs[n_items] == b""
 
     @classmethod
-    def from_table(cls, table: pa.Table) -> "ImageIndex":
+    def from_table(cls, table: pa.Table) -> ImageIndex:
         """From (item_id, jpeg) rows sorted by item_id, as ``referenced_images`` returns them."""
         jpegs = pa.concat_arrays([*table.column("jpeg").chunks, pa.array([b""], pa.binary())])
         return cls(table.column("item_id").to_numpy().astype(np.int64, copy=False), jpegs)
 
     def lookup(self, item_ids: pa.ListArray) -> pa.ListArray:
-        """The images of ``item_ids`` (list<int64>, [rows][slots]) as list<binary> of the same shape.
+        """The images of ``item_ids`` (list<int64>,
+        [rows][slots]) as list<binary> of the same shape.
 
         A padding id (-1) gets an empty binary; an id not in the index raises.
         """
-        offsets = pc.subtract(item_ids.offsets, item_ids.offsets[0])  # [rows + 1], from 0 even for a slice
-        flat = item_ids.flatten().to_numpy(zero_copy_only=False)      # [rows * slots] int64
+        # [rows + 1], from 0 even for a slice
+        offsets = pc.subtract(item_ids.offsets, item_ids.offsets[0])
+        flat = item_ids.flatten().to_numpy(zero_copy_only=False)  # [rows * slots] int64
         n_items = len(self.keys)
         position = np.minimum(np.searchsorted(self.keys, flat), max(n_items - 1, 0))
         padding = flat == PADDING_ITEM
@@ -103,25 +115,28 @@ class ImageAttacher:
     index once.
     """
 
-    def __init__(self, images: Broadcast, output_names: list[str]) -> None:
+    def __init__(self, images: Broadcast[pa.Table], output_names: list[str]) -> None:
         self.images = images
         self.output_names = output_names
 
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         index = ImageIndex.from_table(self.images.value)
         for batch in batches:
             columns = {name: batch.column(name) for name in batch.schema.names}
             for ids_column, images_column in IMAGE_COLUMNS:
                 columns[images_column] = index.lookup(columns[ids_column])
-            yield pa.RecordBatch.from_arrays([columns[n] for n in self.output_names], names=self.output_names)
+            yield pa.RecordBatch.from_arrays(
+                [columns[n] for n in self.output_names], names=self.output_names
+            )
 
 
 @dataclass
 class TrainingRows:
     """The rows to write, and what writing them needs."""
 
-    rows: DataFrame        # courier_training_rows columns, ordered by (dt, request_id) within each task
-    images: Broadcast      # (item_id, jpeg) table the rows were built from; destroy once written
+    rows: DataFrame  # courier_training_rows columns, ordered by (dt, request_id) within each task
+    # (item_id, jpeg) table the rows were built from; destroy once written
+    images: Broadcast[pa.Table]
     arrow_batch_rows: int  # rows per Arrow batch that keep one batch near ARROW_BATCH_BYTES
 
     def writer_settings(self, rows_per_row_group: int, n_dates: int) -> dict[str, str]:
@@ -151,8 +166,13 @@ class TrainingRows:
 ARROW_BATCH_BYTES = 128 << 20
 
 
-def training_rows(samples: DataFrame, item_images: DataFrame, item_images_name: str,
-                  num_partitions: int, images_per_row: int) -> TrainingRows:
+def training_rows(
+    samples: DataFrame,
+    item_images: DataFrame,
+    item_images_name: str,
+    num_partitions: int,
+    images_per_row: int,
+) -> TrainingRows:
     """``samples`` (courier_samples rows) with pv_images and click_images, ready to write by dt.
 
     ``images_per_row`` (l_pv + l_click) only sizes the Arrow batches.
@@ -165,10 +185,15 @@ def training_rows(samples: DataFrame, item_images: DataFrame, item_images_name: 
         .sortWithinPartitions("dt", "request_id")
     )
     fields = [f for f in ordered.schema.fields if f.name != "dt"]
-    fields += [T.StructField(name, T.ArrayType(T.BinaryType(), containsNull=False)) for _, name in IMAGE_COLUMNS]
+    fields += [
+        T.StructField(name, T.ArrayType(T.BinaryType(), containsNull=False))
+        for _, name in IMAGE_COLUMNS
+    ]
     fields.append(ordered.schema["dt"])
     schema = T.StructType(fields)
     mean_jpeg = images.column("jpeg").nbytes / max(images.num_rows, 1)
     batch_rows = int(min(10_000, max(64, ARROW_BATCH_BYTES // max(mean_jpeg * images_per_row, 1))))
     handle = spark.sparkContext.broadcast(images)
-    return TrainingRows(ordered.mapInArrow(ImageAttacher(handle, schema.fieldNames()), schema), handle, batch_rows)
+    return TrainingRows(
+        ordered.mapInArrow(ImageAttacher(handle, schema.fieldNames()), schema), handle, batch_rows
+    )

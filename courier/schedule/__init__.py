@@ -16,12 +16,13 @@ Three DAGs:
                         on the production-model asset that a promotion updates.
 Every stage is idempotent for its arguments, so retries and backfills never duplicate rows.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 # Airflow renders these when a task runs. The data interval is [start, end): a daily run
 # covers one day, a backfill of a longer interval covers each of its days.
@@ -32,7 +33,7 @@ LAST_DAY = "{{ macros.ds_add(data_interval_end | ds, -1) }}"
 TRAINING_RUN_NAME = "retrain-{{ ts_nodash }}"
 
 SKIP_EXIT_CODE = 99
-PRODUCTION_MODEL = "models/production"    # the asset a promotion updates
+PRODUCTION_MODEL = "models/production"  # the asset a promotion updates
 ASSET_URI_SCHEME = "courier"
 
 
@@ -65,8 +66,12 @@ class Step:
 
 
 NIGHTLY_STEPS: tuple[Step, ...] = (
-    Step("build_samples", "build-samples", ("--start", FIRST_DAY, "--end", LAST_DAY),
-         publishes=("tables/item_images", "tables/courier_samples", "tables/courier_training_rows")),
+    Step(
+        "build_samples",
+        "build-samples",
+        ("--start", FIRST_DAY, "--end", LAST_DAY),
+        publishes=("tables/item_images", "tables/courier_samples", "tables/courier_training_rows"),
+    ),
     # New or changed item images only (a promoted model re-embeds everything it has not embedded).
     Step("embed", "embed", upstream=("build_samples",), publishes=("tables/item_embeddings",)),
     # New items onto the current centroids (no re-fit), then the analyst views.
@@ -77,8 +82,15 @@ RETRAINING_STEPS: tuple[Step, ...] = (
     Step("train", "train", ("--run-name", TRAINING_RUN_NAME)),
     Step("evaluate", "evaluate", upstream=("train",)),
     # MLflow only: no Spark session, and the operator must be able to skip.
-    Step("promote", "promote", ("--skip-exit-code", str(SKIP_EXIT_CODE)), upstream=("evaluate",),
-         spark=False, publishes=(PRODUCTION_MODEL,), skip_exit_code=SKIP_EXIT_CODE),
+    Step(
+        "promote",
+        "promote",
+        ("--skip-exit-code", str(SKIP_EXIT_CODE)),
+        upstream=("evaluate",),
+        spark=False,
+        publishes=(PRODUCTION_MODEL,),
+        skip_exit_code=SKIP_EXIT_CODE,
+    ),
 )
 
 REFIT_STEPS: tuple[Step, ...] = (
@@ -102,17 +114,19 @@ class Deployment:
 
         COURIER_HOME        the folder holding jobs/ (a checkout or an unpacked dist)
         COURIER_PROFILE     the courier profile YAML (default <home>/conf/cluster.yaml)
-        COURIER_PYTHON      the driver's Python, with courier installed (default <home>/.venv/bin/python)
+        COURIER_PYTHON      the driver's Python, with courier installed
+                            (default <home>/.venv/bin/python)
         COURIER_ENV_ARCHIVE the packed environment for the executors (`make dist` writes
-                            dist/courier-env.tar.gz; a path or a URI such as hdfs://, s3a://), shipped
-                            with --archives and run as ./environment/bin/python. Empty (the default) =
-                            the executors use COURIER_PYTHON: a local master needs that, since its
-                            Python workers do not start where Spark unpacks archives (docs/PRODUCTION.md)
+                            dist/courier-env.tar.gz; a path or a URI such as hdfs://, s3a://),
+                            shipped with --archives and run as ./environment/bin/python. Empty
+                            (the default) = the executors use COURIER_PYTHON: a local master
+                            needs that, since its Python workers do not start where Spark
+                            unpacks archives (docs/PRODUCTION.md)
         COURIER_JARS        comma-separated JARs for --jars (default: <home>/.jars/*.jar)
         COURIER_PACKAGES    Maven coordinates for --packages when there are no JARs
-        COURIER_DRIVER_CLASS_PATH  --driver-class-path (default: <home>/.jars/derbyclient-*.jar, the
-                            embedded catalog's JDBC client, which must be on the driver JVM's own class
-                            path; empty with an external metastore)
+        COURIER_DRIVER_CLASS_PATH  --driver-class-path (default: <home>/.jars/derbyclient-*.jar,
+                            the embedded catalog's JDBC client, which must be on the driver
+                            JVM's own class path; empty with an external metastore)
         COURIER_SPARK_CONN  the Airflow connection naming the Spark master (spark_default)
         COURIER_RETRIES     task retries (default 2; each stage is idempotent, so a retry is safe)
     """
@@ -128,12 +142,14 @@ class Deployment:
     retries: int = 2
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Deployment":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Deployment:
         env = os.environ if environ is None else environ
         home = env.get("COURIER_HOME") or str(Path(__file__).resolve().parents[2])
         local_jars = ",".join(sorted(str(p) for p in (Path(home) / ".jars").glob("*.jar")))
         jars = env.get("COURIER_JARS", local_jars)
-        derby_client = ":".join(sorted(str(p) for p in (Path(home) / ".jars").glob("derbyclient-*.jar")))
+        derby_client = ":".join(
+            sorted(str(p) for p in (Path(home) / ".jars").glob("derbyclient-*.jar"))
+        )
         return cls(
             home=home,
             profile=env.get("COURIER_PROFILE") or f"{home}/conf/cluster.yaml",
@@ -148,19 +164,25 @@ class Deployment:
 
     @property
     def archives(self) -> str | None:
-        """spark-submit --archives: the packed environment, unpacked as ./environment on every node."""
+        """spark-submit --archives: the packed environment,
+        unpacked as ./environment on every node."""
         return f"{self.env_archive}#environment" if self.env_archive else None
 
     def params(self) -> dict[str, str]:
-        """The DAG params (each task reads them as ``{{ params.<name> }}``; a run may override them).
+        """The DAG params
+        (each task reads them as ``{{ params.<name> }}``; a run may override them).
 
         Not the archive: the operator does not template --archives, so it is fixed when the
         DAG file is parsed.
         """
         executor_python = "./environment/bin/python" if self.env_archive else self.python
         return {
-            "profile": self.profile, "courier_home": self.home, "python": self.python,
-            "executor_python": executor_python, "jars": self.jars, "packages": self.packages,
+            "profile": self.profile,
+            "courier_home": self.home,
+            "python": self.python,
+            "executor_python": executor_python,
+            "jars": self.jars,
+            "packages": self.packages,
             "driver_class_path": self.driver_class_path,
         }
 
@@ -175,22 +197,25 @@ def checked_env_archive(archive: str) -> str:
     Checks only the name: the DAG files may be parsed on a machine that does not hold the file.
     """
     if archive and (not archive.endswith(ARCHIVE_SUFFIXES) or "#" in archive):
-        raise ValueError(f"COURIER_ENV_ARCHIVE={archive}: want an archive ending in {', '.join(ARCHIVE_SUFFIXES)}, "
-                         "without a #alias (it is unpacked as #environment), e.g. the dist/courier-env.tar.gz "
-                         "that `make dist` writes")
+        raise ValueError(
+            f"COURIER_ENV_ARCHIVE={archive}: want an archive ending in "
+            f"{', '.join(ARCHIVE_SUFFIXES)}, without a #alias (it is unpacked as #environment), "
+            "e.g. the dist/courier-env.tar.gz that `make dist` writes"
+        )
     return archive
 
 
 def spark_submit_conf() -> dict[str, str]:
     """The Python of the driver and of the executors (templated: from the DAG params)."""
-    return {"spark.pyspark.driver.python": "{{ params.python }}",
-            "spark.pyspark.python": "{{ params.executor_python }}"}
+    return {
+        "spark.pyspark.driver.python": "{{ params.python }}",
+        "spark.pyspark.python": "{{ params.executor_python }}",
+    }
 
 
 def application(step: Step) -> str:
     """The spark-submit application file of ``step`` (templated)."""
     return f"{{{{ params.courier_home }}}}/jobs/{step.job}.py"
-
 
 
 def python_command(step: Step) -> tuple[str, dict[str, str]]:

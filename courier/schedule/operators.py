@@ -1,4 +1,5 @@
-"""Airflow operators for the steps of courier.schedule (imported only by the DAG files, in Airflow's venv).
+"""Airflow operators for the steps of courier.schedule
+(imported only by the DAG files, in Airflow's venv).
 
 Spark steps are the Spark provider's ``SparkSubmitOperator`` (the master comes from the
 Airflow connection ``Deployment.spark_conn_id``; spark-submit from the worker's PATH);
@@ -6,17 +7,24 @@ Python steps a ``BashOperator`` whose exit code ``Step.skip_exit_code`` means "s
 Each task's outlets are the assets of what it publishes, so DAGs downstream of a table
 or of the production model are scheduled on it (data-aware scheduling).
 """
+
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from collections.abc import Sequence
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import Asset, BaseOperator
 
-from courier.schedule import Deployment, Step, application, asset_uri, python_command, spark_submit_conf
-
+from courier.schedule import (
+    Deployment,
+    Step,
+    application,
+    asset_uri,
+    python_command,
+    spark_submit_conf,
+)
 
 
 def dag_settings(deployment: Deployment) -> dict[str, object]:
@@ -25,11 +33,14 @@ def dag_settings(deployment: Deployment) -> dict[str, object]:
     Retries are safe since every stage is idempotent for its arguments.
     """
     return {
-        "start_date": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        "start_date": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         "catchup": False,
         "max_active_runs": 1,
-        "default_args": {"retries": deployment.retries, "retry_delay": dt.timedelta(minutes=5),
-                         "retry_exponential_backoff": True},
+        "default_args": {
+            "retries": deployment.retries,
+            "retry_delay": dt.timedelta(minutes=5),
+            "retry_exponential_backoff": True,
+        },
         "params": deployment.params(),
     }
 
@@ -44,9 +55,15 @@ def make_task(step: Step, deployment: Deployment) -> BaseOperator:
     outlets = [asset(path) for path in step.publishes]
     if not step.spark:
         command, env = python_command(step)
-        return BashOperator(task_id=step.task_id, bash_command=command, env=env, append_env=True,
-                            cwd="{{ params.courier_home }}", skip_on_exit_code=step.skip_exit_code,
-                            outlets=outlets)
+        return BashOperator(
+            task_id=step.task_id,
+            bash_command=command,
+            env=env,
+            append_env=True,
+            cwd="{{ params.courier_home }}",
+            skip_on_exit_code=step.skip_exit_code,
+            outlets=outlets,
+        )
     return SparkSubmitOperator(
         task_id=step.task_id,
         conn_id=deployment.spark_conn_id,

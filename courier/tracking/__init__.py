@@ -9,15 +9,20 @@ during training only rank 0 logs metrics, live, so a long run's curves can be
 watched while it runs. So there is one writer at a time, which the embedded
 SQLite store needs (the driver is idle, waiting on the processes, meanwhile).
 """
+
 from __future__ import annotations
 
 import logging
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from courier.config import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +40,11 @@ TAG_MODEL_VERSION = "courier.registered_model_version"
 
 
 def resolve_tracking_uri(uri: str) -> str:
-    """A relative SQLite path is taken from the project root (like warehouse_dir); its folder is created."""
+    """A relative SQLite path is taken from the project root
+    (like warehouse_dir); its folder is created."""
     if not uri.startswith(_SQLITE):
         return uri
-    path = Path(uri[len(_SQLITE):])
+    path = Path(uri[len(_SQLITE) :])
     if not path.is_absolute():
         path = (PROJECT_ROOT / path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +55,7 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite store go next to the database, not into the working directory."""
     if not tracking_uri.startswith(_SQLITE):
         return None
-    return (Path(tracking_uri[len(_SQLITE):]).parent / "mlartifacts").as_uri()
+    return (Path(tracking_uri[len(_SQLITE) :]).parent / "mlartifacts").as_uri()
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -67,14 +73,16 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def git_revision(root: Path = PROJECT_ROOT) -> str:
     """``git rev-parse HEAD`` of the project, or "unknown" (an installed wheel, no git)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     rev = done.stdout.strip()
     return rev if done.returncode == 0 and rev else "unknown"
 
 
-def client(tracking_uri: str):
+def client(tracking_uri: str) -> MlflowClient:
     """An MlflowClient for ``tracking_uri`` (registry on the same store)."""
     from mlflow.tracking import MlflowClient
 
@@ -118,7 +126,7 @@ class MetricLogger:
         self._client = client(tracking_uri) if tracking_uri and run_id else None
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        if self._client is None or not metrics:
+        if self._client is None or self.run_id is None or not metrics:
             return
         from mlflow.entities import Metric
 
@@ -139,7 +147,8 @@ def log_encoder(
     registered_model: str | None,
     alias: str | None,
 ) -> str | None:
-    """Log ``model`` (an EmbeddingModel: uint8 images [N,3,S,S] -> unit embeddings [N,d]) and register it.
+    """Log ``model`` (an EmbeddingModel:
+    uint8 images [N,3,S,S] -> unit embeddings [N,d]) and register it.
 
     The signature, an input example and ``spec`` (its PreprocessingSpec, as model
     metadata) make the logged model self-describing. Returns the registered model

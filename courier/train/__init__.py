@@ -12,6 +12,7 @@ Public API:
 Imports are lazy: a torchrun worker importing ``courier.train.loop`` should not
 pay for MLflow or Spark, nor should ``import courier.train``.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -18,15 +18,17 @@ Global-batch negatives go through ``courier.model.distributed.Collectives`` on b
 holds both halves, the driver's ``launch`` and the process's group plumbing, so adding a backend
 adds a member to TrainBackend and one class here (tests/unit/test_registries.py checks they agree).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -62,7 +64,9 @@ def _device(use_gpu: bool, local_rank: int) -> torch.device:
     if not use_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.use_gpu=true but torch sees no CUDA device; set train.use_gpu=false")
+        raise RuntimeError(
+            "train.use_gpu=true but torch sees no CUDA device; set train.use_gpu=false"
+        )
     # The launcher narrows CUDA_VISIBLE_DEVICES to this node's GPUs; the local rank indexes them.
     device = torch.device("cuda", local_rank % torch.cuda.device_count())
     torch.cuda.set_device(device)
@@ -77,7 +81,9 @@ class TrainingBackend(ABC):
     comm: Collectives | None  # None when this process trains alone
 
     @staticmethod
-    def launch(train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]) -> None:
+    def launch(
+        train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]
+    ) -> None:
         """On the driver: run ``fn(job)`` in ``train.num_processes`` processes of this backend."""
         raise NotImplementedError("a single process runs train_process(job) itself")
 
@@ -90,13 +96,18 @@ class TrainingBackend(ABC):
         """Leave the group (idempotent; safe after a failed start)."""
 
     @abstractmethod
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """The model and optimiser to train with, wrapped so that gradients are averaged over ranks."""
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The model and optimiser to train with,
+        wrapped so that gradients are averaged over ranks."""
 
-    def sync_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def sync_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 - a no-op unless overridden (Horovod)
         """Make every rank hold rank 0's parameters and optimiser state (after build or resume)."""
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    def optimizer_step(
+        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+    ) -> None:
         """Step on the (averaged) gradients, through the loss scaler."""
         scaler.step(optimizer)
         scaler.update()
@@ -105,13 +116,19 @@ class TrainingBackend(ABC):
     def global_sum(self, value: float) -> float:
         if self.comm is None:
             return value
-        return float(self.comm.all_reduce(torch.tensor([value], dtype=torch.float64, device=self.env.device), "sum").item())
+        return float(
+            self.comm.all_reduce(
+                torch.tensor([value], dtype=torch.float64, device=self.env.device), "sum"
+            ).item()
+        )
 
     def global_min_max(self, value: int) -> tuple[int, int]:
         if self.comm is None:
             return value, value
         t = torch.tensor([value], dtype=torch.long, device=self.env.device)
-        return int(self.comm.all_reduce(t, "min").item()), int(self.comm.all_reduce(t, "max").item())
+        return int(self.comm.all_reduce(t, "min").item()), int(
+            self.comm.all_reduce(t, "max").item()
+        )
 
     def gather_objects(self, obj: Any) -> list[Any]:
         return [obj] if self.comm is None else self.comm.all_gather_object(obj)
@@ -134,7 +151,9 @@ class SingleProcessBackend(TrainingBackend):
     def stop(self) -> None:
         pass
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         return model, optimizer
 
 
@@ -144,12 +163,16 @@ class TorchDistributedBackend(TrainingBackend):
     name = TrainBackend.TORCH_DISTRIBUTOR.value
 
     @staticmethod
-    def launch(train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]) -> None:
-        """TorchDistributor: ``train.local_mode`` runs the processes on the driver node, else on executors."""
+    def launch(
+        train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]
+    ) -> None:
+        """TorchDistributor: ``train.local_mode`` runs the
+        processes on the driver node, else on executors."""
         from pyspark.ml.torch.distributor import TorchDistributor
 
-        TorchDistributor(num_processes=train.num_processes, local_mode=train.local_mode,
-                         use_gpu=train.use_gpu).run(fn, job)
+        TorchDistributor(
+            num_processes=train.num_processes, local_mode=train.local_mode, use_gpu=train.use_gpu
+        ).run(fn, job)
 
     def start(self, use_gpu: bool) -> ProcessEnv:
         rank = int(os.environ.get("RANK", "0"))
@@ -160,7 +183,9 @@ class TorchDistributedBackend(TrainingBackend):
         if self.env.distributed:
             if not dist.is_initialized():
                 backend = "nccl" if self.env.device.type == "cuda" else "gloo"
-                dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+                dist.init_process_group(
+                    backend=backend, init_method="env://", rank=rank, world_size=world
+                )
             self.comm = TorchCollectives()
         return self.env
 
@@ -168,7 +193,9 @@ class TorchDistributedBackend(TrainingBackend):
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         if not self.env.distributed:
             return model, optimizer
         device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
@@ -181,30 +208,46 @@ class HorovodBackend(TrainingBackend):
     name = TrainBackend.HOROVOD.value
 
     @staticmethod
-    def launch(train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]) -> None:
-        """``horovod.spark.run``: one Spark task per process, Gloo rendezvous, the venv's interpreter.
+    def launch(
+        train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]
+    ) -> None:
+        """``horovod.spark.run``: one Spark task per process,
+        Gloo rendezvous, the venv's interpreter.
 
         Needs an active SparkContext with ``train.num_processes`` free task slots at once.
         """
         try:
             import horovod.spark
         except ImportError as exc:
-            raise RuntimeError("train.backend=horovod needs Horovod built into this environment: run "
-                               "build/horovod/install.sh (part of `make setup`)") from exc
+            raise RuntimeError(
+                "train.backend=horovod needs Horovod built into this environment: run "
+                "build/horovod/install.sh (part of `make setup`)"
+            ) from exc
         env = dict(os.environ)
         # The Spark tasks start the processes with this interpreter; they must import courier.
         env.setdefault("PYSPARK_PYTHON", sys.executable)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
-                                                        env.get("PYTHONPATH", "")) if p)
-        horovod.spark.run(fn, args=(job,), num_proc=train.num_processes, use_gloo=True, env=env,
-                          executable=sys.executable, verbose=0, start_timeout=train.start_timeout_s)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")) if p
+        )
+        horovod.spark.run(
+            fn,
+            args=(job,),
+            num_proc=train.num_processes,
+            use_gloo=True,
+            env=env,
+            executable=sys.executable,
+            verbose=0,
+            start_timeout=train.start_timeout_s,
+        )
 
     def start(self, use_gpu: bool) -> ProcessEnv:
         import horovod.torch as hvd
 
         hvd.init()
         self._hvd = hvd
-        self.env = ProcessEnv(hvd.rank(), hvd.size(), hvd.local_rank(), _device(use_gpu, hvd.local_rank()))
+        self.env = ProcessEnv(
+            hvd.rank(), hvd.size(), hvd.local_rank(), _device(use_gpu, hvd.local_rank())
+        )
         self.comm = HorovodCollectives() if self.env.distributed else None
         return self.env
 
@@ -213,7 +256,9 @@ class HorovodBackend(TrainingBackend):
         if hvd is not None and hvd.is_initialized():
             hvd.shutdown()
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         if not self.env.distributed:
             return model, optimizer
         if any(not p.is_contiguous() for p in model.parameters()):
@@ -221,11 +266,13 @@ class HorovodBackend(TrainingBackend):
             # its parameter's layout: channels_last weights go back to NCHW (the images may stay
             # NHWC, model.channels_last; this only costs speed on cuDNN).
             log.info("horovod: parameters converted from channels_last to contiguous memory format")
-            model.to(memory_format=torch.contiguous_format)
-        # The loss gathers negatives over Horovod, not over torch.distributed (never initialised here).
-        model.collectives = self.comm  # type: ignore[assignment]
-        wrapped = self._hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                                 op=self._hvd.Average)
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # not in torch's stubs
+        # The loss gathers negatives over Horovod,
+        # not over torch.distributed (never initialised here).
+        model.collectives = self.comm  # type: ignore[assignment]  # Module.__setattr__ types tensors only
+        wrapped = self._hvd.DistributedOptimizer(
+            optimizer, named_parameters=model.named_parameters(), op=self._hvd.Average
+        )
         return model, wrapped
 
     def sync_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -238,20 +285,23 @@ class HorovodBackend(TrainingBackend):
         if optimizer.state_dict()["state"]:
             self._hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    def optimizer_step(
+        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+    ) -> None:
         if not (self.env.distributed and scaler.is_enabled()):
             super().optimizer_step(optimizer, scaler)
             return
         # The scaler reads the gradients for inf/nan: they must be averaged first, and the
         # optimiser must not reduce them a second time.
-        optimizer.synchronize()  # type: ignore[attr-defined]
+        optimizer.synchronize()  # type: ignore[attr-defined]  # hvd.DistributedOptimizer's own
         scaler.unscale_(optimizer)
-        with optimizer.skip_synchronize():  # type: ignore[attr-defined]
+        with optimizer.skip_synchronize():  # type: ignore[attr-defined]  # hvd.DistributedOptimizer's own
             scaler.step(optimizer)
         scaler.update()
 
 
-# The one registry of train.backend: adding a backend adds its class here (and its TrainBackend member).
+# The one registry of train.backend: adding a backend
+# adds its class here (and its TrainBackend member).
 BACKENDS: dict[TrainBackend, type[TrainingBackend]] = {
     TrainBackend.TORCH_DISTRIBUTOR: TorchDistributedBackend,
     TrainBackend.HOROVOD: HorovodBackend,

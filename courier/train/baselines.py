@@ -13,6 +13,7 @@ COURIER (an EmbeddingModel of the same backbone, the same preprocessing), so the
 feature stages run on them unchanged. The heads are dropped at export: the
 embedding is the backbone's output.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,13 +42,21 @@ def _item_images(spark: Any, cfg: CourierConfig) -> tuple[np.ndarray, np.ndarray
 
     table = cfg.tables.qualified("item_images")
     if spark is None or not spark.catalog.tableExists(table):
-        raise TrainingDataError(f"train.objective={cfg.train.objective} reads {table}: it does not exist "
-                                "(or no Spark session was given); run `courier build-samples` first")
+        raise TrainingDataError(
+            f"train.objective={cfg.train.objective} reads {table}: it does not exist "
+            "(or no Spark session was given); run `courier build-samples` first"
+        )
     arrow = spark.table(table).select("item_id", "category", "jpeg").orderBy("item_id").toArrow()
     if arrow.num_rows == 0:
-        raise TrainingDataError(f"{table} holds no images: nothing to train train.objective={cfg.train.objective} on")
-    images = decode_jpegs([bytes(b) for b in arrow.column("jpeg").to_pylist()], cfg.samples.image_size)
-    _, categories = np.unique(np.asarray(arrow.column("category").to_pylist(), dtype=str), return_inverse=True)
+        raise TrainingDataError(
+            f"{table} holds no images: nothing to train train.objective={cfg.train.objective} on"
+        )
+    images = decode_jpegs(
+        [bytes(b) for b in arrow.column("jpeg").to_pylist()], cfg.samples.image_size
+    )
+    _, categories = np.unique(
+        np.asarray(arrow.column("category").to_pylist(), dtype=str), return_inverse=True
+    )
     return images, categories.astype(np.int64)
 
 
@@ -61,9 +70,9 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """SimCLR's views of uint8 [N, 3, S, S]: random resized crop (scale 0.4-1), flip, colour jitter."""
-    from torchvision.transforms.v2 import ColorJitter
-    from torchvision.transforms.v2 import functional as TF
+    """SimCLR's views of uint8 [N, 3, S, S]:
+    random resized crop (scale 0.4-1), flip, colour jitter."""
+    from torchvision.transforms.v2 import ColorJitter, functional as TF
 
     n, _, size, _ = images.shape
     jitter = ColorJitter(0.4, 0.4, 0.4, 0.1)
@@ -84,8 +93,8 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     """SimCLR's loss of two views' projections [N, p]: each view must find its pair among 2N - 1."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)                         # [2N, p]
-    logits = z @ z.t() / tau                                             # [2N, 2N]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # [2N, p]
+    logits = z @ z.t() / tau  # [2N, 2N]
     logits.fill_diagonal_(float("-inf"))
     n = z1.shape[0]
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
@@ -95,24 +104,36 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 class _Objective(nn.Module):
     """The encoder and the objective's head; ``loss(batch images, batch labels)``."""
 
-    def __init__(self, encoder: nn.Module, objective: str, dim: int, n_categories: int, tau: float) -> None:
+    def __init__(
+        self, encoder: nn.Module, objective: str, dim: int, n_categories: int, tau: float
+    ) -> None:
         super().__init__()
         self.encoder, self.objective, self.tau = encoder, objective, tau
+        self.head: nn.Module
         if objective == Objective.LABEL_ALIGNED:
             self.head = nn.Linear(dim, n_categories)
         else:  # simclr's projection head
             self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 128))
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         if self.objective == Objective.LABEL_ALIGNED:
             return F.cross_entropy(self.head(self.encoder(_normalise(images))), labels)
         views = torch.cat([augment(images, generator), augment(images, generator)])
-        z = self.head(self.encoder(_normalise(views)))                  # [2N, 128]
-        return nt_xent(*z.chunk(2), tau=self.tau)
+        z = self.head(self.encoder(_normalise(views)))  # [2N, 128]
+        first, second = z.chunk(2)
+        return nt_xent(first, second, tau=self.tau)
 
 
-def _fit(cfg: CourierConfig, model: _Objective, images: np.ndarray, labels: np.ndarray, run_id: str,
-         tracking_uri: str) -> list[dict[str, float]]:
+def _fit(
+    cfg: CourierConfig,
+    model: _Objective,
+    images: np.ndarray,
+    labels: np.ndarray,
+    run_id: str,
+    tracking_uri: str,
+) -> list[dict[str, float]]:
     """The baseline's training loop: seeded batches of item images, AdamW, loss logged to MLflow."""
     from courier.progress import Progress
 
@@ -142,7 +163,9 @@ def _fit(cfg: CourierConfig, model: _Objective, images: np.ndarray, labels: np.n
     return history
 
 
-def train_image_baseline(cfg: CourierConfig, spark: Any = None, run_name: str | None = None) -> TrainResult:
+def train_image_baseline(
+    cfg: CourierConfig, spark: Any = None, run_name: str | None = None
+) -> TrainResult:
     """Run ``courier train`` with an image-only objective (``IMAGE_OBJECTIVES``); a TrainResult."""
     from courier.train.loop import build_model
     from courier.train.rundir import new_run_name
@@ -151,29 +174,56 @@ def train_image_baseline(cfg: CourierConfig, spark: Any = None, run_name: str | 
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     run_name = run_name or new_run_name()
     images, labels = (None, None) if objective == "random_init" else _item_images(spark, cfg)
-    experiment_id = tracking.ensure_experiment(tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
-    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_log_dict()),
-                                 {"courier.objective": objective, tracking.TAG_GIT: tracking.git_revision()})
+    experiment_id = tracking.ensure_experiment(
+        tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location
+    )
+    run_id = tracking.create_run(
+        tracking_uri,
+        experiment_id,
+        run_name,
+        tracking.flatten(cfg.to_log_dict()),
+        {"courier.objective": objective, tracking.TAG_GIT: tracking.git_revision()},
+    )
     mlc = tracking.client(tracking_uri)
     try:
         model_cfg = dataclasses.replace(cfg.model, compile=False, gradient_checkpointing=False)
-        model = build_model(dataclasses.replace(cfg, model=model_cfg), torch.device("cpu"), cfg.train.seed)
+        model = build_model(
+            dataclasses.replace(cfg, model=model_cfg), torch.device("cpu"), cfg.train.seed
+        )
         history: list[dict[str, float]] = []
         if objective != "random_init":
             assert images is not None and labels is not None
-            wrapped = _Objective(model.encoder, objective, cfg.model.embedding_dim, int(labels.max()) + 1,
-                                 cfg.train.simclr_tau)
+            wrapped = _Objective(
+                model.encoder,
+                objective,
+                cfg.model.embedding_dim,
+                int(labels.max()) + 1,
+                cfg.train.simclr_tau,
+            )
             history = _fit(cfg, wrapped, images, labels, run_id, tracking_uri)
         exported = embedding_model(model.encoder, cfg.samples.image_size)
-        version = tracking.log_encoder(tracking_uri, run_id, exported, exported.spec,
-                                       embedding_dim=cfg.model.embedding_dim,
-                                       registered_model=cfg.mlflow.registered_model or None, alias=cfg.mlflow.alias)
+        version = tracking.log_encoder(
+            tracking_uri,
+            run_id,
+            exported,
+            exported.spec,
+            embedding_dim=cfg.model.embedding_dim,
+            registered_model=cfg.mlflow.registered_model or None,
+            alias=cfg.mlflow.alias,
+        )
         if version is not None:
             mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
         mlc.set_terminated(run_id, "FINISHED")
     except BaseException:
         mlc.set_terminated(run_id, "FAILED")
         raise
-    result = {"objective": objective, "global_step": int(history[-1]["step"]) if history else 0,
-              "steps_per_epoch": 0, "images_per_s": 0.0, "history": history, "eval": {}, "final_checkpoint": ""}
+    result = {
+        "objective": objective,
+        "global_step": int(history[-1]["step"]) if history else 0,
+        "steps_per_epoch": 0,
+        "images_per_s": 0.0,
+        "history": history,
+        "eval": {},
+        "final_checkpoint": "",
+    }
     return TrainResult(run_name, Path(), run_id, {}, None, result, version)

@@ -6,6 +6,7 @@ processes finished, ``result.json``. Every file is written to a temporary name
 in the same directory and renamed into place, so a run killed mid-write leaves
 the previous checkpoint intact and never a truncated one under a real name.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,7 +20,6 @@ from typing import Any
 import torch
 
 from courier.train.errors import CheckpointError
-
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
@@ -68,7 +68,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, keep: int) -> Path:
-    """Write ``state`` as ``step-<state['global_step']>.pt`` atomically; keep the newest ``keep`` files.
+    """Write ``state`` as ``step-<state['global_step']>.pt`` atomically;
+    keep the newest ``keep`` files.
 
     Serialised in memory first so the file appears in one rename.
     """
@@ -95,6 +96,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} is not a weights-only checkpoint (it holds objects other than tensors, numbers, "
-            f"strings and containers; written by another program, or by a courier before "
-            f"weights-only checkpoints): refused. Start a new run. ({str(exc).splitlines()[0]})") from exc
+            f"{path} is not a weights-only checkpoint (it holds objects other than tensors, "
+            "numbers, strings and containers; written by another program, or by a courier before "
+            f"weights-only checkpoints): refused. Start a new run. ({str(exc).splitlines()[0]})"
+        ) from exc

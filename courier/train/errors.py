@@ -1,4 +1,5 @@
 """Errors of ``courier train`` that name what to fix (the CLI prints them without a traceback)."""
+
 from __future__ import annotations
 
 
@@ -7,7 +8,8 @@ class TrainingError(RuntimeError):
 
 
 class TrainingDataError(TrainingError):
-    """The pinned snapshot cannot feed training: no rows, or an epoch read an unexpected row count."""
+    """The pinned snapshot cannot feed training: no rows,
+    or an epoch read an unexpected row count."""
 
 
 class ResumeError(TrainingError):

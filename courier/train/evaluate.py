@@ -22,21 +22,24 @@ Reported (all over rows with >= 1 clicked and >= 1 unclicked item):
     loss, loss_pv, loss_ucs       COURIER loss on the held-out batches (single process)
     alignment, uniformity, embedding_std, attention_entropy  (courier.model.health)
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from courier.config.model import LossConfig
 from courier.data.decode import newest_clicks
 from courier.data.source import BatchSource
-from courier.model import CourierModel, alignment, attention_entropy, embedding_std, uniformity
-from courier.model.losses import courier_loss
+from courier.model import alignment, attention_entropy, embedding_std, uniformity
+from courier.model.losses import ClickHead, courier_loss
 from courier.model.reconstruction import reconstruct
 
 # The held-out rows are read in a fixed way, whatever the run's train.shuffle_window and
@@ -49,6 +52,29 @@ log = logging.getLogger(__name__)
 # Caps on the embeddings kept for the health metrics: pdist is O(N^2).
 _MAX_HEALTH_ROWS = 4096
 _MAX_UNIFORMITY_ROWS = 1024
+
+
+class Reconstructor(Protocol):
+    """What the held-out evaluation reads of a model: a CourierModel, or the registered encoder
+    that ``courier evaluate`` scores (courier.train.promotion)."""
+
+    training: bool
+
+    @property
+    def loss_cfg(self) -> LossConfig: ...
+
+    @property
+    def click_head(self) -> ClickHead | None: ...
+
+    def encode_batch(
+        self, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
 
 
 @dataclass
@@ -93,8 +119,11 @@ def _within_row(scores: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor, t:
     t.row_auc += ((win * pair).sum((1, 2)) / pair.sum((1, 2))).sum().item()
 
     # Rank of i among the valid items: those above it, plus half the ties (not itself).
-    others = valid.unsqueeze(1) & ~torch.eye(s.shape[1], dtype=torch.bool, device=s.device)  # [b, Lp(i), Lp(j)]
-    above = ((diff < 0) & others).sum(2).float() + 0.5 * ((diff == 0) & others).sum(2).float()  # [b, Lp]
+    # [b, Lp(i), Lp(j)]
+    others = valid.unsqueeze(1) & ~torch.eye(s.shape[1], dtype=torch.bool, device=s.device)
+    beaten_by = ((diff < 0) & others).sum(2).float()  # [b, Lp]
+    tied_with = ((diff == 0) & others).sum(2).float()  # [b, Lp]
+    above = beaten_by + 0.5 * tied_with
     n_valid = valid.sum(1, keepdim=True).float()  # [b, 1]
     rank = above / (n_valid - 1).clamp(min=1)  # [b, Lp]
     t.rank_clicked += rank[pos].sum().item()
@@ -111,7 +140,9 @@ def _within_row(scores: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor, t:
     t.rows_scored += int(scored.sum())
 
 
-def _in_batch(e_items: torch.Tensor, recon: torch.Tensor, valid: torch.Tensor, query: torch.Tensor, t: _Totals) -> None:
+def _in_batch(
+    e_items: torch.Tensor, recon: torch.Tensor, valid: torch.Tensor, query: torch.Tensor, t: _Totals
+) -> None:
     """e_items, recon: [B*Lp, d] normalised; valid, query: [B*Lp] bool."""
     items = e_items[valid]  # [P, d]
     if query.sum() == 0 or items.shape[0] < 2:
@@ -130,7 +161,7 @@ def _in_batch(e_items: torch.Tensor, recon: torch.Tensor, valid: torch.Tensor, q
 
 
 @contextmanager
-def _batch_norm_mode(model: nn.Module, batch_stats: bool) -> Iterator[None]:
+def _batch_norm_mode(model: Reconstructor, batch_stats: bool) -> Iterator[None]:
     """Eval mode; with ``batch_stats`` BatchNorm normalises with each batch's own statistics.
 
     A randomly initialised network's running statistics are the defaults (mean 0,
@@ -141,7 +172,11 @@ def _batch_norm_mode(model: nn.Module, batch_stats: bool) -> Iterator[None]:
     """
     was_training = model.training
     model.eval()
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_stats else []
+    norms = (
+        [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if batch_stats
+        else []
+    )
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.train()
@@ -149,14 +184,14 @@ def _batch_norm_mode(model: nn.Module, batch_stats: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         model.train(was_training)
 
 
 @torch.no_grad()
 def evaluate_reconstruction(
-    model: CourierModel,
+    model: Reconstructor,
     source: BatchSource,
     device: torch.device,
     max_rows: int,
@@ -176,16 +211,22 @@ def evaluate_reconstruction(
     if batch_norm_stats not in ("running", "batch"):
         raise ValueError(f"batch_norm_stats must be 'running' or 'batch', got {batch_norm_stats!r}")
     t = _Totals()
-    with _batch_norm_mode(model, batch_norm_stats == "batch"), closing(source.batches(epoch)) as batches:
+    with (
+        _batch_norm_mode(model, batch_norm_stats == "batch"),
+        closing(source.batches(epoch)) as batches,
+    ):
         for batch in batches:
             if t.rows >= max_rows:
                 break
-            batch = {k: v.to(device, non_blocking=True) for k, v in newest_clicks(batch, history_clicks).items()}
+            batch = {
+                k: v.to(device, non_blocking=True)
+                for k, v in newest_clicks(batch, history_clicks).items()
+            }
             _evaluate_batch(model, batch, t)
     return _finish(t)
 
 
-def _evaluate_batch(model: CourierModel, batch: dict[str, torch.Tensor], t: _Totals) -> None:
+def _evaluate_batch(model: Reconstructor, batch: dict[str, torch.Tensor], t: _Totals) -> None:
     labels = batch["pv_labels"]  # [B, Lp]
     click_mask = batch["click_mask"].bool()  # [B, Lc]
     e_pv, e_click = model.encode_batch(batch)  # [B, Lp, d], [B, Lc, d]
@@ -205,7 +246,9 @@ def _evaluate_batch(model: CourierModel, batch: dict[str, torch.Tensor], t: _Tot
         pos.reshape(-1),
         t,
     )
-    out = courier_loss(e_pv, labels, e_click, click_mask, model.loss_cfg, click_head=model.click_head, comm=None)
+    out = courier_loss(
+        e_pv, labels, e_click, click_mask, model.loss_cfg, click_head=model.click_head, comm=None
+    )
     t.loss += out.loss.item()
     t.loss_pv += out.loss_pv.item()
     t.loss_ucs += out.loss_ucs.item()
@@ -223,7 +266,9 @@ def _evaluate_batch(model: CourierModel, batch: dict[str, torch.Tensor], t: _Tot
 
 def _finish(t: _Totals) -> dict[str, float]:
     if t.rows_scored == 0:
-        raise ValueError(f"evaluation saw {t.rows} rows but none with a clicked and an unclicked item")
+        raise ValueError(
+            f"evaluation saw {t.rows} rows but none with a clicked and an unclicked item"
+        )
     emb = torch.cat(t.embeddings)[:_MAX_HEALTH_ROWS]
     pos_items, pos_recons = torch.cat(t.pos_items), torch.cat(t.pos_recons)
     n = t.rows_scored

@@ -5,6 +5,7 @@ partitioned by ``dt``, so those are the latest days, and evaluating on them is
 evaluating on the future of the training rows (no row of a held-out file is
 ever trained on). Both parts keep the snapshot's table and Delta version.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,9 @@ def _subset(snapshot: TrainingSnapshot, keep: list[int]) -> TrainingSnapshot:
     return dataclasses.replace(snapshot, files=files, file_rows=rows, total_rows=sum(rows))
 
 
-def split_holdout(snapshot: TrainingSnapshot, fraction: float) -> tuple[TrainingSnapshot, TrainingSnapshot | None]:
+def split_holdout(
+    snapshot: TrainingSnapshot, fraction: float
+) -> tuple[TrainingSnapshot, TrainingSnapshot | None]:
     """(training part, held-out part or None).
 
     ``round(fraction * n_files)`` files are held out, at least one when
@@ -35,8 +38,12 @@ def split_holdout(snapshot: TrainingSnapshot, fraction: float) -> tuple[Training
     if fraction == 0.0:
         return snapshot, None
     if n < 2:
-        log.warning("snapshot of %s v%d has %d file(s): nothing held out, no evaluation",
-                    snapshot.table, snapshot.version, n)
+        log.warning(
+            "snapshot of %s v%d has %d file(s): nothing held out, no evaluation",
+            snapshot.table,
+            snapshot.version,
+            n,
+        )
         return snapshot, None
     n_hold = min(n - 1, max(1, math.floor(fraction * n + 0.5)))
     by_path = sorted(range(n), key=lambda i: snapshot.files[i])

@@ -10,6 +10,7 @@ run the training processes, then log and register the model.
     end:         result.json -> encoder from the final checkpoint -> mlflow.pytorch.log_model
                  -> registered model version -> alias (e.g. "candidate")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,10 @@ def check_train_config(cfg: CourierConfig) -> None:
     """
     tc = cfg.train
     if tc.history_clicks is not None and not 1 <= tc.history_clicks <= cfg.samples.l_click:
-        raise ValueError(f"train.history_clicks must be in 1..samples.l_click ({cfg.samples.l_click}) or null, "
-                         f"got {tc.history_clicks}")
+        raise ValueError(
+            f"train.history_clicks must be in 1..samples.l_click ({cfg.samples.l_click}) or null, "
+            f"got {tc.history_clicks}"
+        )
 
 
 def _resolve_dir(path: str) -> Path:
@@ -49,19 +52,24 @@ def _resolve_dir(path: str) -> Path:
 
 
 def resolve_resume(target: str, checkpoint_root: Path, tracking_uri: str) -> Path:
-    """The run directory for ``--resume``: a run folder, a run name under the root, or an MLflow run id."""
+    """The run directory for ``--resume``: a run folder,
+    a run name under the root, or an MLflow run id."""
     as_path = Path(target)
     for candidate in (as_path, checkpoint_root / target):
         if (candidate / "run.json").is_file():
             return candidate.resolve()
     try:
         run = tracking.client(tracking_uri).get_run(target)
-    except Exception as exc:  # noqa: BLE001 - any lookup failure means "not an MLflow run id"
-        raise ResumeError(f"--resume {target!r}: neither a run folder (with run.json), nor a run name under "
-                          f"{checkpoint_root}, nor an MLflow run id in {tracking_uri} ({exc})") from exc
+    except Exception as exc:  # any lookup failure means "not an MLflow run id"
+        raise ResumeError(
+            f"--resume {target!r}: neither a run folder (with run.json), nor a run name under "
+            f"{checkpoint_root}, nor an MLflow run id in {tracking_uri} ({exc})"
+        ) from exc
     run_dir = run.data.tags.get(tracking.TAG_RUN_DIR)
     if not run_dir or not (Path(run_dir) / "run.json").is_file():
-        raise ResumeError(f"MLflow run {target} has no checkpoint folder (tag {tracking.TAG_RUN_DIR}={run_dir!r})")
+        raise ResumeError(
+            f"MLflow run {target} has no checkpoint folder (tag {tracking.TAG_RUN_DIR}={run_dir!r})"
+        )
     return Path(run_dir)
 
 
@@ -72,7 +80,9 @@ def existing_run_dir(cfg: CourierConfig, run_name: str | None, resume: str | Non
     """
     checkpoint_root = _resolve_dir(cfg.train.checkpoint_dir)
     if resume is not None:
-        return resolve_resume(resume, checkpoint_root, tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri))
+        return resolve_resume(
+            resume, checkpoint_root, tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+        )
     if run_name is not None and (checkpoint_root / run_name / "run.json").is_file():
         return checkpoint_root / run_name
     return None
@@ -82,7 +92,10 @@ def _pin(cfg: CourierConfig, spark: Any, dates: tuple[dt.date, dt.date] | None) 
     from courier.data.snapshot import pin_training_snapshot
 
     if spark is None:
-        raise ValueError("pinning a snapshot needs Spark: pass a SparkSession, a pinned snapshot, or resume a run")
+        raise ValueError(
+            "pinning a snapshot needs Spark: pass a SparkSession, a pinned snapshot, or resume a "
+            "run"
+        )
     from courier.data.snapshot import SnapshotError
 
     table = cfg.tables.qualified("courier_training_rows")
@@ -104,10 +117,14 @@ def _new_run(
 
     where = f" for dt {dates[0]}..{dates[1]}" if dates else ""
     if snapshot.total_rows == 0 or not snapshot.files:
-        raise TrainingDataError(f"{snapshot.table} at Delta version {snapshot.version} holds no rows{where}: "
-                                "nothing to train on (build the samples for that range first)")
+        raise TrainingDataError(
+            f"{snapshot.table} at Delta version {snapshot.version} holds no rows{where}: "
+            "nothing to train on (build the samples for that range first)"
+        )
     train, holdout = split_holdout(snapshot, cfg.train.holdout_fraction)
-    experiment_id = tracking.ensure_experiment(tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
+    experiment_id = tracking.ensure_experiment(
+        tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location
+    )
     tags = {
         tracking.TAG_TABLE: snapshot.table,
         tracking.TAG_VERSION: str(snapshot.version),
@@ -120,7 +137,9 @@ def _new_run(
         tracking.TAG_RESUMES: "0",
         "courier.dates": f"{dates[0]}..{dates[1]}" if dates else "all",
     }
-    run_id = tracking.create_run(tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_log_dict()), tags)
+    run_id = tracking.create_run(
+        tracking_uri, experiment_id, run_name, tracking.flatten(cfg.to_log_dict()), tags
+    )
     manifest = RunManifest(
         run_name=run_name,
         mlflow_run_id=run_id,
@@ -133,25 +152,40 @@ def _new_run(
     mlc = tracking.client(tracking_uri)
     mlc.log_text(run_id, cfg.to_log_yaml(), "config.yaml")
     mlc.log_dict(run_id, manifest.pinned, "snapshot.json")
-    log.info("new run %s: %s v%d, %d training rows, %d held out; MLflow run %s", run_name, snapshot.table,
-             snapshot.version, train.total_rows, holdout.total_rows if holdout else 0, run_id)
+    log.info(
+        "new run %s: %s v%d, %d training rows, %d held out; MLflow run %s",
+        run_name,
+        snapshot.table,
+        snapshot.version,
+        train.total_rows,
+        holdout.total_rows if holdout else 0,
+        run_id,
+    )
     return manifest
 
 
-def _reopen_run(cfg: CourierConfig, run_dir: Path, tracking_uri: str, snapshot: Any | None) -> RunManifest:
+def _reopen_run(
+    cfg: CourierConfig, run_dir: Path, tracking_uri: str, snapshot: Any | None
+) -> RunManifest:
     manifest = RunManifest.load(run_dir)
     if snapshot is not None and snapshot.to_dict() != manifest.pinned:
-        raise ResumeError(f"run {manifest.run_name} trained on {manifest.pinned['table']} "
-                          f"v{manifest.pinned['version']}; the snapshot given now differs")
+        raise ResumeError(
+            f"run {manifest.run_name} trained on {manifest.pinned['table']} "
+            f"v{manifest.pinned['version']}; the snapshot given now differs"
+        )
     mlc = tracking.client(tracking_uri)
     status = mlc.get_run(manifest.mlflow_run_id).info.status
     if status == "FINISHED":
-        raise ResumeError(f"run {manifest.run_name} (MLflow run {manifest.mlflow_run_id}) already finished; "
-                          "choose a new --run-name to train again")
+        raise ResumeError(
+            f"run {manifest.run_name} (MLflow run {manifest.mlflow_run_id}) already finished; "
+            "choose a new --run-name to train again"
+        )
     diffs = frozen_config_differences(manifest.config, cfg.to_log_dict())
     if diffs:
-        raise ResumeError(f"run {manifest.run_name} cannot resume with a different model/optimiser/data "
-                          f"configuration: {diffs}. Start a new run (another --run-name) instead.")
+        raise ResumeError(
+            f"run {manifest.run_name} cannot resume with a different model/optimiser/data "
+            f"configuration: {diffs}. Start a new run (another --run-name) instead."
+        )
     manifest.resumes += 1
     manifest.save(run_dir)
     # Params are immutable in MLflow: what this attempt changed (e.g. max_steps) goes into a tag.
@@ -159,10 +193,17 @@ def _reopen_run(cfg: CourierConfig, run_dir: Path, tracking_uri: str, snapshot: 
     changed = {k: now.get(k) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
     mlc.set_tag(manifest.mlflow_run_id, tracking.TAG_RESUMES, str(manifest.resumes))
     if changed:
-        mlc.set_tag(manifest.mlflow_run_id, f"courier.resume_{manifest.resumes}_changes",
-                    ", ".join(f"{k}={v}" for k, v in changed.items())[:5000])
-    log.info("resuming run %s (MLflow run %s), resume #%d", manifest.run_name, manifest.mlflow_run_id,
-             manifest.resumes)
+        mlc.set_tag(
+            manifest.mlflow_run_id,
+            f"courier.resume_{manifest.resumes}_changes",
+            ", ".join(f"{k}={v}" for k, v in changed.items())[:5000],
+        )
+    log.info(
+        "resuming run %s (MLflow run %s), resume #%d",
+        manifest.run_name,
+        manifest.mlflow_run_id,
+        manifest.resumes,
+    )
     return manifest
 
 
@@ -171,14 +212,17 @@ def _run_processes(cfg: CourierConfig, job: dict[str, Any], distributed: bool) -
 
     if not distributed:
         if cfg.train.num_processes > 1:
-            log.warning("--no-spark runs one process; train.num_processes=%d ignored", cfg.train.num_processes)
+            log.warning(
+                "--no-spark runs one process; train.num_processes=%d ignored",
+                cfg.train.num_processes,
+            )
         train_process({**job, "single_process": True})
         return
     from courier.train.backends import BACKENDS
 
     try:
         BACKENDS[cfg.train.backend].launch(cfg.train, job, train_process)
-    except Exception as exc:  # noqa: BLE001 - both launchers only say "failed"
+    except Exception as exc:  # both launchers only say "failed"
         # The processes left their errors in the run folder; raise the first as itself.
         failure = _process_failure(Path(job["run_dir"]), cfg.train.num_processes)
         if failure is None:
@@ -190,7 +234,10 @@ def _process_failure(run_dir: Path, world_size: int) -> BaseException | None:
     """The first recorded process error, re-created as its own type when it is one of ours."""
     from courier.train.loop import failure_path
 
-    types = {cls.__name__: cls for cls in (TrainingDataError, ResumeError, CheckpointError, FloatingPointError)}
+    types = {
+        cls.__name__: cls
+        for cls in (TrainingDataError, ResumeError, CheckpointError, FloatingPointError)
+    }
     for rank in range(world_size):
         path = failure_path(run_dir, rank)
         if path.is_file():
@@ -198,7 +245,9 @@ def _process_failure(run_dir: Path, world_size: int) -> BaseException | None:
             cls = types.get(failure["type"])
             if cls is not None:
                 return cls(failure["message"])
-            return RuntimeError(f"training process rank {rank} failed: {failure['type']}: {failure['message']}")
+            return RuntimeError(
+                f"training process rank {rank} failed: {failure['type']}: {failure['message']}"
+            )
     return None
 
 
@@ -210,14 +259,23 @@ def _export_encoder(cfg: CourierConfig, checkpoint: Path, image_size: int) -> An
     """
     from courier.model import CourierModel
 
-    model_cfg = dataclasses.replace(cfg.model, compile=False, gradient_checkpointing=False, pretrained_weights_path=None)
+    model_cfg = dataclasses.replace(
+        cfg.model, compile=False, gradient_checkpointing=False, pretrained_weights_path=None
+    )
     model = CourierModel(model_cfg, cfg.loss)
     model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
     return embedding_model(model.encoder, image_size)
 
 
-def _record_run(spark: Any, cfg: CourierConfig, manifest: RunManifest, result: dict[str, Any],
-                version: str | None, started: dt.datetime, dates: tuple[dt.date, dt.date] | None) -> None:
+def _record_run(
+    spark: Any,
+    cfg: CourierConfig,
+    manifest: RunManifest,
+    result: dict[str, Any],
+    version: str | None,
+    started: dt.datetime,
+    dates: tuple[dt.date, dt.date] | None,
+) -> None:
     """One pipeline_runs row for this (possibly resumed) training process, as every stage writes."""
     holdout = manifest.holdout or {}
     metrics = {
@@ -232,7 +290,8 @@ def _record_run(spark: Any, cfg: CourierConfig, manifest: RunManifest, result: d
         metrics["model_version"] = int(version)
     start, end = dates if dates else (None, None)
     RunRecord(manifest.run_name, STAGE, start, end, started, metrics, config_json(cfg)).save(
-        spark, cfg.tables.qualified("pipeline_runs"))
+        spark, cfg.tables.qualified("pipeline_runs")
+    )
 
 
 def run_training(
@@ -299,14 +358,26 @@ def run_training(
         result = read_json(result_path)
         version = None
         if cfg.mlflow.log_model:
-            exported = _export_encoder(cfg, Path(result["final_checkpoint"]), manifest.snapshot["image_size"])
+            exported = _export_encoder(
+                cfg, Path(result["final_checkpoint"]), manifest.snapshot["image_size"]
+            )
             version = tracking.log_encoder(
-                tracking_uri, run_id, exported, exported.spec,
-                embedding_dim=cfg.model.embedding_dim, registered_model=cfg.mlflow.registered_model or None,
-                alias=cfg.mlflow.alias)
+                tracking_uri,
+                run_id,
+                exported,
+                exported.spec,
+                embedding_dim=cfg.model.embedding_dim,
+                registered_model=cfg.mlflow.registered_model or None,
+                alias=cfg.mlflow.alias,
+            )
             if version is not None:
                 mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
-                log.info("registered %s version %s, alias %r", cfg.mlflow.registered_model, version, cfg.mlflow.alias)
+                log.info(
+                    "registered %s version %s, alias %r",
+                    cfg.mlflow.registered_model,
+                    version,
+                    cfg.mlflow.alias,
+                )
         mlc.set_terminated(run_id, "FINISHED")
         if spark is not None:
             _record_run(spark, cfg, manifest, result, version, started, dates)

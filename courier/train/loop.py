@@ -17,6 +17,7 @@ rows at the end and writes ``result.json`` into the run directory, which the
 driver reads (TorchDistributor's own return value is written by every rank to
 one file, so it is not a reliable way to get rank 0's answer back).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +43,12 @@ from courier.model.checkpointing import CheckpointSequential
 from courier.progress import Progress
 from courier.tracking import MetricLogger
 from courier.train.backends import ProcessEnv, TrainingBackend, make_backend
-from courier.train.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from courier.train.checkpoint import (
+    atomic_write_json,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from courier.train.errors import ResumeError, TrainingDataError
 from courier.train.precision import Precision, resolve_precision
 from courier.train.rundir import RESULT
@@ -50,25 +57,35 @@ log = logging.getLogger("courier.train")
 
 CHECKPOINT_FORMAT = 1
 # LossOutput fields averaged over a logging window (all already global across ranks).
-LOGGED_TERMS = ("loss", "loss_pv", "loss_ucs", "loss_click_bce", "attn_entropy", "pv_pos_cos", "ucs_pos_cos")
+LOGGED_TERMS = (
+    "loss",
+    "loss_pv",
+    "loss_ucs",
+    "loss_click_bce",
+    "attn_entropy",
+    "pv_pos_cos",
+    "ucs_pos_cos",
+)
 
 
 def seed_everything(seed: int, rank: int) -> None:
-    """Python/NumPy per rank; torch the same on every rank so all ranks build the same initial model."""
+    """Python/NumPy per rank; torch the same on every
+    rank so all ranks build the same initial model."""
     random.seed(seed + rank)
     np.random.seed((seed + rank) % 2**32)
     torch.manual_seed(seed)
 
 
 def build_model(cfg: CourierConfig, device: torch.device, seed: int) -> CourierModel:
-    """The CourierModel at its initial weights for ``seed`` (also the "init" evaluation baseline)."""
+    """The CourierModel at its initial weights for ``seed``
+    (also the "init" evaluation baseline)."""
     torch.manual_seed(seed)
     return CourierModel(cfg.model, cfg.loss).to(device)
 
 
 def unwrap(model: nn.Module) -> CourierModel:
     """The CourierModel inside a DDP wrapper (its state_dict keys carry no ``module.`` prefix)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]
+    return model.module if isinstance(model, DistributedDataParallel) else model  # type: ignore[return-value]  # a CourierModel, wrapped or not
 
 
 def describe_setup(model: CourierModel, precision: Precision, env: ProcessEnv) -> dict[str, Any]:
@@ -82,7 +99,8 @@ def describe_setup(model: CourierModel, precision: Precision, env: ProcessEnv) -
         "precision": precision.mode,
         "grad_scaler": precision.use_scaler,
         "channels_last": bool(
-            conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last)
+            conv is not None
+            and conv.weight.is_contiguous(memory_format=torch.channels_last)
             and not conv.weight.is_contiguous()
         ),
         "compiled": getattr(encoder, "_compiled_call_impl", None) is not None,
@@ -92,11 +110,20 @@ def describe_setup(model: CourierModel, precision: Precision, env: ProcessEnv) -
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    """Every RNG's state in types a weights-only ``torch.load`` accepts (tensors, numbers, tuples)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    """Every RNG's state in types a weights-only ``torch.load`` accepts
+    (tensors, numbers, tuples)."""
+    state = np.random.get_state()
+    assert isinstance(state, tuple)  # the legacy form, get_state's default
+    name, keys, pos, has_gauss, cached = state
     return {
         "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "numpy": (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
@@ -105,7 +132,9 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state(
+        (name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached)
+    )
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -116,7 +145,7 @@ def _count_images(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["pv_labels"] >= 0).sum()) + int(batch["click_mask"].bool().sum())
 
 
-def _data_batches(source: Any, epoch: int, skip: int) -> Iterator[dict]:
+def _data_batches(source: Any, epoch: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
     """The loader's batches, with its row-count guard re-raised as a TrainingDataError."""
     from courier.data.epoch import EpochRowCountError
 
@@ -125,7 +154,9 @@ def _data_batches(source: Any, epoch: int, skip: int) -> Iterator[dict]:
             yield from batches
     except EpochRowCountError as exc:
         # The loader's message already names table, version, rank, epoch and the file.
-        raise TrainingDataError(f"training stopped, the data is not what was pinned: {exc}") from exc
+        raise TrainingDataError(
+            f"training stopped, the data is not what was pinned: {exc}"
+        ) from exc
 
 
 def _setup_logging(env: ProcessEnv) -> None:
@@ -164,10 +195,13 @@ def failure_path(run_dir: Path, rank: int) -> Path:
 
 
 def _record_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
-    """Leave the error for the driver: TorchDistributor returns only "failed", the text goes to stdout."""
+    """Leave the error for the driver: TorchDistributor
+    returns only "failed", the text goes to stdout."""
     try:
-        atomic_write_json(failure_path(run_dir, rank),
-                          {"rank": rank, "type": type(exc).__name__, "message": str(exc)})
+        atomic_write_json(
+            failure_path(run_dir, rank),
+            {"rank": rank, "type": type(exc).__name__, "message": str(exc)},
+        )
     except OSError:
         log.exception("could not record the failure in %s", run_dir)
 
@@ -185,8 +219,11 @@ class _Trainer:
         self.snapshot = TrainingSnapshot.from_dict(job["snapshot"])
         self.holdout = TrainingSnapshot.from_dict(job["holdout"]) if job.get("holdout") else None
         mlflow_job = job.get("mlflow") or {}
-        self.metrics = MetricLogger(mlflow_job.get("tracking_uri"), mlflow_job.get("run_id")) if self.env.is_main \
+        self.metrics = (
+            MetricLogger(mlflow_job.get("tracking_uri"), mlflow_job.get("run_id"))
+            if self.env.is_main
             else MetricLogger(None, None)
+        )
         self.run_id = mlflow_job.get("run_id")
 
     # ------------------------------------------------------------------ set-up
@@ -213,24 +250,35 @@ class _Trainer:
 
         try:
             self.source = make_batch_source(
-                self.snapshot, rank=env.rank, world_size=env.world_size, batch_size=tc.batch_size,
-                seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind, shuffle_window=tc.shuffle_window,
+                self.snapshot,
+                rank=env.rank,
+                world_size=env.world_size,
+                batch_size=tc.batch_size,
+                seed=tc.seed,
+                workers=tc.loader_workers,
+                kind=tc.loader_kind,
+                shuffle_window=tc.shuffle_window,
                 group_by_query=tc.batch_grouping == "query",
             )
         except ValueError as exc:  # e.g. too few rows for one batch per rank
-            raise TrainingDataError(f"cannot read {self.snapshot.table} v{self.snapshot.version} for "
-                                    f"training: {exc}") from exc
+            raise TrainingDataError(
+                f"cannot read {self.snapshot.table} v{self.snapshot.version} for training: {exc}"
+            ) from exc
         spe = self.source.steps_per_epoch()
         lo, hi = self.backend.global_min_max(spe)
         if lo != hi:
             raise TrainingDataError(
-                f"ranks disagree on steps per epoch ({lo}..{hi}) for {self.snapshot.table} v{self.snapshot.version}: "
-                "the loader must give every rank the same number of batches")
+                f"ranks disagree on steps per epoch ({lo}..{hi}) for {self.snapshot.table} "
+                f"v{self.snapshot.version}: the loader must give every rank the same number of "
+                "batches"
+            )
         if spe <= 0:
             raise TrainingDataError(
-                f"{self.snapshot.table} at Delta version {self.snapshot.version} has {self.snapshot.total_rows} "
-                f"training rows in {len(self.snapshot.files)} files: not one batch of {tc.batch_size} rows for each "
-                f"of {env.world_size} process(es). Check the date range, or lower train.batch_size.")
+                f"{self.snapshot.table} at Delta version {self.snapshot.version} has "
+                f"{self.snapshot.total_rows} training rows in {len(self.snapshot.files)} files: "
+                f"not one batch of {tc.batch_size} rows for each of {env.world_size} process(es). "
+                "Check the date range, or lower train.batch_size."
+            )
         self.steps_per_epoch = spe
         total = tc.epochs * spe
         self.total_steps = min(total, tc.max_steps) if tc.max_steps is not None else total
@@ -250,22 +298,36 @@ class _Trainer:
             raise ResumeError(f"{path}: unknown checkpoint format {state.get('format')}")
         if state["world_size"] != self.env.world_size:
             raise ResumeError(
-                f"{path} was written by {state['world_size']} process(es), this run has {self.env.world_size}: "
-                f"resume with train.num_processes={state['world_size']} (the data order depends on it)")
+                f"{path} was written by {state['world_size']} process(es), this run has "
+                f"{self.env.world_size}: resume with train.num_processes={state['world_size']} "
+                "(the data order depends on it)"
+            )
         if state["snapshot_version"] != self.snapshot.version:
-            raise ResumeError(f"{path} trained on version {state['snapshot_version']}, job has {self.snapshot.version}")
+            raise ResumeError(
+                f"{path} trained on version {state['snapshot_version']}, job has "
+                f"{self.snapshot.version}"
+            )
         core = unwrap(self.model)
         core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         _set_rng_state(rng[self.env.rank] if self.env.rank < len(rng) else rng[0], self.env.device)
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.epoch, self.step_in_epoch, self.global_step = (
+            state["epoch"],
+            state["step_in_epoch"],
+            state["global_step"],
+        )
         self.history = list(state.get("history", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.images_seen = float(state.get("images_seen", 0.0))
-        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d",
-                 path.name, self.epoch, self.step_in_epoch, self.global_step)
+        log.info(
+            "resumed from %s: epoch %d, step %d of the epoch, global step %d",
+            path.name,
+            self.epoch,
+            self.step_in_epoch,
+            self.global_step,
+        )
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any] | None:
@@ -274,15 +336,22 @@ class _Trainer:
         self._resume()
         env = self.env
         if env.is_main:
-            log.info("training %s v%d: %d rows, %d steps/epoch, %d steps in all; setup %s",
-                     self.snapshot.table, self.snapshot.version, self.snapshot.total_rows,
-                     self.steps_per_epoch, self.total_steps, self.setup)
+            log.info(
+                "training %s v%d: %d rows, %d steps/epoch, %d steps in all; setup %s",
+                self.snapshot.table,
+                self.snapshot.version,
+                self.snapshot.total_rows,
+                self.steps_per_epoch,
+                self.total_steps,
+                self.setup,
+            )
         self._loop()
         final = self._checkpoint(finished=True)
         result = None
         if env.is_main:
             result = self._finish(final)
-        self.backend.barrier()  # other ranks wait for rank 0's evaluation before the group goes away
+        # other ranks wait for rank 0's evaluation before the group goes away
+        self.backend.barrier()
         return result
 
     def _loop(self) -> None:
@@ -291,8 +360,17 @@ class _Trainer:
         remaining = self.total_steps - self.global_step
         # A bar on a terminal, else one log line per logging window (spark-submit, Airflow logs).
         self.interactive = env.is_main and sys.stderr.isatty()
-        progress = Progress("train", remaining, unit="step", every_seconds=float("inf"),
-                            interactive=self.interactive) if env.is_main else None
+        progress = (
+            Progress(
+                "train",
+                remaining,
+                unit="step",
+                every_seconds=float("inf"),
+                interactive=self.interactive,
+            )
+            if env.is_main
+            else None
+        )
         window = torch.zeros(len(LOGGED_TERMS), dtype=torch.float64, device=env.device)
         window_steps, window_images, window_start = 0, 0, time.perf_counter()
         loop_start = time.perf_counter()
@@ -301,7 +379,9 @@ class _Trainer:
                 batch = newest_clicks(batch, tc.history_clicks)
                 window_images += _count_images(batch)
                 out = self._step(batch)
-                window += torch.stack([getattr(out, n).detach().to(torch.float64) for n in LOGGED_TERMS])
+                window += torch.stack(
+                    [getattr(out, n).detach().to(torch.float64) for n in LOGGED_TERMS]
+                )
                 window_steps += 1
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -311,7 +391,9 @@ class _Trainer:
                 if self.global_step % tc.log_every_steps == 0 or done:
                     now = time.perf_counter()
                     images = self.backend.global_sum(float(window_images))
-                    self._log_window(window / window_steps, images / max(now - window_start, 1e-9), progress)
+                    self._log_window(
+                        window / window_steps, images / max(now - window_start, 1e-9), progress
+                    )
                     self.images_seen += images
                     window.zero_()
                     window_steps, window_images, window_start = 0, 0, now
@@ -325,8 +407,10 @@ class _Trainer:
                 break
             if self.step_in_epoch < self.steps_per_epoch:
                 raise TrainingDataError(
-                    f"epoch {self.epoch} of {self.snapshot.table} v{self.snapshot.version} ended after "
-                    f"{self.step_in_epoch} of {self.steps_per_epoch} batches (rank {env.rank})")
+                    f"epoch {self.epoch} of {self.snapshot.table} v{self.snapshot.version} ended "
+                    f"after {self.step_in_epoch} of {self.steps_per_epoch} batches "
+                    f"(rank {env.rank})"
+                )
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.train_seconds += time.perf_counter() - loop_start
         if progress is not None:
@@ -335,26 +419,33 @@ class _Trainer:
     def _step(self, batch: dict[str, torch.Tensor]) -> Any:
         device = self.env.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        self.optimizer.zero_grad()  # set_to_none, the default; hvd.DistributedOptimizer takes no arguments
+        # set_to_none, the default; hvd.DistributedOptimizer takes no arguments
+        self.optimizer.zero_grad()
         with self.precision.autocast(device.type):
             out = self.model(batch)
         self.scaler.scale(out.loss).backward()
         self.backend.optimizer_step(self.optimizer, self.scaler)
         return out
 
-    def _log_window(self, means: torch.Tensor, images_per_s: float, progress: Progress | None) -> None:
-        values = dict(zip(LOGGED_TERMS, means.tolist()))
+    def _log_window(
+        self, means: torch.Tensor, images_per_s: float, progress: Progress | None
+    ) -> None:
+        values = dict(zip(LOGGED_TERMS, means.tolist(), strict=True))
         if not np.isfinite(values["loss"]):
             # Every rank holds the same global loss, so every rank stops here together.
-            raise FloatingPointError(f"non-finite loss {values['loss']} at global step {self.global_step}: {values}")
+            raise FloatingPointError(
+                f"non-finite loss {values['loss']} at global step {self.global_step}: {values}"
+            )
         if not self.env.is_main:
             return
         values.update({"images_per_s": images_per_s, "epoch": float(self.epoch)})
         self.history.append({"step": float(self.global_step), **values})
         self.metrics.log(values, step=self.global_step)
         if progress is not None:
-            extra = (f"loss {values['loss']:.4f} (pv {values['loss_pv']:.4f}, ucs {values['loss_ucs']:.4f}), "
-                     f"{images_per_s:,.0f} images/s, epoch {self.epoch}")
+            extra = (
+                f"loss {values['loss']:.4f} (pv {values['loss_pv']:.4f}, ucs "
+                f"{values['loss_ucs']:.4f}), {images_per_s:,.0f} images/s, epoch {self.epoch}"
+            )
             if self.interactive:
                 progress.update(0, extra=extra)  # the bar's postfix
             else:
@@ -364,7 +455,8 @@ class _Trainer:
     def _checkpoint(self, finished: bool) -> Path | None:
         """All ranks call this (the RNG states are gathered); rank 0 writes."""
         epoch, step_in_epoch = self.epoch, self.step_in_epoch
-        if step_in_epoch >= self.steps_per_epoch:  # an epoch boundary resumes at the next epoch's start
+        # an epoch boundary resumes at the next epoch's start
+        if step_in_epoch >= self.steps_per_epoch:
             epoch, step_in_epoch = epoch + 1, 0
         rng = self.backend.gather_objects(_rng_state(self.env.device))
         if not self.env.is_main:
@@ -399,8 +491,10 @@ class _Trainer:
             self.metrics.log(evaluation, step=self.global_step)
         images_per_s = self.images_seen / max(self.train_seconds, 1e-9)
         # Whole-run figures under their own names: "images_per_s" is the per-window curve.
-        self.metrics.log({"run/images_per_s": images_per_s, "run/train_seconds": self.train_seconds},
-                         step=self.global_step)
+        self.metrics.log(
+            {"run/images_per_s": images_per_s, "run/train_seconds": self.train_seconds},
+            step=self.global_step,
+        )
         result = {
             "global_step": self.global_step,
             "total_steps": self.total_steps,
@@ -419,26 +513,57 @@ class _Trainer:
         from courier.data.source import make_batch_source
         from courier.train.evaluate import EVAL_SHUFFLE_WINDOW, evaluate_reconstruction
 
-        assert self.holdout is not None
+        holdout = self.holdout
+        assert holdout is not None
         tc, device = self.tc, self.env.device
 
         def source() -> Any:
-            return make_batch_source(self.holdout, rank=0, world_size=1, batch_size=tc.batch_size,
-                                     seed=tc.seed, workers=tc.loader_workers, kind=tc.loader_kind,
-                                     shuffle_window=EVAL_SHUFFLE_WINDOW, group_by_query=False)
+            return make_batch_source(
+                holdout,
+                rank=0,
+                world_size=1,
+                batch_size=tc.batch_size,
+                seed=tc.seed,
+                workers=tc.loader_workers,
+                kind=tc.loader_kind,
+                shuffle_window=EVAL_SHUFFLE_WINDOW,
+                group_by_query=False,
+            )
 
         started = time.perf_counter()
-        metrics = {f"eval/{k}": v for k, v in
-                   evaluate_reconstruction(unwrap(self.model), source(), device, tc.eval_max_rows,
-                                           history_clicks=tc.history_clicks).items()}
+        metrics = {
+            f"eval/{k}": v
+            for k, v in evaluate_reconstruction(
+                unwrap(self.model),
+                source(),
+                device,
+                tc.eval_max_rows,
+                history_clicks=tc.history_clicks,
+            ).items()
+        }
         if tc.eval_init_baseline:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                init_cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, compile=False))
+                init_cfg = dataclasses.replace(
+                    self.cfg, model=dataclasses.replace(self.cfg.model, compile=False)
+                )
                 init = build_model(init_cfg, device, tc.seed)
-            metrics.update({f"eval_init/{k}": v for k, v in evaluate_reconstruction(
-                init, source(), device, tc.eval_max_rows, batch_norm_stats="batch",
-                history_clicks=tc.history_clicks).items()})
+            metrics.update(
+                {
+                    f"eval_init/{k}": v
+                    for k, v in evaluate_reconstruction(
+                        init,
+                        source(),
+                        device,
+                        tc.eval_max_rows,
+                        batch_norm_stats="batch",
+                        history_clicks=tc.history_clicks,
+                    ).items()
+                }
+            )
             del init
-        log.info("held-out evaluation (%.1f s): %s", time.perf_counter() - started,
-                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        log.info(
+            "held-out evaluation (%.1f s): %s",
+            time.perf_counter() - started,
+            ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        )
         return metrics

@@ -2,6 +2,7 @@
 
 Shared by ``launch.py`` (COURIER) and ``baselines.py`` (the image-only objectives), below both.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,20 +37,36 @@ class TrainResult:
     def summary(self) -> str:
         r = self.result
         if r.get("objective", "courier") != "courier":
-            loss = f", loss {r['history'][0]['loss']:.3f} -> {r['history'][-1]['loss']:.3f}" if r["history"] else ""
-            return (f"training run {self.run_name} (MLflow run {self.mlflow_run_id}): objective {r['objective']}, "
-                    f"{r['global_step']} steps{loss}, registered as version {self.model_version}")
+            loss = (
+                f", loss {r['history'][0]['loss']:.3f} -> {r['history'][-1]['loss']:.3f}"
+                if r["history"]
+                else ""
+            )
+            return (
+                f"training run {self.run_name} (MLflow run {self.mlflow_run_id}): objective "
+                f"{r['objective']}, {r['global_step']} steps{loss}, registered as version "
+                f"{self.model_version}"
+            )
         lines = [
             f"training run {self.run_name} (MLflow run {self.mlflow_run_id})",
-            f"  snapshot        {self.snapshot['table']} v{self.snapshot['version']}, {self.snapshot['total_rows']:,} rows",
+            f"  snapshot        {self.snapshot['table']} v{self.snapshot['version']}, "
+            f"{self.snapshot['total_rows']:,} rows",
             f"  steps           {r['global_step']:,} ({r['steps_per_epoch']:,} per epoch)",
             f"  images/s        {r['images_per_s']:,.1f}",
         ]
         if r["history"]:
             first, last = r["history"][0], r["history"][-1]
-            lines.append(f"  loss            {first['loss']:.4f} (step {first['step']:.0f}) -> "
-                         f"{last['loss']:.4f} (step {last['step']:.0f})")
-        for key in ("eval/hit1", "eval_init/hit1", "eval/row_auc", "eval_init/row_auc", "eval/embedding_std"):
+            lines.append(
+                f"  loss            {first['loss']:.4f} (step {first['step']:.0f}) -> "
+                f"{last['loss']:.4f} (step {last['step']:.0f})"
+            )
+        for key in (
+            "eval/hit1",
+            "eval_init/hit1",
+            "eval/row_auc",
+            "eval_init/row_auc",
+            "eval/embedding_std",
+        ):
             if key in r["eval"]:
                 lines.append(f"  {key:<15} {r['eval'][key]:.4f}")
         lines.append(f"  checkpoints     {self.run_dir}")
@@ -59,10 +76,13 @@ class TrainResult:
 
 
 def embedding_model(encoder: Any, image_size: int) -> Any:
-    """``encoder`` as the registered EmbeddingModel, with the training loader's normalisation, in eval mode."""
+    """``encoder`` as the registered EmbeddingModel,
+    with the training loader's normalisation, in eval mode."""
     from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
     from courier.model.serving import EmbeddingModel
     from courier.tracking.models import PreprocessingSpec
 
-    spec = PreprocessingSpec(image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD)))
+    spec = PreprocessingSpec(
+        image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD))
+    )
     return EmbeddingModel(encoder, spec).eval()

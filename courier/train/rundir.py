@@ -4,6 +4,7 @@ The manifest is written by the driver before any process starts, so a run
 killed even before its first checkpoint resumes with the same snapshot, the
 same held-out files and the same MLflow run.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -50,7 +51,7 @@ class RunManifest:
     holdout: dict[str, Any] | None
     pinned: dict[str, Any]
     config: dict[str, Any]
-    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     resumes: int = 0
 
     def save(self, run_dir: Path) -> None:
@@ -66,12 +67,13 @@ class RunManifest:
 
 def new_run_name() -> str:
     """``courier-YYYYmmdd-HHMMSS-xxxx`` (UTC): sortable and unique enough for one warehouse."""
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return f"courier-{now}-{secrets.token_hex(2)}"
 
 
 def frozen_config_differences(original: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys (dotted) whose value differs in a way that breaks resuming: model, loss, core train keys."""
+    """Keys (dotted) whose value differs in a way that
+    breaks resuming: model, loss, core train keys."""
     diffs: list[str] = []
     for section in ("model", "loss"):
         for key in sorted(set(original.get(section, {})) | set(current.get(section, {}))):

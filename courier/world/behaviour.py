@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from courier.config.world import WorldConfig
+from courier.config.world import N_STYLES, WorldConfig
 from courier.world import schema
 from courier.world.rng import STREAM_IMPRESSIONS, STREAM_USERS, stream_rng
-from courier.world.styles import N_STYLES
 
 _US_PER_DAY = 86_400_000_000
 _EPOCH = _dt.datetime(1970, 1, 1)
@@ -31,35 +30,48 @@ _CANDIDATES_PER_SLOT = 4
 class Catalogue:
     """What the ranker and the click model know about items (arrays by item row)."""
 
-    item_id: np.ndarray        # int64
-    category: np.ndarray       # int64 category index
-    style: np.ndarray          # int64 style index
-    pop_z: np.ndarray          # standardised log popularity
-    by_category: np.ndarray    # item rows grouped by category
-    offsets: np.ndarray        # by_category[offsets[c]:offsets[c+1]] are category c
-    cum_weight: np.ndarray     # cumulative popularity along by_category
+    item_id: np.ndarray  # int64
+    category: np.ndarray  # int64 category index
+    style: np.ndarray  # int64 style index
+    pop_z: np.ndarray  # standardised log popularity
+    by_category: np.ndarray  # item rows grouped by category
+    offsets: np.ndarray  # by_category[offsets[c]:offsets[c+1]] are category c
+    cum_weight: np.ndarray  # cumulative popularity along by_category
 
     @classmethod
-    def build(cls, item_id: np.ndarray, category: np.ndarray, style: np.ndarray,
-              log_pop: np.ndarray, n_categories: int) -> Catalogue:
+    def build(
+        cls,
+        item_id: np.ndarray,
+        category: np.ndarray,
+        style: np.ndarray,
+        log_pop: np.ndarray,
+        n_categories: int,
+    ) -> Catalogue:
         """Index items by category for popularity-proportional sampling."""
         by_category = np.argsort(category, kind="stable")
         offsets = np.searchsorted(category[by_category], np.arange(n_categories + 1))
         pop_z = (log_pop - log_pop.mean()) / max(float(log_pop.std()), 1e-9)
-        return cls(item_id, category, style, pop_z, by_category, offsets,
-                   np.cumsum(np.exp(log_pop[by_category])))
+        return cls(
+            item_id,
+            category,
+            style,
+            pop_z,
+            by_category,
+            offsets,
+            np.cumsum(np.exp(log_pop[by_category])),
+        )
 
 
 @dataclass(frozen=True)
 class Users:
     """Hidden user traits (arrays by user row)."""
 
-    user_id: np.ndarray           # int64
-    liked_styles: np.ndarray      # (n_users, styles_per_user) style indices
+    user_id: np.ndarray  # int64
+    liked_styles: np.ndarray  # (n_users, styles_per_user) style indices
     liked_categories: np.ndarray  # (n_users, categories_per_user) category indices
-    likes: np.ndarray             # (n_users, N_STYLES) bool
-    cum_activity: np.ndarray      # cumulative activity weights, for drawing users
-    bias: np.ndarray              # per-user click propensity (logit offset)
+    likes: np.ndarray  # (n_users, N_STYLES) bool
+    cum_activity: np.ndarray  # cumulative activity weights, for drawing users
+    bias: np.ndarray  # per-user click propensity (logit offset)
 
 
 def draw_users(cfg: WorldConfig) -> Users:
@@ -93,8 +105,8 @@ class BatchSpec:
     index: int
     day: int
     n_page_views: int
-    first_page_view: int   # global page-view number of the batch's first page view
-    start_us: int          # slice bounds, microseconds since the epoch
+    first_page_view: int  # global page-view number of the batch's first page view
+    start_us: int  # slice bounds, microseconds since the epoch
     end_us: int
 
 
@@ -113,11 +125,16 @@ def plan_batches(cfg: WorldConfig) -> list[BatchSpec]:
         for s, n_pv in enumerate(sizes.tolist()):
             if n_pv == 0:
                 continue
-            specs.append(BatchSpec(
-                index=len(specs), day=day, n_page_views=n_pv, first_page_view=first,
-                start_us=day_start + s * _US_PER_DAY // n_slices,
-                end_us=day_start + (s + 1) * _US_PER_DAY // n_slices,
-            ))
+            specs.append(
+                BatchSpec(
+                    index=len(specs),
+                    day=day,
+                    n_page_views=n_pv,
+                    first_page_view=first,
+                    start_us=day_start + s * _US_PER_DAY // n_slices,
+                    end_us=day_start + (s + 1) * _US_PER_DAY // n_slices,
+                )
+            )
             first += n_pv
     return specs
 
@@ -126,14 +143,16 @@ def plan_batches(cfg: WorldConfig) -> list[BatchSpec]:
 class PageViews:
     """The page views of one batch as arrays: n page views of k items, rank order."""
 
-    user: np.ndarray      # (n,) user rows
-    ts: np.ndarray        # (n,) event time, microseconds since the epoch, ascending
-    query: np.ndarray     # (n,) category index
-    shown: np.ndarray     # (n, k) item rows
-    clicked: np.ndarray   # (n, k) bool
+    user: np.ndarray  # (n,) user rows
+    ts: np.ndarray  # (n,) event time, microseconds since the epoch, ascending
+    query: np.ndarray  # (n,) category index
+    shown: np.ndarray  # (n, k) item rows
+    clicked: np.ndarray  # (n, k) bool
 
 
-def draw_page_views(cfg: WorldConfig, catalogue: Catalogue, users: Users, spec: BatchSpec) -> PageViews:
+def draw_page_views(
+    cfg: WorldConfig, catalogue: Catalogue, users: Users, spec: BatchSpec
+) -> PageViews:
     """The page views of one batch and their clicks (the click model of WorldConfig)."""
     rng = stream_rng(cfg.seed, STREAM_IMPRESSIONS, spec.index)
     n, k = spec.n_page_views, cfg.items_per_page
@@ -145,25 +164,31 @@ def draw_page_views(cfg: WorldConfig, catalogue: Catalogue, users: Users, spec: 
     shown = _rank_pages(catalogue, query, k, rng)  # (n, k) item rows, rank order
 
     position = np.broadcast_to(np.arange(k), (n, k))
-    logit = (cfg.click_bias
-             + cfg.b_style * users.likes[user[:, None], catalogue.style[shown]]
-             + cfg.b_pop * catalogue.pop_z[shown]
-             + cfg.b_position * position
-             + users.bias[user][:, None]
-             + rng.normal(0.0, cfg.click_noise_sd, (n, k)))
+    logit = (
+        cfg.click_bias
+        + cfg.b_style * users.likes[user[:, None], catalogue.style[shown]]
+        + cfg.b_pop * catalogue.pop_z[shown]
+        + cfg.b_position * position
+        + users.bias[user][:, None]
+        + rng.normal(0.0, cfg.click_noise_sd, (n, k))
+    )
     clicked = rng.random((n, k)) < 1.0 / (1.0 + np.exp(-logit))
     return PageViews(user, ts, query, shown, clicked)
 
 
-def make_batch(cfg: WorldConfig, catalogue: Catalogue, users: Users,
-               category_names: list[str], spec: BatchSpec) -> pa.Table:
+def make_batch(
+    cfg: WorldConfig, catalogue: Catalogue, users: Users, category_names: list[str], spec: BatchSpec
+) -> pa.Table:
     """Generate the raw_impressions rows of one batch, ordered by time then position."""
     pv = draw_page_views(cfg, catalogue, users, spec)
-    return _to_table(catalogue, users, category_names, spec, pv.user, pv.ts, pv.query, pv.shown, pv.clicked)
+    return _to_table(
+        catalogue, users, category_names, spec, pv.user, pv.ts, pv.query, pv.shown, pv.clicked
+    )
 
 
-def _draw_queries(cfg: WorldConfig, users: Users, user: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+def _draw_queries(
+    cfg: WorldConfig, users: Users, user: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Category each page view queries: mostly one the user prefers."""
     n = len(user)
     pick = rng.integers(0, cfg.categories_per_user, n)
@@ -172,8 +197,9 @@ def _draw_queries(cfg: WorldConfig, users: Users, user: np.ndarray,
     return np.where(rng.random(n) < cfg.category_focus, preferred, anything)
 
 
-def _rank_pages(catalogue: Catalogue, query: np.ndarray, k: int,
-                rng: np.random.Generator) -> np.ndarray:
+def _rank_pages(
+    catalogue: Catalogue, query: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
     """Pick k distinct items of the queried category per page, by popularity + noise.
 
     Drawing with replacement proportionally to popularity and keeping the
@@ -213,8 +239,9 @@ def _first_occurrences(draws: np.ndarray) -> np.ndarray:
     return first
 
 
-def _exact_pages(catalogue: Catalogue, query: np.ndarray, k: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def _exact_pages(
+    catalogue: Catalogue, query: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
     """Gumbel-top-k over the whole category: the same ranking law, exact but slower."""
     out = np.empty((len(query), k), dtype=np.int64)
     weights = np.diff(np.concatenate([[0.0], catalogue.cum_weight]))
@@ -226,9 +253,17 @@ def _exact_pages(catalogue: Catalogue, query: np.ndarray, k: int,
     return out
 
 
-def _to_table(catalogue: Catalogue, users: Users, category_names: list[str], spec: BatchSpec,
-              user: np.ndarray, ts: np.ndarray, query: np.ndarray, shown: np.ndarray,
-              clicked: np.ndarray) -> pa.Table:
+def _to_table(
+    catalogue: Catalogue,
+    users: Users,
+    category_names: list[str],
+    spec: BatchSpec,
+    user: np.ndarray,
+    ts: np.ndarray,
+    query: np.ndarray,
+    shown: np.ndarray,
+    clicked: np.ndarray,
+) -> pa.Table:
     n, k = shown.shape
     per_row = pa.array(np.repeat(np.arange(n), k))
     request_ids = pa.array(np.char.mod("r%011d", spec.first_page_view + np.arange(n)))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from courier.config.world import WorldConfig
+from courier.config.world import N_STYLES, WorldConfig
 from courier.world import schema
 from courier.world.behaviour import (
     BatchSpec,
@@ -21,19 +21,40 @@ from courier.world.behaviour import (
 from courier.world.render import draw_looks, render_pngs
 from courier.world.rng import STREAM_ITEMS, stream_rng
 from courier.world.shapes import category_names
-from courier.world.styles import N_STYLES, STYLES
+from courier.world.styles import STYLES
 
 _ITEM_ID_BASE = 100_000
 _US_PER_DAY = 86_400_000_000
 
 # Title words are drawn independently of style; none may name a colour or pattern.
 TITLE_ADJECTIVES: tuple[str, ...] = (
-    "classic", "everyday", "premium", "essential", "modern", "vintage", "urban",
-    "cosy", "sport", "travel", "studio", "weekend", "signature", "compact", "heritage",
+    "classic",
+    "everyday",
+    "premium",
+    "essential",
+    "modern",
+    "vintage",
+    "urban",
+    "cosy",
+    "sport",
+    "travel",
+    "studio",
+    "weekend",
+    "signature",
+    "compact",
+    "heritage",
 )
 TITLE_NOUNS: dict[str, str] = {
-    "tops": "tee", "bags": "tote", "shoes": "boot", "bottles": "bottle", "lamps": "lamp",
-    "hats": "hat", "mugs": "mug", "chairs": "chair", "vases": "vase", "clocks": "clock",
+    "tops": "tee",
+    "bags": "tote",
+    "shoes": "boot",
+    "bottles": "bottle",
+    "lamps": "lamp",
+    "hats": "hat",
+    "mugs": "mug",
+    "chairs": "chair",
+    "vases": "vase",
+    "clocks": "clock",
 }
 
 
@@ -60,11 +81,13 @@ class World:
     def impression_batch(self, index: int) -> pa.Table:
         """raw_impressions rows of one batch; independent of every other batch."""
         spec = self.batch_specs()[index]
-        return make_batch(self.config, self.catalogue, self.users,
-                          category_names(self.config.n_categories), spec)
+        return make_batch(
+            self.config, self.catalogue, self.users, category_names(self.config.n_categories), spec
+        )
 
     def impression_batches(self) -> Iterator[pa.Table]:
-        """raw_impressions in time order, at most ``batch_page_views * items_per_page`` rows each."""
+        """raw_impressions in time order,
+        at most ``batch_page_views * items_per_page`` rows each."""
         names = category_names(self.config.n_categories)
         for spec in plan_batches(self.config):
             yield make_batch(self.config, self.catalogue, self.users, names, spec)
@@ -85,13 +108,16 @@ def generate_world(cfg: WorldConfig) -> World:
     looks = draw_looks(cfg, category, style, rng)
 
     images = render_pngs(cfg, looks)
-    items = pa.Table.from_arrays([
-        pa.array(item_id, pa.int64()),
-        pa.array(names, pa.string()).take(pa.array(category)),
-        pa.array(titles, pa.string()),
-        pa.array(images, pa.binary()),
-        pa.array(updated_at, pa.timestamp("us")),
-    ], schema=schema.RAW_ITEMS)
+    items = pa.Table.from_arrays(
+        [
+            pa.array(item_id, pa.int64()),
+            pa.array(names, pa.string()).take(pa.array(category)),
+            pa.array(titles, pa.string()),
+            pa.array(images, pa.binary()),
+            pa.array(updated_at, pa.timestamp("us")),
+        ],
+        schema=schema.RAW_ITEMS,
+    )
     users = draw_users(cfg)
     return World(
         items=items,
@@ -104,11 +130,16 @@ def generate_world(cfg: WorldConfig) -> World:
 
 
 def draw_catalogue(cfg: WorldConfig) -> Catalogue:
-    """The items' ids, categories, styles and popularity of ``generate_world(cfg)``, without images."""
-    return Catalogue.build(*_draw_item_traits(cfg, stream_rng(cfg.seed, STREAM_ITEMS)), cfg.n_categories)
+    """The items' ids, categories, styles and popularity
+    of ``generate_world(cfg)``, without images."""
+    return Catalogue.build(
+        *_draw_item_traits(cfg, stream_rng(cfg.seed, STREAM_ITEMS)), cfg.n_categories
+    )
 
 
-def _draw_item_traits(cfg: WorldConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+def _draw_item_traits(
+    cfg: WorldConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(item_id, category, style, log popularity): the first draws of the item stream."""
     n = cfg.n_items
     item_id = _ITEM_ID_BASE + np.arange(n, dtype=np.int64)
@@ -123,8 +154,9 @@ def _balanced(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
-def _balanced_within(rng: np.random.Generator, group: np.ndarray, n_groups: int,
-                     k: int) -> np.ndarray:
+def _balanced_within(
+    rng: np.random.Generator, group: np.ndarray, n_groups: int, k: int
+) -> np.ndarray:
     """Values 0..k-1 balanced inside each group, so every category has every style."""
     out = np.empty(len(group), dtype=np.int64)
     for g in range(n_groups):
@@ -137,8 +169,10 @@ def _balanced_within(rng: np.random.Generator, group: np.ndarray, n_groups: int,
 def _titles(rng: np.random.Generator, names: list[str], category: np.ndarray) -> list[str]:
     adjective = rng.integers(0, len(TITLE_ADJECTIVES), len(category))
     serial = rng.integers(100, 10_000, len(category))
-    return [f"{TITLE_ADJECTIVES[a].capitalize()} {TITLE_NOUNS[names[c]]} no. {s}"
-            for a, c, s in zip(adjective.tolist(), category.tolist(), serial.tolist())]
+    return [
+        f"{TITLE_ADJECTIVES[a].capitalize()} {TITLE_NOUNS[names[c]]} no. {s}"
+        for a, c, s in zip(adjective.tolist(), category.tolist(), serial.tolist(), strict=True)
+    ]
 
 
 def _updated_at(cfg: WorldConfig, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -147,18 +181,22 @@ def _updated_at(cfg: WorldConfig, rng: np.random.Generator, n: int) -> np.ndarra
     return start - age_s.astype("timedelta64[s]").astype("timedelta64[us]")
 
 
-def _item_styles_table(item_id: np.ndarray, names: list[str], category: np.ndarray,
-                       style: np.ndarray) -> pa.Table:
+def _item_styles_table(
+    item_id: np.ndarray, names: list[str], category: np.ndarray, style: np.ndarray
+) -> pa.Table:
     rows = [STYLES[s] for s in style.tolist()]
-    return pa.Table.from_arrays([
-        pa.array(item_id, pa.int64()),
-        pa.array(names, pa.string()).take(pa.array(category)),
-        pa.array(style.astype(np.int32), pa.int32()),
-        pa.array([r.palette for r in rows], pa.string()),
-        pa.array([r.upper_colour for r in rows], pa.string()),
-        pa.array([r.lower_colour for r in rows], pa.string()),
-        pa.array([r.pattern for r in rows], pa.string()),
-    ], schema=schema.EVAL_ITEM_STYLES)
+    return pa.Table.from_arrays(
+        [
+            pa.array(item_id, pa.int64()),
+            pa.array(names, pa.string()).take(pa.array(category)),
+            pa.array(style.astype(np.int32), pa.int32()),
+            pa.array([r.palette for r in rows], pa.string()),
+            pa.array([r.upper_colour for r in rows], pa.string()),
+            pa.array([r.lower_colour for r in rows], pa.string()),
+            pa.array([r.pattern for r in rows], pa.string()),
+        ],
+        schema=schema.EVAL_ITEM_STYLES,
+    )
 
 
 def _user_preferences_table(users: Users, names: list[str]) -> pa.Table:
@@ -166,10 +204,13 @@ def _user_preferences_table(users: Users, names: list[str]) -> pa.Table:
     m = users.liked_categories.shape[1]
     liked_styles = pa.ListArray.from_arrays(
         pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
-        pa.array(users.liked_styles.ravel().astype(np.int32), pa.int32()))
+        pa.array(users.liked_styles.ravel().astype(np.int32), pa.int32()),
+    )
     liked_categories = pa.ListArray.from_arrays(
         pa.array(np.arange(0, n * m + 1, m, dtype=np.int32)),
-        pa.array(names, pa.string()).take(pa.array(users.liked_categories.ravel())))
+        pa.array(names, pa.string()).take(pa.array(users.liked_categories.ravel())),
+    )
     return pa.Table.from_arrays(
         [pa.array(users.user_id, pa.int64()), liked_styles, liked_categories],
-        schema=schema.EVAL_USER_PREFERENCES)
+        schema=schema.EVAL_USER_PREFERENCES,
+    )

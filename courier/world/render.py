@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -31,16 +31,16 @@ _SUPERSAMPLE = 2
 class Looks:
     """Per-item appearance parameters; every array has length n_items."""
 
-    category: np.ndarray      # int, index into category_names
-    style: np.ndarray         # int, index into STYLES
+    category: np.ndarray  # int, index into category_names
+    style: np.ndarray  # int, index into STYLES
     scale: np.ndarray
-    shift: np.ndarray         # (n, 2) image-frame offset of the object centre
-    angle: np.ndarray         # radians
-    split_v: np.ndarray       # object-frame v separating upper and lower part
-    upper_hsv: np.ndarray     # (n, 3)
-    lower_hsv: np.ndarray     # (n, 3)
+    shift: np.ndarray  # (n, 2) image-frame offset of the object centre
+    angle: np.ndarray  # radians
+    split_v: np.ndarray  # object-frame v separating upper and lower part
+    upper_hsv: np.ndarray  # (n, 3)
+    lower_hsv: np.ndarray  # (n, 3)
     background_hsv: np.ndarray  # (n, 3)
-    light: np.ndarray         # (n, 2) brightness gradient across the image
+    light: np.ndarray  # (n, 2) brightness gradient across the image
     pattern_period: np.ndarray
     pattern_angle: np.ndarray
     pattern_phase: np.ndarray  # (n, 2)
@@ -50,8 +50,9 @@ class Looks:
         return len(self.category)
 
 
-def draw_looks(cfg: WorldConfig, category: np.ndarray, style: np.ndarray,
-               rng: np.random.Generator) -> Looks:
+def draw_looks(
+    cfg: WorldConfig, category: np.ndarray, style: np.ndarray, rng: np.random.Generator
+) -> Looks:
     """Draw the per-item jitter that hides style behind appearance noise."""
     n = len(category)
     upper_c, lower_c = style_colours_hsv()
@@ -63,11 +64,13 @@ def draw_looks(cfg: WorldConfig, category: np.ndarray, style: np.ndarray,
     for c, name in enumerate(category_names(cfg.n_categories)):
         sel = category == c
         split_v[sel] = split_levels(name, split_q[sel])
-    bg = np.column_stack([
-        rng.uniform(0.0, 1.0, n),
-        rng.uniform(0.0, cfg.background_saturation, n),
-        rng.uniform(0.62, 0.95, n),
-    ])
+    bg = np.column_stack(
+        [
+            rng.uniform(0.0, 1.0, n),
+            rng.uniform(0.0, cfg.background_saturation, n),
+            rng.uniform(0.62, 0.95, n),
+        ]
+    )
     light_dir = rng.uniform(0.0, 2 * np.pi, n)
     light_mag = rng.uniform(0.0, cfg.lighting_strength, n)
     return Looks(
@@ -92,7 +95,9 @@ def _jitter_hsv(cfg: WorldConfig, centre: np.ndarray, rng: np.random.Generator) 
     n = len(centre)
     out = centre.copy()
     out[:, 0] = (out[:, 0] + rng.uniform(-cfg.hue_jitter, cfg.hue_jitter, n)) % 1.0
-    out[:, 1] = np.clip(out[:, 1] + rng.uniform(-cfg.saturation_jitter, cfg.saturation_jitter, n), 0.1, 1.0)
+    out[:, 1] = np.clip(
+        out[:, 1] + rng.uniform(-cfg.saturation_jitter, cfg.saturation_jitter, n), 0.1, 1.0
+    )
     out[:, 2] = np.clip(out[:, 2] + rng.uniform(-cfg.value_jitter, cfg.value_jitter, n), 0.25, 1.0)
     return out
 
@@ -116,6 +121,7 @@ def render_pngs(cfg: WorldConfig, looks: Looks) -> list[bytes]:
     every core; each chunk's noise has its own stream, so the bytes do not
     depend on the number of threads.
     """
+
     def work(chunk: _Chunk) -> list[bytes]:
         return [encode_png(image) for image in _render_chunk(cfg, looks, chunk)]
 
@@ -173,13 +179,21 @@ def _render_chunk(cfg: WorldConfig, looks: Looks, chunk: _Chunk) -> np.ndarray:
     # gradient over the whole frame, so it shifts the apparent colours of
     # both parts (and the background) differently.
     factor = 1.0 + col(looks.light[:, 0]) * x + col(looks.light[:, 1]) * y
-    factor = factor * (1.0 + col(looks.pattern_depth) * _pattern(looks, idx, u, v, col) * (region > 0))
+    factor = factor * (
+        1.0 + col(looks.pattern_depth) * _pattern(looks, idx, u, v, col) * (region > 0)
+    )
 
     # Colouring is linear, so downsample each region's weighted coverage first
     # and colour at output resolution: 3 single-channel maps instead of a
     # supersampled RGB image.
-    palette = np.stack([hsv_to_rgb(looks.background_hsv[idx]), hsv_to_rgb(looks.upper_hsv[idx]),
-                        hsv_to_rgb(looks.lower_hsv[idx])], axis=1).astype(np.float32)
+    palette = np.stack(
+        [
+            hsv_to_rgb(looks.background_hsv[idx]),
+            hsv_to_rgb(looks.upper_hsv[idx]),
+            hsv_to_rgb(looks.lower_hsv[idx]),
+        ],
+        axis=1,
+    ).astype(np.float32)
     img = np.zeros((b, cfg.image_size, cfg.image_size, 3), dtype=np.float32)
     for r in range(3):
         weight = _downsample(factor * (region == r))
@@ -199,8 +213,13 @@ def _frac(a: np.ndarray) -> np.ndarray:
     return a - np.floor(a)
 
 
-def _pattern(looks: Looks, idx: np.ndarray, u: np.ndarray, v: np.ndarray,
-             col: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _pattern(
+    looks: Looks,
+    idx: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    col: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
     """Zero-mean luminance modulation of the pattern, in the object frame so it follows the item.
 
     Zero mean (dark marks, slightly lighter ground) keeps the pattern from

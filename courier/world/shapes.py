@@ -7,7 +7,7 @@ belong to the hidden style, so category never reveals style.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -123,7 +123,10 @@ SHAPES: dict[str, ShapeFn] = {
     "clocks": clocks,
 }
 # WorldConfig checks n_categories against N_SHAPES without importing this module.
-require(len(SHAPES) == N_SHAPES, f"courier/config/world.py: N_SHAPES is {N_SHAPES}, SHAPES has {len(SHAPES)}")
+require(
+    len(SHAPES) == N_SHAPES,
+    f"courier/config/world.py: N_SHAPES is {N_SHAPES}, SHAPES has {len(SHAPES)}",
+)
 
 
 def category_names(n_categories: int) -> list[str]:

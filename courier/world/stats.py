@@ -6,13 +6,13 @@ claim: the CTR level and how strongly the hidden style drives clicks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 
-from courier.world.styles import N_STYLES
+from courier.config.world import N_STYLES
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,8 @@ class ClickStats:
     ctr: float
     liked_ctr: float
     other_ctr: float
-    liked_ratio: float                 # liked_ctr / other_ctr
-    liked_click_share: float           # share of clicks on a liked style
+    liked_ratio: float  # liked_ctr / other_ctr
+    liked_click_share: float  # share of clicks on a liked style
     ratio_by_category: dict[str, float]
     page_views_per_user: dict[str, float]  # min / median / max over users with any
 
@@ -57,8 +57,9 @@ class _Lookup:
         return liked, self.item_cat[item_row]
 
 
-def click_stats(item_styles: pa.Table, user_preferences: pa.Table,
-                batches: Iterable[pa.Table]) -> ClickStats:
+def click_stats(
+    item_styles: pa.Table, user_preferences: pa.Table, batches: Iterable[pa.Table]
+) -> ClickStats:
     """Stream impression batches and aggregate click rates by liked/other style."""
     lookup = _Lookup(item_styles, user_preferences)
     n_cat = len(lookup.categories)
@@ -87,8 +88,10 @@ def click_stats(item_styles: pa.Table, user_preferences: pa.Table,
         other_ctr=float(other_ctr),
         liked_ratio=float(liked_ctr / max(other_ctr, 1e-12)),
         liked_click_share=float(clicked[:, 1].sum() / max(clicked.sum(), 1)),
-        ratio_by_category={str(c): float(rate[i, 1] / max(rate[i, 0], 1e-12))
-                           for i, c in enumerate(lookup.categories)},
+        ratio_by_category={
+            str(c): float(rate[i, 1] / max(rate[i, 0], 1e-12))
+            for i, c in enumerate(lookup.categories)
+        },
         page_views_per_user={
             "min": float(active.min()) if len(active) else 0.0,
             "median": float(np.median(active)) if len(active) else 0.0,

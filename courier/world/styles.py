@@ -53,13 +53,28 @@ def _build_catalogue() -> tuple[Style, ...]:
 
 STYLES: tuple[Style, ...] = _build_catalogue()
 # WorldConfig checks styles_per_user against N_STYLES without importing this module.
-require(len(STYLES) == N_STYLES, f"courier/config/world.py: N_STYLES is {N_STYLES}, the catalogue has {len(STYLES)}")
+require(
+    len(STYLES) == N_STYLES,
+    f"courier/config/world.py: N_STYLES is {N_STYLES}, the catalogue has {len(STYLES)}",
+)
 
 # Every word that describes a style; titles must never contain one.
 STYLE_VOCABULARY: frozenset[str] = frozenset(
     set(COLOURS)
-    | {"plain", "solid", "stripes", "striped", "stripe", "dots", "dotted", "dot", "polka",
-       "checks", "checked", "check"}
+    | {
+        "plain",
+        "solid",
+        "stripes",
+        "striped",
+        "stripe",
+        "dots",
+        "dotted",
+        "dot",
+        "polka",
+        "checks",
+        "checked",
+        "check",
+    }
 )
 
 

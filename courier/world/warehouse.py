@@ -4,6 +4,7 @@ The generator (courier.world) yields Arrow tables; they are staged as Parquet
 with pyarrow (no row passes through Python objects or the Py4J bridge) and then
 written by Spark as Delta tables, exactly as a shop's warehouse would hold them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,13 +15,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame, SparkSession, functions as F
 
 from courier.config import CourierConfig, config_json
 from courier.progress import Progress
 from courier.spark import resolve_path
-from courier.tables import RunRecord, utc_now
+from courier.tables import RunRecord, one_row, utc_now
 from courier.world.generate import World, generate_world
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def _stage(table: pa.Table, folder: Path, name: str) -> None:
 
 
 def _with_spark_types(df: DataFrame) -> DataFrame:
-    """Arrow's zone-less timestamps arrive as TIMESTAMP_NTZ; the contract says TIMESTAMP (session zone is UTC)."""
+    """Arrow's zone-less timestamps arrive as TIMESTAMP_NTZ;
+    the contract says TIMESTAMP (session zone is UTC)."""
     for field in df.schema.fields:
         if field.dataType.simpleString() == "timestamp_ntz":
             df = df.withColumn(field.name, F.col(field.name).cast("timestamp"))
@@ -40,11 +41,14 @@ def _with_spark_types(df: DataFrame) -> DataFrame:
 
 
 def write_world(spark: SparkSession, cfg: CourierConfig, world: World | None = None) -> RunRecord:
-    """Generate (unless given) and write raw_items, raw_impressions and the eval_* tables, replacing them."""
+    """Generate (unless given) and write raw_items,
+    raw_impressions and the eval_* tables, replacing them."""
     started = utc_now()
     world = world if world is not None else generate_world(cfg.world)
     t = cfg.tables
-    staging = Path(resolve_path(cfg.spark.warehouse_dir)) / "_staging" / f"world-{uuid.uuid4().hex[:8]}"
+    staging = (
+        Path(resolve_path(cfg.spark.warehouse_dir)) / "_staging" / f"world-{uuid.uuid4().hex[:8]}"
+    )
     try:
         _stage(world.items, staging / "raw_items", "part-0")
         _stage(world.item_styles, staging / "eval_item_styles", "part-0")
@@ -59,8 +63,12 @@ def write_world(spark: SparkSession, cfg: CourierConfig, world: World | None = N
             progress.update(1, extra=f"{n_impressions:,} rows")
         progress.close()
 
-        for name, partition_by in (("raw_items", None), ("eval_item_styles", None),
-                                   ("eval_user_preferences", None), ("raw_impressions", "dt")):
+        for name, partition_by in (
+            ("raw_items", None),
+            ("eval_item_styles", None),
+            ("eval_user_preferences", None),
+            ("raw_impressions", "dt"),
+        ):
             df = _with_spark_types(spark.read.parquet(str(staging / name)))
             writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
             if partition_by:
@@ -71,12 +79,19 @@ def write_world(spark: SparkSession, cfg: CourierConfig, world: World | None = N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    clicks = spark.table(t.qualified("raw_impressions")).agg(F.sum("clicked")).first()[0] or 0
+    clicks = one_row(spark.table(t.qualified("raw_impressions")).agg(F.sum("clicked")))[0] or 0
     metrics = {
         "items": world.items.num_rows,
         "users": world.user_preferences.num_rows,
         "impressions": n_impressions,
         "clicks": int(clicks),
     }
-    return RunRecord(f"world-{uuid.uuid4().hex[:8]}", "generate_world", None, None, started, metrics,
-                     config_json(cfg))
+    return RunRecord(
+        f"world-{uuid.uuid4().hex[:8]}",
+        "generate_world",
+        None,
+        None,
+        started,
+        metrics,
+        config_json(cfg),
+    )

@@ -9,6 +9,7 @@ changes mid-range and items without a feature before a later time, so the
 as-of join has something to get wrong. Only item_images is built of the sample
 tables: ctr_samples needs nothing else.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,36 +26,70 @@ DB = "courier_ctr_test"
 L_CLICK = 8
 START, END = dt.date(2026, 1, 1), dt.date(2026, 1, 6)
 CHANGE_AT = dt.datetime(2026, 1, 4, 12)  # half the items change cluster here
-LATE_FROM = dt.datetime(2026, 1, 2, 6)   # a tenth of the items only get a feature from here
+LATE_FROM = dt.datetime(2026, 1, 2, 6)  # a tenth of the items only get a feature from here
 
 
 @pytest.fixture(scope="session")
 def ctr_cfg(spark, base_config, tiny_shop_overrides):
-    shop = tiny_shop_overrides(DB, items=240, users=300, page_views=8000, days=6, rows_per_row_group=64)
+    shop = tiny_shop_overrides(
+        DB, items=240, users=300, page_views=8000, days=6, rows_per_row_group=64
+    )
     # 6 days: 4 to train, 1 to validate, 1 to test
-    cfg = base_config.replace([*shop, f"ctr_samples.l_click={L_CLICK}", "ctr_samples.validation_days=1",
-                               "ctr_samples.test_days=1"])
+    cfg = base_config.replace(
+        [
+            *shop,
+            f"ctr_samples.l_click={L_CLICK}",
+            "ctr_samples.validation_days=1",
+            "ctr_samples.test_days=1",
+        ]
+    )
     spark.sql(f"DROP DATABASE IF EXISTS {DB} CASCADE")
     spark.sql(f"CREATE DATABASE {DB}")
     write_world(spark, cfg)
     impressions = cfg.tables.qualified("raw_impressions")
-    _planted_impressions(spark, spark.table(impressions)).write.format("delta").mode("append").saveAsTable(impressions)
+    _planted_impressions(spark, spark.table(impressions)).write.format("delta").mode(
+        "append"
+    ).saveAsTable(impressions)
     build_item_images(spark, cfg, "ctr-test")
     _feature_history(spark, cfg.tables.qualified("item_image_features"))
     return cfg
 
 
 def _planted_impressions(spark, raw):
-    """A clicking page view at the instant of the shop's first click, by the same user, + three invalid impressions."""
+    """A clicking page view at the instant of the shop's first click,
+    by the same user, + three invalid impressions."""
     first = raw.where("clicked = 1").orderBy("event_ts", "request_id").first()
-    same_instant = (raw.where(F.col("request_id") == first["request_id"])
-                    .withColumn("request_id", F.lit("planted-same-instant"))
-                    .withColumn("clicked", F.lit(1)))
+    same_instant = (
+        raw.where(F.col("request_id") == first["request_id"])
+        .withColumn("request_id", F.lit("planted-same-instant"))
+        .withColumn("clicked", F.lit(1))
+    )
     bad = spark.createDataFrame(
-        [("bad-1", None, first["item_id"], 0, first["query"], first["event_ts"], 0, first["dt"]),
-         ("bad-2", first["user_id"], first["item_id"], 0, first["query"], first["event_ts"], 7, first["dt"]),
-         ("bad-3", first["user_id"], 10**9, 0, first["query"], first["event_ts"], 0, first["dt"])],
-        raw.schema)
+        [
+            ("bad-1", None, first["item_id"], 0, first["query"], first["event_ts"], 0, first["dt"]),
+            (
+                "bad-2",
+                first["user_id"],
+                first["item_id"],
+                0,
+                first["query"],
+                first["event_ts"],
+                7,
+                first["dt"],
+            ),
+            (
+                "bad-3",
+                first["user_id"],
+                10**9,
+                0,
+                first["query"],
+                first["event_ts"],
+                0,
+                first["dt"],
+            ),
+        ],
+        raw.schema,
+    )
     return same_instant.unionByName(bad)
 
 
@@ -65,7 +100,9 @@ def _feature_history(spark, table: str) -> None:
         if item % 10 == 3:  # no feature before LATE_FROM
             rows.append((item, item % 7, 0.9, "1", 1, LATE_FROM, None, LATE_FROM))
         elif item % 2 == 0:  # changes cluster at CHANGE_AT
-            rows.append((item, item % 7, 0.9, "1", 1, dt.datetime(1970, 1, 1), CHANGE_AT, CHANGE_AT))
+            rows.append(
+                (item, item % 7, 0.9, "1", 1, dt.datetime(1970, 1, 1), CHANGE_AT, CHANGE_AT)
+            )
             rows.append((item, 100 + item % 7, 0.8, "1", 2, CHANGE_AT, None, CHANGE_AT))
         else:
             rows.append((item, item % 7, 0.9, "1", 1, dt.datetime(1970, 1, 1), None, CHANGE_AT))
@@ -86,5 +123,3 @@ def ctr_built(spark, ctr_cfg):
     cfg = ctr_cfg
     record = build_ctr_samples(spark, cfg, START, END)
     return record, spark.table(cfg.tables.qualified("ctr_samples")).toPandas()
-
-

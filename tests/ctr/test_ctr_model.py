@@ -5,6 +5,7 @@ Cluster-ID: the feature the click model's liked styles are made of. The same ids
 shuffled over the items have the same shape and no information.
 Each model trains on 4 days, early-stops on the fifth and is scored on the sixth.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,14 @@ import pytest
 import torch
 
 from courier.config.ctr import CtrConfig
-from courier.ctr.data import CtrDataError, DateSplit, ImageFeatureOverride, ImageVectors, encode, Vocabularies
+from courier.ctr.data import (
+    CtrDataError,
+    DateSplit,
+    ImageFeatureOverride,
+    ImageVectors,
+    Vocabularies,
+    encode,
+)
 from courier.ctr.evaluate import CtrDataset, evaluate_variant, with_usage
 from courier.ctr.metrics import paired_bootstrap_lift
 from courier.ctr.model import DinCtrModel
@@ -30,7 +38,9 @@ def data(spark, ctr_cfg, ctr_built) -> CtrDataset:
 
 @pytest.fixture(scope="module")
 def oracle(spark, ctr_cfg) -> ImageFeatureOverride:
-    return ImageFeatureOverride.from_table(spark, ctr_cfg.tables.qualified("eval_item_styles"), "style_id", "oracle")
+    return ImageFeatureOverride.from_table(
+        spark, ctr_cfg.tables.qualified("eval_item_styles"), "style_id", "oracle"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +51,23 @@ def none(data) -> object:
 def test_splits_are_by_date_and_hold_every_row(data, ctr_built):
     _, samples = ctr_built
     assert len(data.train) + len(data.validation) + len(data.test) == len(samples)
-    assert data.train.dt.max() < data.validation.dt.min() <= data.validation.dt.max() < data.test.dt.min()
+    assert (
+        data.train.dt.max()
+        < data.validation.dt.min()
+        <= data.validation.dt.max()
+        < data.test.dt.min()
+    )
     assert data.split.test == (END, END)
 
 
 @pytest.fixture(scope="module")
 def oracle_lift(data, oracle, none):
-    with_oracle = evaluate_variant(data.with_override(oracle), with_usage(CTR, "cluster_id"), "oracle")
-    return with_oracle, paired_bootstrap_lift(data.test.label, with_oracle.scores, none.scores, resamples=100)
+    with_oracle = evaluate_variant(
+        data.with_override(oracle), with_usage(CTR, "cluster_id"), "oracle"
+    )
+    return with_oracle, paired_bootstrap_lift(
+        data.test.label, with_oracle.scores, none.scores, resamples=100
+    )
 
 
 def test_the_oracle_style_lifts_auc_clearly(oracle_lift, none):
@@ -60,14 +79,19 @@ def test_the_oracle_style_lifts_auc_clearly(oracle_lift, none):
 
 def test_the_planted_feature_lifts_and_its_shuffled_copy_does_not(data, oracle, none, oracle_lift):
     # The same ids, shuffled over the items: same shape and frequencies, no information. Paired with
-    # the planted feature in one test, so a model that ignored Cluster-IDs (both lifts 0) fails here.
-    shuffled = ImageFeatureOverride("shuffled", oracle.item_ids,
-                                    np.random.default_rng(0).permutation(oracle.cluster_ids))
-    with_shuffled = evaluate_variant(data.with_override(shuffled), with_usage(CTR, "cluster_id"), "shuffled")
+    # the planted feature in one test,
+    # so a model that ignored Cluster-IDs (both lifts 0) fails here.
+    shuffled = ImageFeatureOverride(
+        "shuffled", oracle.item_ids, np.random.default_rng(0).permutation(oracle.cluster_ids)
+    )
+    with_shuffled = evaluate_variant(
+        data.with_override(shuffled), with_usage(CTR, "cluster_id"), "shuffled"
+    )
     lift = paired_bootstrap_lift(data.test.label, with_shuffled.scores, none.scores, resamples=100)
     planted = oracle_lift[1]
     assert planted.delta > 1.0 and planted.low > 0, planted
-    # Measured: planted +2.2 [0.6, 3.5]; shuffled below it, its interval apart from the planted one's.
+    # Measured: planted +2.2 [0.6, 3.5]; shuffled below it,
+    # its interval apart from the planted one's.
     assert lift.high < planted.low and lift.delta < planted.delta / 2, (lift, planted)
 
 
@@ -82,7 +106,9 @@ def test_training_is_deterministic_for_a_seed(data):
 @pytest.mark.parametrize("usage", ["vector", "simscore", "cluster_id"])
 def test_every_image_usage_trains_and_scores_the_test_days(data, usage):
     rng = np.random.default_rng(1)
-    items = np.unique(np.concatenate([data.train.item_id, data.test.item_id, data.validation.item_id]))
+    items = np.unique(
+        np.concatenate([data.train.item_id, data.test.item_id, data.validation.item_id])
+    )
     x = rng.normal(size=(len(items), 8)).astype(np.float32)
     images = ImageVectors.from_arrays(items, x / np.linalg.norm(x, axis=1, keepdims=True))
     cfg = dataclasses.replace(CTR, image_usage=usage, max_epochs=1)

@@ -1,7 +1,9 @@
-"""``courier ctr-samples`` on real Spark + Delta: point-in-time history, as-of features, reconciliation.
+"""``courier ctr-samples`` on real Spark + Delta:
+point-in-time history, as-of features, reconciliation.
 
 The shop, its planted cases and the session's build are in conftest.py.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -31,8 +33,11 @@ def test_every_valid_impression_is_a_row_and_the_rest_are_rejected(spark, cfg, b
     raw = spark.table(cfg.tables.qualified("raw_impressions")).count()
     rejected = {k: v for k, v in m.items() if k.startswith("impressions_rejected.")}
     assert m["impressions_in"] == raw == len(samples) + sum(rejected.values())
-    assert rejected == {"impressions_rejected.null_key": 1, "impressions_rejected.invalid_label": 1,
-                        "impressions_rejected.unknown_item": 1}
+    assert rejected == {
+        "impressions_rejected.null_key": 1,
+        "impressions_rejected.invalid_label": 1,
+        "impressions_rejected.unknown_item": 1,
+    }
     rejects = spark.table(cfg.tables.qualified("rejects")).where("stage = 'ctr_samples'").toPandas()
     assert sorted(rejects["key"].str.split("/").str[0]) == ["bad-1", "bad-2", "bad-3"]
     assert set(samples["label"]) == {0, 1}
@@ -40,12 +45,16 @@ def test_every_valid_impression_is_a_row_and_the_rest_are_rejected(spark, cfg, b
 
 def test_history_is_the_latest_clicks_strictly_before_the_page_view(spark, cfg, built):
     _, samples = built
-    raw = spark.table(cfg.tables.qualified("raw_impressions")).where(
-        "clicked = 1 AND user_id IS NOT NULL AND item_id < 1000000000").toPandas()
+    raw = (
+        spark.table(cfg.tables.qualified("raw_impressions"))
+        .where("clicked = 1 AND user_id IS NOT NULL AND item_id < 1000000000")
+        .toPandas()
+    )
     clicks = raw.sort_values(["event_ts", "request_id", "position"])
-    by_user = {u: g for u, g in clicks.groupby("user_id")}
+    by_user = dict(clicks.groupby("user_id"))
     pages = samples.drop_duplicates("request_id")
-    pages = pages[(pages.index % 3 == 0) | (pages["request_id"] == "planted-same-instant")]  # a third keeps the Python check short
+    # a third keeps the Python check short
+    pages = pages[(pages.index % 3 == 0) | (pages["request_id"] == "planted-same-instant")]
     checked_with_earlier = 0
     for row in pages.itertuples():
         user_clicks = by_user.get(row.user_id, clicks.iloc[:0])
@@ -56,8 +65,11 @@ def test_history_is_the_latest_clicks_strictly_before_the_page_view(spark, cfg, 
     assert checked_with_earlier > 100
     pages = samples.drop_duplicates("request_id")
     planted = pages[pages["request_id"] == "planted-same-instant"].iloc[0]
-    twin = pages[(pages["user_id"] == planted.user_id) & (pages["event_ts"] == planted.event_ts)
-                 & (pages["request_id"] != planted.request_id)].iloc[0]
+    twin = pages[
+        (pages["user_id"] == planted.user_id)
+        & (pages["event_ts"] == planted.event_ts)
+        & (pages["request_id"] != planted.request_id)
+    ].iloc[0]
     # neither sees the other's clicks: same instant is not "before"
     assert list(planted.history_item_ids) == list(twin.history_item_ids)
 
@@ -65,11 +77,17 @@ def test_history_is_the_latest_clicks_strictly_before_the_page_view(spark, cfg, 
 def test_features_are_the_values_valid_at_the_impression_time(built):
     _, samples = built
     samples = samples.astype({"image_cluster_id": "Int64"})
-    expected = [expected_cluster(i, ts) for i, ts in zip(samples["item_id"], samples["event_ts"])]
+    expected = [
+        expected_cluster(i, ts)
+        for i, ts in zip(samples["item_id"], samples["event_ts"], strict=True)
+    ]
     got = [None if pd.isna(c) else int(c) for c in samples["image_cluster_id"]]
     assert got == expected
     # the range really straddles both switch times, and some features are missing
-    assert samples["image_cluster_id"].isna().sum() > 0 and (samples["image_cluster_id"] >= 100).sum() > 0
+    assert (
+        samples["image_cluster_id"].isna().sum() > 0
+        and (samples["image_cluster_id"] >= 100).sum() > 0
+    )
     for row in samples.drop_duplicates("request_id").itertuples():
         want = [expected_cluster(i, row.event_ts) for i in row.history_item_ids]
         got = [None if pd.isna(c) else int(c) for c in row.history_cluster_ids]
@@ -86,10 +104,23 @@ def test_rerun_replaces_the_range_and_overlapping_features_fail_before_writing(s
     # A copy of the feature history with a second row valid at the same time: the join duplicates.
     overlapping = cfg.tables.qualified("item_image_features") + "_overlapping"
     overlap = spark.createDataFrame(
-        [(int(samples["item_id"].iloc[0]), 5, 0.5, "1", 3, dt.datetime(1970, 1, 1), None, CHANGE_AT)],
-        ITEM_IMAGE_FEATURES_DDL)
-    spark.table(cfg.tables.qualified("item_image_features")).unionByName(overlap) \
-        .write.format("delta").saveAsTable(overlapping)
+        [
+            (
+                int(samples["item_id"].iloc[0]),
+                5,
+                0.5,
+                "1",
+                3,
+                dt.datetime(1970, 1, 1),
+                None,
+                CHANGE_AT,
+            )
+        ],
+        ITEM_IMAGE_FEATURES_DDL,
+    )
+    spark.table(cfg.tables.qualified("item_image_features")).unionByName(overlap).write.format(
+        "delta"
+    ).saveAsTable(overlapping)
     broken = cfg.replace([f"tables.item_image_features={overlapping.split('.')[1]}"])
     with pytest.raises(ReconciliationError, match="ctr_samples impressions"):
         build_ctr_samples(spark, broken, START, END)

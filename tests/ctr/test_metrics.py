@@ -1,4 +1,5 @@
 """CTR metrics against sklearn and on the edge cases GAUC has to get right."""
+
 from __future__ import annotations
 
 import numpy as np

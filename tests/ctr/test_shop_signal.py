@@ -1,4 +1,5 @@
 """The shop-signal measure: it sees the style effect exactly when the click model has one."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,11 @@ def test_the_style_signal_grows_with_the_style_effect_and_the_history():
     longer = behaviour_signal(SMALL, l_click=20)
     assert 0.54 < default.style_match_auc < strong.style_match_auc
     assert longer.history_has_style > default.history_has_style + 0.1
-    # Users keep to their categories: the history's categories tell a click from another page's items.
+    # Users keep to their categories:
+    # the history's categories tell a click from another page's items.
     assert default.other_page_category_auc > 0.6
     assert default.hard_negative_share == pytest.approx(
-        (SMALL.items_per_page - 1 + 63 * SMALL.items_per_page * 0.17) / (SMALL.items_per_page - 1 + 630), abs=0.03)
+        (SMALL.items_per_page - 1 + 63 * SMALL.items_per_page * 0.17)
+        / (SMALL.items_per_page - 1 + 630),
+        abs=0.03,
+    )

@@ -1,4 +1,5 @@
 """The encoders' style scores: k-NN within category and NMI, on labelings with a known answer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,5 +26,7 @@ def test_knn_finds_styles_that_the_embedding_separates_and_not_random_ones():
 def test_nmi_matches_sklearn(seed):
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, 8, 300), rng.integers(0, 5, 300)
-    assert normalized_mutual_information(a, b) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-9)
+    assert normalized_mutual_information(a, b) == pytest.approx(
+        normalized_mutual_info_score(a, b), abs=1e-9
+    )
     assert normalized_mutual_information(a, a) == pytest.approx(1.0)

@@ -1,4 +1,6 @@
-"""One small built shop for the loader tests (database courier_data_test), built once per session."""
+"""One small built shop for the loader tests
+(database courier_data_test), built once per session."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,14 +23,17 @@ class Shop:
     cfg: CourierConfig
     db: str
     rows_per_group: int
-    table: str          # qualified courier_training_rows
+    table: str  # qualified courier_training_rows
     snapshot: TrainingSnapshot  # its version after the build
 
 
 @pytest.fixture(scope="session")
 def shop(spark, base_config: CourierConfig, tiny_shop_overrides) -> Shop:
     cfg = base_config.replace(
-        tiny_shop_overrides(DB, items=100, users=60, page_views=500, days=3, rows_per_row_group=ROWS_PER_GROUP))
+        tiny_shop_overrides(
+            DB, items=100, users=60, page_views=500, days=3, rows_per_row_group=ROWS_PER_GROUP
+        )
+    )
     spark.sql(f"DROP DATABASE IF EXISTS {DB} CASCADE")
     spark.sql(f"CREATE DATABASE {DB}")
     write_world(spark, cfg)

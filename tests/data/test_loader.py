@@ -1,4 +1,6 @@
-"""The training loader on a built shop: batch contract, sharding, determinism, resume, row-count guard."""
+"""The training loader on a built shop: batch contract,
+sharding, determinism, resume, row-count guard."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,14 +28,18 @@ B = 8
 LOADER = {"workers": 1, "kind": "petastorm", "shuffle_window": 4, "group_by_query": False}
 
 
-def _epoch(snapshot: TrainingSnapshot, epoch: int = 0, skip: int = 0, **kwargs) -> list[dict[str, torch.Tensor]]:
+def _epoch(
+    snapshot: TrainingSnapshot, epoch: int = 0, skip: int = 0, **kwargs
+) -> list[dict[str, torch.Tensor]]:
     kwargs = {"rank": 0, "world_size": 1, "batch_size": B, "seed": 11, **LOADER, **kwargs}
     return list(make_batch_source(snapshot, **kwargs).batches(epoch, skip))
 
 
 def _same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> bool:
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-                                    for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +59,15 @@ def test_batches_have_the_model_contract(shop, epoch0):
     source = make_batch_source(snap, 0, 1, B, seed=11, **LOADER)
     assert len(epoch0) == source.steps_per_epoch() == snap.total_rows // B
     expected = {
-        "pv_images": ((B, lp, 3, s, s), torch.float32), "pv_labels": ((B, lp), torch.int64),
-        "click_images": ((B, lc, 3, s, s), torch.float32), "click_mask": ((B, lc), torch.bool),
-        "pv_item_ids": ((B, lp), torch.int64), "click_item_ids": ((B, lc), torch.int64),
+        "pv_images": ((B, lp, 3, s, s), torch.float32),
+        "pv_labels": ((B, lp), torch.int64),
+        "click_images": ((B, lc, 3, s, s), torch.float32),
+        "click_mask": ((B, lc), torch.bool),
+        "pv_item_ids": ((B, lp), torch.int64),
+        "click_item_ids": ((B, lc), torch.int64),
         "request_keys": ((B,), torch.int64),
-        "pv_image_keys": ((B, lp), torch.int64), "click_image_keys": ((B, lc), torch.int64),
+        "pv_image_keys": ((B, lp), torch.int64),
+        "click_image_keys": ((B, lc), torch.int64),
     }
     for batch in epoch0:
         assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
@@ -66,7 +76,7 @@ def test_batches_have_the_model_contract(shop, epoch0):
         for kind in ("pv", "click"):
             ids, keys = batch[f"{kind}_item_ids"].flatten(), batch[f"{kind}_image_keys"].flatten()
             assert torch.equal(keys == -1, ids == -1)
-            pairs = set(zip(ids[ids != -1].tolist(), keys[ids != -1].tolist()))
+            pairs = set(zip(ids[ids != -1].tolist(), keys[ids != -1].tolist(), strict=True))
             assert len(pairs) == len({i for i, _ in pairs}) == len({k for _, k in pairs})
         assert torch.equal(batch["pv_labels"] >= 0, batch["pv_item_ids"] != -1)
         assert set(batch["pv_labels"].unique().tolist()) <= {-1, 0, 1}
@@ -81,12 +91,15 @@ def test_padding_slots_are_zero_and_real_slots_are_normalised_jpegs(epoch0, item
         assert not batch["click_images"][~batch["click_mask"]].any()
         for kind in ("pv", "click"):
             images, ids = batch[f"{kind}_images"], batch[f"{kind}_item_ids"]
-            # every real slot of the first batch (each image is decoded once and copied), one of the others
+            # every real slot of the first batch
+            # (each image is decoded once and copied), one of the others
             real = (ids != -1).nonzero().tolist()
-            for row, slot in (real if not checked else real[:1]):
+            for row, slot in real if not checked else real[:1]:
                 with Image.open(io.BytesIO(item_jpegs[int(ids[row, slot])])) as img:
                     pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # [S, S, 3]
-                want = torch.from_numpy(((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+                want = torch.from_numpy(
+                    ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+                )
                 torch.testing.assert_close(images[row, slot], want, rtol=0, atol=1e-5)
         checked += 1
     assert pv_pad > 0 and click_pad > 0, "the shop should have padded slots to check"
@@ -106,9 +119,13 @@ def test_two_ranks_read_disjoint_rows_that_cover_the_table(spark, shop):
         assert stats.rows_read == stats.rows_expected == source.rank_rows[source.rank]
         assert stats.rows_in_batches + stats.rows_left_over == stats.rows_read
     left_over = sum(s.last_epoch_stats.rows_left_over for s in sources)
-    all_keys = {stable_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()}
+    all_keys = {
+        stable_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()
+    }
     assert not set(keys[0]) & set(keys[1])
-    assert len(set(keys[0]) | set(keys[1])) == len(keys[0]) + len(keys[1]) == len(all_keys) - left_over
+    assert (
+        len(set(keys[0]) | set(keys[1])) == len(keys[0]) + len(keys[1]) == len(all_keys) - left_over
+    )
     assert set(keys[0]) | set(keys[1]) <= all_keys
     assert sum(sources[0].rank_rows) == snap.total_rows
 
@@ -128,8 +145,10 @@ def test_an_epoch_is_the_same_every_time_and_resumes_where_it_stopped(shop, epoc
 
 
 def _queries_of_batches(spark, shop, batches: list[dict[str, torch.Tensor]]) -> list[list[str]]:
-    query_of = {stable_key(r["request_id"]): r["query"]
-                for r in spark.table(shop.table).select("request_id", "query").collect()}
+    query_of = {
+        stable_key(r["request_id"]): r["query"]
+        for r in spark.table(shop.table).select("request_id", "query").collect()
+    }
     return [[query_of[int(k)] for k in b["request_keys"]] for b in batches]
 
 
@@ -142,7 +161,9 @@ def test_query_grouped_batches_mostly_hold_one_query_and_still_resume(spark, sho
     # As many distinct rows of the table as the ungrouped epoch (which rows are the < B left
     # over at the end differs with the order).
     keys = [int(k) for b in grouped for k in b["request_keys"]]
-    all_keys = {stable_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()}
+    all_keys = {
+        stable_key(r["request_id"]) for r in spark.table(shop.table).select("request_id").collect()
+    }
     assert len(set(keys)) == len(keys) == sum(len(b["request_keys"]) for b in mixed)
     assert set(keys) <= all_keys and len(all_keys) - len(keys) < B
 
@@ -153,9 +174,13 @@ def test_query_grouped_batches_mostly_hold_one_query_and_still_resume(spark, sho
     assert n_queries >= 3, "the shop should have several queries to group"
     # At most one batch per query boundary mixes two queries.
     assert pure(grouped) >= 1 - n_queries / len(grouped) and pure(grouped) > pure(mixed) + 0.3
-    assert _same(grouped, _epoch(snap, group_by_query=True, shuffle_window=window, kind="pyarrow", workers=2))
+    assert _same(
+        grouped, _epoch(snap, group_by_query=True, shuffle_window=window, kind="pyarrow", workers=2)
+    )
     for skip in (1, len(grouped) // 2):
-        assert _same(_epoch(snap, skip=skip, group_by_query=True, shuffle_window=window), grouped[skip:])
+        assert _same(
+            _epoch(snap, skip=skip, group_by_query=True, shuffle_window=window), grouped[skip:]
+        )
 
 
 def _largest_file(snap: TrainingSnapshot) -> int:
@@ -190,9 +215,12 @@ def test_an_epoch_that_reads_nothing_fails_at_once(shop, tmp_path, kind):
     empty = tmp_path / "empty.parquet"
     source_path = urlparse(snap.files[i]).path
     pq.write_table(pq.read_table(source_path).slice(0, 0), empty)
-    hollow = dataclasses.replace(snap, files=(f"file:{empty}",), file_rows=(snap.file_rows[i],),
-                                 total_rows=snap.file_rows[i])
-    batches = make_batch_source(hollow, 0, 1, batch_size=2, seed=0, **{**LOADER, "kind": kind}).batches(0)
+    hollow = dataclasses.replace(
+        snap, files=(f"file:{empty}",), file_rows=(snap.file_rows[i],), total_rows=snap.file_rows[i]
+    )
+    batches = make_batch_source(
+        hollow, 0, 1, batch_size=2, seed=0, **{**LOADER, "kind": kind}
+    ).batches(0)
     with pytest.raises(EpochRowCountError, match=r"expected \d+ rows, read 0: "):
         next(batches)
     assert Path(source_path).exists()
@@ -200,7 +228,7 @@ def test_an_epoch_that_reads_nothing_fails_at_once(shop, tmp_path, kind):
 
 def test_too_few_rows_for_every_rank_is_refused_up_front(shop):
     snap = shop.snapshot
-    with pytest.raises(ValueError, match="cannot fill a batch|not every one of"):
+    with pytest.raises(ValueError, match=r"cannot fill a batch|not every one of"):
         make_batch_source(snap, 0, 2, batch_size=snap.total_rows, seed=0, **LOADER)
     with pytest.raises(ValueError, match="kind"):
         make_batch_source(snap, 0, 1, batch_size=2, seed=0, **{**LOADER, "kind": "tfrecord"})

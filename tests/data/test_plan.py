@@ -1,4 +1,5 @@
 """The epoch plan: balanced, deterministic sharding and resumable shuffle order (pure functions)."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,17 @@ def test_steps_are_the_minimum_over_ranks():
 def _plan(epoch: int, skip: int, window: int = 2):
     files = assign_files(FILE_ROWS, 1)[0]
     steps = steps_per_epoch(FILE_ROWS, (files,), 8)
-    return plan_epoch(FILE_ROWS, files, seed=3, epoch=epoch, rank=0, batch_size=8, steps=steps, skip=skip,
-                      window=window), steps
+    return plan_epoch(
+        FILE_ROWS,
+        files,
+        seed=3,
+        epoch=epoch,
+        rank=0,
+        batch_size=8,
+        steps=steps,
+        skip=skip,
+        window=window,
+    ), steps
 
 
 def test_plans_are_seeded_per_epoch():
@@ -52,6 +62,6 @@ def test_a_resumed_plan_starts_at_the_window_holding_its_first_row():
         assert full.files[dropped:] == plan.files
         rows_before = sum(FILE_ROWS[i] for i in full.files[:dropped])
         assert rows_before + plan.skip_rows == skip * 8
-        assert 0 <= plan.skip_rows < sum(FILE_ROWS[i] for i in plan.files[:plan.windows[0]])
+        assert 0 <= plan.skip_rows < sum(FILE_ROWS[i] for i in plan.files[: plan.windows[0]])
     with pytest.raises(ValueError, match="skip"):
         _plan(0, steps + 1)

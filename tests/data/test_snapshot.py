@@ -1,4 +1,6 @@
-"""Pinning a Delta version of courier_training_rows: files, row counts, shapes, errors, log replay."""
+"""Pinning a Delta version of courier_training_rows:
+files, row counts, shapes, errors, log replay."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +35,17 @@ def _spark_files(spark, table_or_path: str, version: int) -> set[str]:
 
 def _epoch_keys(snapshot: TrainingSnapshot) -> tuple[set[int], int]:
     """Request keys yielded by one petastorm epoch over the whole snapshot, and the rows it read."""
-    source = make_batch_source(snapshot, 0, 1, batch_size=4, seed=0, workers=1, kind="petastorm",
-                               shuffle_window=4, group_by_query=False)
+    source = make_batch_source(
+        snapshot,
+        0,
+        1,
+        batch_size=4,
+        seed=0,
+        workers=1,
+        kind="petastorm",
+        shuffle_window=4,
+        group_by_query=False,
+    )
     keys = {int(k) for batch in source.batches(0) for k in batch["request_keys"]}
     return keys, source.last_epoch_stats.rows_read
 
@@ -56,11 +67,20 @@ def test_the_old_snapshot_still_reads_the_old_rows_after_a_rewrite(spark, shop):
     spark.sql(f"DROP TABLE IF EXISTS {copy}")
     spark.conf.set("spark.sql.files.maxRecordsPerFile", str(shop.rows_per_group))
     try:
-        spark.sql(f"CREATE TABLE {copy} USING DELTA PARTITIONED BY (dt) AS SELECT * FROM {shop.table}")
+        spark.sql(
+            f"CREATE TABLE {copy} USING DELTA PARTITIONED BY (dt) AS SELECT * FROM {shop.table}"
+        )
         old = pin_training_snapshot(spark, copy)
         day = "2026-01-02"
-        (spark.table(copy).where(f"dt = DATE'{day}'").limit(3).write.format("delta").mode("overwrite")
-         .option("replaceWhere", f"dt = DATE'{day}'").saveAsTable(copy))
+        (
+            spark.table(copy)
+            .where(f"dt = DATE'{day}'")
+            .limit(3)
+            .write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", f"dt = DATE'{day}'")
+            .saveAsTable(copy)
+        )
     finally:
         spark.conf.unset("spark.sql.files.maxRecordsPerFile")
     new = pin_training_snapshot(spark, copy)
@@ -71,7 +91,8 @@ def test_the_old_snapshot_still_reads_the_old_rows_after_a_rewrite(spark, shop):
     old_rows = spark.sql(f"SELECT request_id, dt FROM {copy} VERSION AS OF 0").collect()
     old_keys = {stable_key(r["request_id"]) for r in old_rows}
     gone = {stable_key(r["request_id"]) for r in old_rows if str(r["dt"]) == day} - {
-        stable_key(r["request_id"]) for r in spark.table(copy).select("request_id").collect()}
+        stable_key(r["request_id"]) for r in spark.table(copy).select("request_id").collect()
+    }
     keys, rows_read = _epoch_keys(old)
     assert rows_read == old.total_rows == len(old_rows)
     assert keys <= old_keys and keys & gone  # rows only the old version has are still read
@@ -84,7 +105,9 @@ def test_pinning_errors_name_the_table(spark, shop):
         pin_training_snapshot(spark, f"{shop.db}.no_such_table")
     with pytest.raises(SnapshotError, match=rf"{shop.table} has versions 0\.\.\d+, not 999"):
         pin_training_snapshot(spark, shop.table, version=999)
-    with pytest.raises(SnapshotError, match=rf"{shop.table} version \d+ has no rows for dt 2030-01-01"):
+    with pytest.raises(
+        SnapshotError, match=rf"{shop.table} version \d+ has no rows for dt 2030-01-01"
+    ):
         pin_training_snapshot(spark, shop.table, dates=(dt.date(2030, 1, 1), dt.date(2030, 1, 2)))
 
 
@@ -105,8 +128,10 @@ def test_log_replay_matches_delta_across_checkpoints_and_log_cleanup(spark, scra
     name = f"{scratch_db}.log_replay"
     spark.sql(f"DROP TABLE IF EXISTS {name}")
     location = f"file:{tmp_path}/log_replay"
-    spark.sql(f"CREATE TABLE {name} (id BIGINT, dt DATE) USING DELTA PARTITIONED BY (dt) LOCATION '{location}' "
-              "TBLPROPERTIES ('delta.checkpointInterval' = '2')")
+    spark.sql(
+        f"CREATE TABLE {name} (id BIGINT, dt DATE) USING DELTA PARTITIONED BY (dt) "
+        f"LOCATION '{location}' TBLPROPERTIES ('delta.checkpointInterval' = '2')"
+    )
     for day in (1, 2):
         spark.sql(f"INSERT INTO {name} SELECT id, DATE'2026-01-0{day}' FROM range({day * 10})")
     spark.sql(f"DELETE FROM {name} WHERE dt = DATE'2026-01-02'")
@@ -115,7 +140,9 @@ def test_log_replay_matches_delta_across_checkpoints_and_log_cleanup(spark, scra
     assert (log / f"{4:020d}.checkpoint.parquet").exists()
     states = {version: read_version_state(location, version) for version in range(5)}
     for version in (1, 2, 3, 4):  # before, at and after the checkpoints of versions 2 and 4
-        assert _paths(f.uri for f in states[version].files) == _spark_files(spark, f"delta.`{location}`", version)
+        assert _paths(f.uri for f in states[version].files) == _spark_files(
+            spark, f"delta.`{location}`", version
+        )
     assert sum(f.num_records for f in states[4].files) == spark.table(name).count() == 10 + 7
     # After log cleanup only the checkpoint can rebuild a version; older ones are refused clearly.
     for version in range(2):
@@ -129,15 +156,20 @@ def test_log_replay_matches_delta_across_checkpoints_and_log_cleanup(spark, scra
 def test_tables_whose_parquet_differs_from_their_rows_are_refused(spark, scratch_db):
     dv = f"{scratch_db}.with_deletion_vectors"
     spark.sql(f"DROP TABLE IF EXISTS {dv}")
-    spark.sql(f"CREATE TABLE {dv} (id BIGINT) USING DELTA TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    spark.sql(
+        f"CREATE TABLE {dv} (id BIGINT) USING DELTA TBLPROPERTIES ('delta.enableDeletionVectors' = "
+        "'true')"
+    )
     spark.sql(f"INSERT INTO {dv} SELECT id FROM range(20)")
     spark.sql(f"DELETE FROM {dv} WHERE id = 3")
     with pytest.raises(SnapshotError, match=f"{dv} version 2 has 1 files with deletion vectors"):
         pin_training_snapshot(spark, dv)
     mapped = f"{scratch_db}.with_column_mapping"
     spark.sql(f"DROP TABLE IF EXISTS {mapped}")
-    spark.sql(f"CREATE TABLE {mapped} (id BIGINT) USING DELTA TBLPROPERTIES ('delta.columnMapping.mode' = 'name', "
-              "'delta.minReaderVersion' = '2', 'delta.minWriterVersion' = '5')")
+    spark.sql(
+        f"CREATE TABLE {mapped} (id BIGINT) USING DELTA TBLPROPERTIES ('delta.columnMapping.mode' "
+        "= 'name', 'delta.minReaderVersion' = '2', 'delta.minWriterVersion' = '5')"
+    )
     spark.sql(f"INSERT INTO {mapped} VALUES (1)")
     with pytest.raises(SnapshotError, match=f"{mapped} uses column mapping"):
         pin_training_snapshot(spark, mapped)

@@ -5,6 +5,7 @@ config) beside the test session, sharing its warehouse through the catalog serve
 Helpers compare tables by content: every column but those that record *when* a row was
 written (and which run wrote it), sorted; floats equal to 1e-6.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import psutil
 import pytest
@@ -26,8 +27,11 @@ from courier.config import PROJECT_ROOT, CourierConfig
 VOLATILE = {"prepared_at", "computed_at", "updated_at", "run_id", "created_at", "mlflow_run_id"}
 
 
-def table_rows(spark, table: str, drop: Iterable[str] = (), where: str | None = None) -> list[tuple]:
-    """The rows of ``table`` (matching ``where``), volatile columns and ``drop`` left out, as sorted tuples."""
+def table_rows(
+    spark, table: str, drop: Iterable[str] = (), where: str | None = None
+) -> list[tuple]:
+    """The rows of ``table`` (matching ``where``),
+    volatile columns and ``drop`` left out, as sorted tuples."""
     df = spark.table(table) if where is None else spark.table(table).where(where)
     keep = [c for c in df.columns if c not in VOLATILE and c not in set(drop)]
     return sorted((tuple(_plain(v) for v in row) for row in df.select(*keep).collect()), key=repr)
@@ -43,13 +47,13 @@ def assert_same_rows(actual: list[tuple], expected: list[tuple], what: str) -> N
     """Same rows, no duplicates; floats (embeddings, similarities) equal to 1e-6."""
     assert len(actual) == len(expected), f"{what}: {len(actual)} rows, expected {len(expected)}"
     assert len(set(map(repr, actual))) == len(actual), f"{what}: duplicate rows"
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         assert _close(a, e), f"{what}: {str(a)[:300]} != {str(e)[:300]}"
 
 
 def _close(a, e) -> bool:
     if isinstance(a, tuple) and isinstance(e, tuple):
-        return len(a) == len(e) and all(_close(x, y) for x, y in zip(a, e))
+        return len(a) == len(e) and all(_close(x, y) for x, y in zip(a, e, strict=True))
     if isinstance(a, float) and isinstance(e, float):
         return abs(a - e) <= 1e-6
     return a == e
@@ -57,8 +61,14 @@ def _close(a, e) -> bool:
 
 def table_versions(spark, tables: Iterable[str]) -> dict[str, int | None]:
     """Each table's latest Delta version (None: the table does not exist)."""
-    return {t: (int(DeltaTable.forName(spark, t).history(1).first()["version"])
-                if spark.catalog.tableExists(t) else None) for t in tables}
+    return {
+        t: (
+            int(DeltaTable.forName(spark, t).history(1).first()["version"])
+            if spark.catalog.tableExists(t)
+            else None
+        )
+        for t in tables
+    }
 
 
 def restore(spark, versions: Mapping[str, int | None]) -> None:
@@ -77,21 +87,40 @@ def delta_log(spark, cfg: CourierConfig, name: str) -> Path:
 
 
 def commits(log_dir: Path) -> set[int]:
-    return {int(p.stem) for p in log_dir.glob("*.json") if p.stem.isdigit()} if log_dir.is_dir() else set()
+    return (
+        {int(p.stem) for p in log_dir.glob("*.json") if p.stem.isdigit()}
+        if log_dir.is_dir()
+        else set()
+    )
 
 
 class CourierProcess:
     """``courier <args> --profile <cfg as YAML>`` in its own process group, its output collected."""
 
-    def __init__(self, cfg: CourierConfig, tmp: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: CourierConfig, tmp: Path, *args: str, env: Mapping[str, str] | None = None
+    ) -> None:
         profile = tmp / f"profile-{args[0]}-{time.monotonic_ns()}.yaml"
         profile.write_text(cfg.to_yaml())
-        env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}, **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--profile", str(profile)],
-                                     cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+        env = {
+            **{
+                k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+            },
+            **(env or {}),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", *args, "--profile", str(profile)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader = threading.Thread(
+            target=lambda: self.lines.extend(self.proc.stdout), daemon=True
+        )
         self._reader.start()
 
     @property
@@ -99,12 +128,15 @@ class CourierProcess:
         return "".join(self.lines)
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout_s: float = 600) -> None:
-        """Return once ``condition()`` holds; fail the test if the process ends first or time runs out."""
+        """Return once ``condition()`` holds;
+        fail the test if the process ends first or time runs out."""
         deadline = time.monotonic() + timeout_s
         while not condition():
             if self.proc.poll() is not None:
                 self._reader.join(timeout=10)
-                pytest.fail(f"the job ended ({self.proc.returncode}) before {what}:\n{self.output[-3000:]}")
+                pytest.fail(
+                    f"the job ended ({self.proc.returncode}) before {what}:\n{self.output[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 pytest.fail(f"no {what} within {timeout_s} s:\n{self.output[-3000:]}")
@@ -151,7 +183,8 @@ def torch_workers(root: int, busy: bool = False) -> list[psutil.Process]:
 
 
 def built_rows(spark, database: str, start, end) -> dict[str, list[tuple]]:
-    """What a sample build of ``[start, end]`` wrote to ``database``: item_images, the range's samples,
+    """What a sample build of ``[start, end]`` wrote to ``database``:
+    item_images, the range's samples,
     training rows and rejects (the images' rejects, the build's of the range)."""
     from courier.samples.build import rejects_scope
     from courier.tables import date_range_predicate
@@ -160,7 +193,15 @@ def built_rows(spark, database: str, start, end) -> dict[str, list[tuple]]:
     return {
         "item_images": table_rows(spark, f"{database}.item_images"),
         "courier_samples": table_rows(spark, f"{database}.courier_samples", where=in_range),
-        "courier_training_rows": table_rows(spark, f"{database}.courier_training_rows", where=in_range),
-        "rejects": table_rows(spark, f"{database}.rejects", where=(
-            f"stage = 'item_images' OR (stage = 'build_samples' AND ({rejects_scope(in_range)}))")),
+        "courier_training_rows": table_rows(
+            spark, f"{database}.courier_training_rows", where=in_range
+        ),
+        "rejects": table_rows(
+            spark,
+            f"{database}.rejects",
+            where=(
+                "stage = 'item_images' OR "
+                f"(stage = 'build_samples' AND ({rejects_scope(in_range)}))"
+            ),
+        ),
     }

@@ -1,6 +1,7 @@
 """kill -9 part-way through a stage, then the same command again: the tables equal an
 uninterrupted run's, with no duplicates, and what the killed run left is whole Delta
 versions only (training: tests/train/test_train_resume.py and test_train_horovod.py)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,8 +16,16 @@ from courier.features.cluster import cluster_embeddings
 from courier.features.embed import _partitions, embed_items
 from courier.samples.build import build_samples
 from tests.conftest import TRAIN_DB, TRAIN_START
-from tests.faults.conftest import (CourierProcess, assert_same_rows, built_rows, commits, delta_log, restore,
-                                   table_rows, table_versions)
+from tests.faults.conftest import (
+    CourierProcess,
+    assert_same_rows,
+    built_rows,
+    commits,
+    delta_log,
+    restore,
+    table_rows,
+    table_versions,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +41,26 @@ def build_cfg(spark, feature_db) -> CourierConfig:
     return cfg
 
 
-def test_build_samples_killed_after_writing_samples_then_rerun(spark, build_cfg: CourierConfig, tmp_path):
+def test_build_samples_killed_after_writing_samples_then_rerun(
+    spark, build_cfg: CourierConfig, tmp_path
+):
     """Killed between courier_samples and courier_training_rows; the reference is the training
     shop, built by the same code and config from the same raw tables."""
     t = build_cfg.tables
-    job = CourierProcess(build_cfg, tmp_path, "build-samples", "--start", str(START), "--end", str(END))
+    job = CourierProcess(
+        build_cfg, tmp_path, "build-samples", "--start", str(START), "--end", str(END)
+    )
     samples_log = delta_log(spark, build_cfg, "courier_samples")
     job.kill_when(lambda: 1 in commits(samples_log))  # version 0 is the empty table, 1 its data
 
     # What the killed run left: whole commits. Its samples are all there, its training rows are not.
     assert not spark.catalog.tableExists(t.qualified("courier_training_rows"))
     reference = built_rows(spark, TRAIN_DB, START, END)
-    assert_same_rows(table_rows(spark, t.qualified("courier_samples")), reference["courier_samples"],
-                     "courier_samples after the kill")
+    assert_same_rows(
+        table_rows(spark, t.qualified("courier_samples")),
+        reference["courier_samples"],
+        "courier_samples after the kill",
+    )
     finished = {r["stage"] for r in spark.table(t.qualified("pipeline_runs")).collect()}
     assert finished == {"item_images"}, "the killed build must not be recorded as finished"
 
@@ -68,8 +84,11 @@ FINISHED_TASK = re.compile(r"Finished task \S+ in stage (\d+)\.\d+ .*\((\d+)/(\d
 def logging_tasks(cfg: CourierConfig, tmp: Path) -> CourierConfig:
     """``cfg`` with the project's JVM logging plus a line per finished Spark task."""
     conf = tmp / "log4j2-tasks.properties"
-    conf.write_text((PROJECT_ROOT / cfg.spark.log4j_config).read_text() +
-                    "\nlogger.tasks.name = org.apache.spark.scheduler.TaskSetManager\nlogger.tasks.level = info\n")
+    conf.write_text(
+        (PROJECT_ROOT / cfg.spark.log4j_config).read_text()
+        + "\nlogger.tasks.name = org.apache.spark.scheduler.TaskSetManager"
+        "\nlogger.tasks.level = info\n"
+    )
     return cfg.replace([f"spark.log4j_config={conf}"])
 
 
@@ -92,8 +111,10 @@ def test_embed_killed_while_embedding_then_rerun(spark, features_cfg: CourierCon
     embed_items(spark, features_cfg)  # the uninterrupted run, from nothing
     expected = table_rows(spark, table)
     spark.sql(f"DELETE FROM {table} WHERE item_id % 3 = 0")
-    spark.sql(f"UPDATE {table} SET content_hash = concat('older-', content_hash), "
-              "embedding = transform(embedding, v -> CAST(0 AS FLOAT)) WHERE item_id % 3 = 1")
+    spark.sql(
+        f"UPDATE {table} SET content_hash = concat('older-', content_hash), "
+        "embedding = transform(embedding, v -> CAST(0 AS FLOAT)) WHERE item_id % 3 = 1"
+    )
     yesterday = table_rows(spark, table)
     changed = spark.table(table).where("item_id % 3 = 1").count()
     to_embed = len(expected) - len(yesterday) + changed
@@ -101,21 +122,28 @@ def test_embed_killed_while_embedding_then_rerun(spark, features_cfg: CourierCon
 
     # One image per Arrow batch, 8 per task (courier.features.embed._partitions): the UDF's stage
     # has 20 tasks of 8 batches here, and its first finished task comes well before its last.
-    cfg = logging_tasks(features_cfg.replace(["embed.arrow_batch_rows=1", "embed.batch_size=1"]), tmp_path)
+    cfg = logging_tasks(
+        features_cfg.replace(["embed.arrow_batch_rows=1", "embed.batch_size=1"]), tmp_path
+    )
     tasks = _partitions(spark, to_embed, cfg.embed.arrow_batch_rows)
-    # Every stage before the UDF's reads a few small files or a shuffle into spark.shuffle_partitions.
+    # Every stage before the UDF's reads a few small
+    # files or a shuffle into spark.shuffle_partitions.
     small = max(spark.sparkContext.defaultParallelism, cfg.spark.shuffle_partitions)
     assert tasks > small
     job = CourierProcess(cfg, tmp_path, "embed")
     job.kill_when(lambda: big_stage_progress(job.lines, small)[0] >= 1)
     done, of = big_stage_progress(job.lines, small)
-    assert of == tasks, f"the killed run's UDF stage has {of} tasks, not those of the {to_embed} items to embed"
+    assert of == tasks, (
+        f"the killed run's UDF stage has {of} tasks, not those of the {to_embed} items to embed"
+    )
     assert 0 < done < tasks, f"killed with {done} of the UDF's {tasks} tasks finished"
     assert_same_rows(table_rows(spark, table), yesterday, "item_embeddings after the kill")
 
     result = embed_items(spark, features_cfg)
-    assert (result.record.metrics["embedded"], result.record.metrics["unchanged"]) \
-        == (to_embed, len(yesterday) - changed)
+    assert (result.record.metrics["embedded"], result.record.metrics["unchanged"]) == (
+        to_embed,
+        len(yesterday) - changed,
+    )
     assert_same_rows(table_rows(spark, table), expected, "item_embeddings")
 
 
@@ -126,12 +154,19 @@ def written_after(log: Path, version: int) -> list[Path]:
     if not commit.exists():
         return []
     since = commit.stat().st_mtime_ns
-    return [p for p in log.parent.rglob("*.parquet") if "_delta_log" not in p.parts and p.stat().st_mtime_ns > since]
+    return [
+        p
+        for p in log.parent.rglob("*.parquet")
+        if "_delta_log" not in p.parts and p.stat().st_mtime_ns > since
+    ]
 
 
-def test_assign_killed_during_its_merge_then_rerun(spark, features_cfg: CourierConfig, tmp_path, copy_embeddings):
+def test_assign_killed_during_its_merge_then_rerun(
+    spark, features_cfg: CourierConfig, tmp_path, copy_embeddings
+):
     t = features_cfg.tables
-    if not spark.catalog.tableExists(t.qualified("item_embeddings")):  # run alone, without the embed test
+    # run alone, without the embed test
+    if not spark.catalog.tableExists(t.qualified("item_embeddings")):
         copy_embeddings(features_cfg)
     cluster_embeddings(spark, features_cfg)
     features = t.qualified("item_image_features")
@@ -141,7 +176,9 @@ def test_assign_killed_during_its_merge_then_rerun(spark, features_cfg: CourierC
     restore(spark, before)
 
     # One row per file: the MERGE writes its files for seconds before it commits.
-    job = CourierProcess(features_cfg.replace(["spark.conf.spark.sql.files.maxRecordsPerFile=1"]), tmp_path, "assign")
+    job = CourierProcess(
+        features_cfg.replace(["spark.conf.spark.sql.files.maxRecordsPerFile=1"]), tmp_path, "assign"
+    )
     log = delta_log(spark, features_cfg, "item_image_features")
     # Killed while its MERGE writes: some of its files are there, its commit (version 1) is not
     # (version 0 is the empty table).

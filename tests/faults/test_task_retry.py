@@ -1,5 +1,6 @@
 """A Spark task that fails part-way (its Python worker killed, as the OOM killer would) is
 retried by Spark, and the stage finishes with the counts and values of an untroubled run."""
+
 from __future__ import annotations
 
 import os
@@ -30,16 +31,23 @@ def _kill_first_busy_worker(killed: list[int], done: threading.Event) -> None:
 
 def _failed_tasks(spark) -> int:
     tracker = spark.sparkContext.statusTracker()
-    stages = [sid for job in tracker.getJobIdsForGroup(GROUP) for sid in tracker.getJobInfo(job).stageIds]
-    return sum(info.numFailedTasks for info in map(tracker.getStageInfo, stages) if info is not None)
+    stages = [
+        sid for job in tracker.getJobIdsForGroup(GROUP) for sid in tracker.getJobInfo(job).stageIds
+    ]
+    return sum(
+        info.numFailedTasks for info in map(tracker.getStageInfo, stages) if info is not None
+    )
 
 
-def test_a_killed_python_worker_is_retried_and_embed_finishes(spark, feature_db, registered_encoder: str):
+def test_a_killed_python_worker_is_retried_and_embed_finishes(
+    spark, feature_db, registered_encoder: str
+):
     # The session's master is local[2,2]: local mode retries a failed task only if asked, as the
     # embedded default (local[*,2]) does.
     assert spark.sparkContext.master == "local[2,2]"
     cfg: CourierConfig = feature_db("courier_faults_task_retry").replace(
-        ["embed.arrow_batch_rows=16", "embed.batch_size=16"])  # many batches per task: the kill lands mid-task
+        ["embed.arrow_batch_rows=16", "embed.batch_size=16"]
+    )  # many batches per task: the kill lands mid-task
     items = spark.table(cfg.tables.qualified("item_images")).count()
     killed: list[int] = []
     done = threading.Event()

@@ -1,4 +1,6 @@
-"""Bad input to the feature stages: each stops at once with a message naming the table, version or value."""
+"""Bad input to the feature stages: each stops at once
+with a message naming the table, version or value."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,7 +35,9 @@ def test_cluster_on_an_empty_embeddings_table(spark, cfg):
 
 
 def test_assign_without_any_cluster_version(spark, cfg):
-    with pytest.raises(ClusteringError, match=rf"{DB}.cluster_centroids does not exist|holds no cluster version"):
+    with pytest.raises(
+        ClusteringError, match=rf"{DB}.cluster_centroids does not exist|holds no cluster version"
+    ):
         assign_items(spark, cfg)
 
 
@@ -56,7 +60,10 @@ def test_cluster_of_a_model_version_that_embedded_nothing(spark, cfg, embedded):
 
 def test_assign_to_a_missing_cluster_version(spark, cfg, embedded):
     cluster_embeddings(spark, cfg)
-    with pytest.raises(ClusteringError, match=r"cluster version 42 is not in table .*cluster_centroids \(versions: \[1\]\)"):
+    with pytest.raises(
+        ClusteringError,
+        match=r"cluster version 42 is not in table .*cluster_centroids \(versions: \[1\]\)",
+    ):
         assign_items(spark, cfg, cluster_version=42)
 
 
@@ -68,18 +75,32 @@ def test_a_model_without_its_preprocessing_is_refused(spark, cfg, embedded, tmp_
     from courier.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri(cfg.mlflow.tracking_uri))
-    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id):
-        info = mlflow.pytorch.log_model(torch.nn.Flatten(), name="bare", serialization_format="pickle")
+    with mlflow.start_run(
+        experiment_id=mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+    ):
+        info = mlflow.pytorch.log_model(
+            torch.nn.Flatten(), name="bare", serialization_format="pickle"
+        )
     with pytest.raises(ModelResolutionError, match="carries no 'courier_preprocessing' metadata"):
         embed_items(spark, cfg, model_uri=info.model_uri)
 
 
 def test_the_cli_prints_one_line_and_exits_2(spark, cfg, embedded, capsys):
-    overrides = [f"spark.warehouse_dir={cfg.spark.warehouse_dir}", f"spark.master={cfg.spark.master}",
-                 f"tables.database={DB}", f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}",
-                 f"mlflow.registered_model={cfg.mlflow.registered_model}"]
-    code = main(["embed", "--model", f"models:/{cfg.mlflow.registered_model}/999",
-                 *[a for o in overrides for a in ("--set", o)]])
+    overrides = [
+        f"spark.warehouse_dir={cfg.spark.warehouse_dir}",
+        f"spark.master={cfg.spark.master}",
+        f"tables.database={DB}",
+        f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}",
+        f"mlflow.registered_model={cfg.mlflow.registered_model}",
+    ]
+    code = main(
+        [
+            "embed",
+            "--model",
+            f"models:/{cfg.mlflow.registered_model}/999",
+            *[a for o in overrides for a in ("--set", o)],
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "courier embed: error: model models:/" in err and "has no version 999" in err

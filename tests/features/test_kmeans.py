@@ -1,4 +1,5 @@
 """faiss spherical k-means and the id matching, on synthetic unit vectors (no Spark)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,11 @@ from courier.features.assign import nearest_centroids
 from courier.features.kmeans import fit_spherical_kmeans, match_cluster_ids
 
 
-def mixture(n: int, k: int, d: int = 32, spread: float = 0.35, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """n unit vectors around k random unit centres (overlapping enough that k-means has choices to make)."""
+def mixture(
+    n: int, k: int, d: int = 32, spread: float = 0.35, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """n unit vectors around k random unit centres
+    (overlapping enough that k-means has choices to make)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((k, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -34,7 +38,7 @@ def test_fit_returns_unit_centroids_and_honest_statistics():
     np.testing.assert_array_equal(np.bincount(ids, minlength=20), fit.sizes)
     # faiss's objective for spherical k-means is the summed cosine to the nearest centroid.
     assert fit.objective == pytest.approx(float(sims.sum()), rel=1e-4)
-    expected_imbalance = 20 * float((fit.sizes.astype(np.float64) ** 2).sum()) / 4000 ** 2
+    expected_imbalance = 20 * float((fit.sizes.astype(np.float64) ** 2).sum()) / 4000**2
     assert fit.imbalance_factor == pytest.approx(expected_imbalance, rel=1e-6)
     assert fit.empty_clusters == int((fit.sizes == 0).sum())
 
@@ -92,8 +96,9 @@ def _kept_share(x_old: np.ndarray, x_all: np.ndarray, k: int, warm: bool) -> flo
     first = fit_spherical_kmeans(x_old, ClusterConfig(k=k, niter=20, seed=1))
     ids_first = np.arange(k)
     if warm:
-        second = fit_spherical_kmeans(x_all, ClusterConfig(k=k, niter=20, seed=2),
-                                      init_centroids=first.centroids)
+        second = fit_spherical_kmeans(
+            x_all, ClusterConfig(k=k, niter=20, seed=2), init_centroids=first.centroids
+        )
         ids_second = match_cluster_ids(second.centroids, first.centroids, ids_first)
     else:  # what a plain re-fit does: a new seed, ids in faiss's order
         second = fit_spherical_kmeans(x_all, ClusterConfig(k=k, niter=20, seed=2))

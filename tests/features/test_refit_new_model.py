@@ -1,4 +1,6 @@
-"""A re-fit after a model change keeps the Cluster-IDs: the old clusters are carried into the new space."""
+"""A re-fit after a model change keeps the Cluster-IDs:
+the old clusters are carried into the new space."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,21 +22,36 @@ def _write_rotated_model(spark, cfg, model_version: str, skip: set[int], seed: i
     """
     table = cfg.tables.qualified("item_embeddings")
     rows = spark.table(table).orderBy("item_id").collect()
-    x = np.array([r["embedding"] for r in rows], dtype=np.float32)          # [n, d]
+    x = np.array([r["embedding"] for r in rows], dtype=np.float32)  # [n, d]
     q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(x.shape[1], x.shape[1])))
-    rotated = (x @ q).astype(np.float32)                                   # [n, d]
+    rotated = (x @ q).astype(np.float32)  # [n, d]
     new = spark.createDataFrame(
-        [(r["item_id"], r["content_hash"], [float(v) for v in e]) for r, e in zip(rows, rotated)
-         if r["item_id"] not in skip],
-        "item_id BIGINT, content_hash STRING, embedding ARRAY<FLOAT>")
-    (new.select("item_id", F.lit(model_version).alias("model_version"), "content_hash", "embedding",
-                F.current_timestamp().alias("computed_at"))
-     .select(*spark.table(table).columns).writeTo(table).append())
+        [
+            (r["item_id"], r["content_hash"], [float(v) for v in e])
+            for r, e in zip(rows, rotated, strict=True)
+            if r["item_id"] not in skip
+        ],
+        "item_id BIGINT, content_hash STRING, embedding ARRAY<FLOAT>",
+    )
+    (
+        new.select(
+            "item_id",
+            F.lit(model_version).alias("model_version"),
+            "content_hash",
+            "embedding",
+            F.current_timestamp().alias("computed_at"),
+        )
+        .select(*spark.table(table).columns)
+        .writeTo(table)
+        .append()
+    )
 
 
 def _current_rows(spark, cfg) -> dict[int, tuple[int, str]]:
     """item_id -> (image_cluster_id, model_version) of each item's open row."""
-    rows = spark.table(cfg.tables.qualified("item_image_features")).where("valid_to IS NULL").collect()
+    rows = (
+        spark.table(cfg.tables.qualified("item_image_features")).where("valid_to IS NULL").collect()
+    )
     return {r["item_id"]: (r["image_cluster_id"], r["model_version"]) for r in rows}
 
 
@@ -75,5 +92,9 @@ def test_a_refit_on_a_new_model_keeps_each_items_cluster_id(spark, feature_db, c
     # would keep almost none. Items split off into the fresh cluster are counted apart.
     stayed = [i for i in moved if after[i][0] < fresh]
     same = np.mean([after[i][0] == before[i] for i in stayed])
-    assert same >= 0.9, f"only {same:.1%} of the items kept their Cluster-ID across the model change"
-    assert len(stayed) >= 0.75 * len(moved), f"{len(moved) - len(stayed)} of {len(moved)} items went to the fresh id"
+    assert same >= 0.9, (
+        f"only {same:.1%} of the items kept their Cluster-ID across the model change"
+    )
+    assert len(stayed) >= 0.75 * len(moved), (
+        f"{len(moved) - len(stayed)} of {len(moved)} items went to the fresh id"
+    )

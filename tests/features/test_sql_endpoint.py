@@ -5,6 +5,7 @@ end even when a test fails). beeline (from pyspark) and PyHive run the README's 
 every view, and their rows are compared with the shared Spark session's. Writes are refused, wrong
 credentials too, a commit is seen by the next query, and stopping leaves no process behind.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,29 +30,38 @@ from courier.config import PROJECT_ROOT, SparkConfig
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings
 from courier.features.views import FEATURE_VIEWS
-from courier.sql_server import (SqlServerError, format_table, running_endpoint, start_sql_server, stop_sql_server,
-                                warehouse_path)
+from courier.sql_server import (
+    SqlServerError,
+    format_table,
+    running_endpoint,
+    start_sql_server,
+    stop_sql_server,
+    warehouse_path,
+)
 from jobs.cli import main as courier_main
 from tests.conftest import TRAIN_DB
 
 DB = "courier_sql_endpoint_test"
 BEELINE = Path(pyspark.__file__).parent / "bin" / "beeline"
-# The README's analyst queries run on the test databases: the sample build's tables are in the training
-# shop's database, the views in this module's; the shop's days are 2026-01-01..04.
-README_QUERIES = re.findall(r'^\.venv/bin/courier sql "(.+)"$', (PROJECT_ROOT / "README.md").read_text(), re.M)
+# The README's analyst queries run on the test databases: the sample build's tables are in the
+# training shop's database, the views in this module's; the shop's days are 2026-01-01..04.
+README_QUERIES = re.findall(
+    r'^\.venv/bin/courier sql "(.+)"$', (PROJECT_ROOT / "README.md").read_text(), re.M
+)
 SAMPLE_TABLES = ("courier_samples", "rejects", "pipeline_runs")
 
 
-def test_queries(readme: list[str] = README_QUERIES) -> list[str]:
+def analyst_queries(readme: list[str] = README_QUERIES) -> list[str]:
     """The README's queries on the test databases."""
     out = []
     for query in readme:
-        query = re.sub(r"\bcourier\.(\w+)", lambda m: f"{TRAIN_DB if m[1] in SAMPLE_TABLES else DB}.{m[1]}", query)
+        query = re.sub(
+            r"\bcourier\.(\w+)",
+            lambda m: f"{TRAIN_DB if m[1] in SAMPLE_TABLES else DB}.{m[1]}",
+            query,
+        )
         out.append(query.replace("DATE'2026-01-14'", "DATE'2026-01-03'"))
     return out
-
-
-test_queries.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +73,9 @@ def cfg(feature_db):
 def fresh_table(spark, cfg) -> str:
     """A small Delta table the tests write to from the Spark session while the endpoint reads it."""
     table = f"{DB}.fresh"
-    spark.range(0, 100, numPartitions=2).withColumnRenamed("id", "v").write.format("delta").saveAsTable(table)
+    spark.range(0, 100, numPartitions=2).withColumnRenamed("id", "v").write.format(
+        "delta"
+    ).saveAsTable(table)
     return table
 
 
@@ -87,17 +99,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-# --- comparing a client's rows with Spark's -------------------------------------------------------------
+# --- comparing a client's rows with Spark's -------------------------------------------------------
+
 
 def _plain(value):
-    """A Spark value as JSON would carry it (the Thrift server sends arrays, maps and structs as JSON)."""
+    """A Spark value as JSON would carry it
+    (the Thrift server sends arrays, maps and structs as JSON)."""
     if hasattr(value, "asDict"):
         return {k: _plain(v) for k, v in value.asDict().items()}
-    if isinstance(value, dict):  # a map's entries in key order: engines need not keep insertion order
+    # a map's entries in key order: engines need not keep insertion order
+    if isinstance(value, dict):
         return {str(k): _plain(value[k]) for k in sorted(value, key=str)}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, float):  # a FLOAT column reaches clients widened or printed: compare as float32
+    # a FLOAT column reaches clients widened or printed: compare as float32
+    if isinstance(value, float):
         return float(np.float32(value))
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
@@ -105,7 +121,8 @@ def _plain(value):
 
 
 def _decode(text, like):
-    """A client's value (PyHive's typed value or beeline's text) as ``_plain`` gives Spark's ``like``."""
+    """A client's value (PyHive's typed value or beeline's text)
+    as ``_plain`` gives Spark's ``like``."""
     if text is None or (text == "NULL" and not isinstance(like, str)):
         return None
     if isinstance(like, (dict, list, tuple)) or hasattr(like, "asDict"):
@@ -122,33 +139,51 @@ def _decode(text, like):
 
 
 def _canonical(spark_rows, client_rows) -> tuple[list[str], list[str]]:
-    """Spark's rows and a client's, each row as one comparable text, sorted (rows as multisets: ties in an
+    """Spark's rows and a client's, each row as one comparable text,
+    sorted (rows as multisets: ties in an
     ORDER BY may come in another order from each engine)."""
     width = len(spark_rows[0]) if spark_rows else 0
     likes = [next((r[i] for r in spark_rows if r[i] is not None), "") for i in range(width)]
     want = sorted(repr([_plain(v) for v in row]) for row in spark_rows)
-    got = sorted(repr([_decode(v, like) for v, like in zip(row, likes)]) for row in client_rows)
+    got = sorted(
+        repr([_decode(v, like) for v, like in zip(row, likes, strict=False)]) for row in client_rows
+    )
     return want, got
 
 
 def assert_same_rows(spark_rows, client_rows, query: str) -> None:
     """The client's rows are Spark's, value by value."""
-    assert len(client_rows) == len(spark_rows), f"{query}: {len(client_rows)} rows, Spark {len(spark_rows)}"
+    assert len(client_rows) == len(spark_rows), (
+        f"{query}: {len(client_rows)} rows, Spark {len(spark_rows)}"
+    )
     want, got = _canonical(spark_rows, client_rows)
     assert got == want, query
 
 
 def full(query: str) -> str:
-    """The query without its LIMIT: a LIMIT without a total order may pick other rows in each engine."""
+    """The query without its LIMIT: a LIMIT without a
+    total order may pick other rows in each engine."""
     return re.sub(r"\s+LIMIT\s+\d+\s*$", "", query)
 
 
-# --- the tests ----------------------------------------------------------------------------------------------
+# --- the tests ------------------------------------------------------------------------------------
 
-def test_courier_sql_falls_back_to_its_own_session_when_no_endpoint_is_up(spark, cfg, tmp_path, capsys):
-    # An empty warehouse has no endpoint; an in-memory catalog makes the fallback reuse this process's session.
-    rc = courier_main(["sql", f"SELECT count(*) AS n FROM {TRAIN_DB}.rejects", "--set", f"spark.warehouse_dir={tmp_path}",
-                       "--set", "spark.catalog=in-memory"])
+
+def test_courier_sql_falls_back_to_its_own_session_when_no_endpoint_is_up(
+    spark, cfg, tmp_path, capsys
+):
+    # An empty warehouse has no endpoint;
+    # an in-memory catalog makes the fallback reuse this process's session.
+    rc = courier_main(
+        [
+            "sql",
+            f"SELECT count(*) AS n FROM {TRAIN_DB}.rejects",
+            "--set",
+            f"spark.warehouse_dir={tmp_path}",
+            "--set",
+            "spark.catalog=in-memory",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0
     assert f"no SQL endpoint is up for {tmp_path}" in err
@@ -157,23 +192,31 @@ def test_courier_sql_falls_back_to_its_own_session_when_no_endpoint_is_up(spark,
 
 @pytest.fixture(scope="module")
 def spark_results(spark, endpoint) -> dict[str, tuple[list[str], list]]:
-    """Columns and rows of the README's queries (without LIMIT) and of each view, by the Spark session."""
-    queries = [*map(full, test_queries()), *(f"SELECT * FROM {DB}.{view}" for view in FEATURE_VIEWS),
-               # Delta can answer this from its log; its DATE min/max then broke the Thrift server's encoder.
-               f"SELECT max(dt), min(dt), count(*) FROM {TRAIN_DB}.courier_samples"]
+    """Columns and rows of the README's queries
+    (without LIMIT) and of each view, by the Spark session."""
+    queries = [
+        *map(full, analyst_queries()),
+        *(f"SELECT * FROM {DB}.{view}" for view in FEATURE_VIEWS),
+        # Delta can answer this from its log;
+        # its DATE min/max then broke the Thrift server's encoder.
+        f"SELECT max(dt), min(dt), count(*) FROM {TRAIN_DB}.courier_samples",
+    ]
     frames = {query: spark.sql(query) for query in queries}
     return {query: (frame.columns, frame.collect()) for query, frame in frames.items()}
 
 
 def test_readme_queries_and_views_through_pyhive_match_spark(spark_results, endpoint):
-    queries = test_queries()
-    assert len(queries) == 7, "the README's analyst queries changed: check this test's database mapping"
+    queries = analyst_queries()
+    assert len(queries) == 7, (
+        "the README's analyst queries changed: check this test's database mapping"
+    )
     with endpoint.connect() as connection:
         cursor = connection.cursor()
         for query, (_, rows) in spark_results.items():
             cursor.execute(query)
             assert_same_rows(rows, cursor.fetchall(), query)
-        for query in queries:  # as written, LIMIT included: min(LIMIT, all) rows, all of them in the full result
+        # as written, LIMIT included: min(LIMIT, all) rows, all of them in the full result
+        for query in queries:
             cursor.execute(query)
             got, whole = cursor.fetchall(), spark_results[full(query)][1]
             limit = re.search(r"LIMIT\s+(\d+)\s*$", query)
@@ -186,18 +229,37 @@ def test_readme_queries_through_beeline_match_spark(spark_results, endpoint, tmp
     queries = list(spark_results)
     # One beeline (one JVM start) for every query: a marker row before each result tells them apart.
     script = tmp_path / "queries.sql"
-    script.write_text("".join(f"SELECT 'query-{i}' AS marker;\n{q};\n" for i, q in enumerate(queries))
-                      + f"DELETE FROM {DB}.fresh WHERE v = 1;\n")
-    done = subprocess.run([str(BEELINE), "-u", endpoint.jdbc_url, "-n", endpoint.user, "-p", endpoint.password,
-                           "--outputformat=csv2", "--silent=true", "--force=true", "-f", str(script)],
-                          capture_output=True, text=True, timeout=300)
+    script.write_text(
+        "".join(f"SELECT 'query-{i}' AS marker;\n{q};\n" for i, q in enumerate(queries))
+        + f"DELETE FROM {DB}.fresh WHERE v = 1;\n"
+    )
+    done = subprocess.run(
+        [
+            str(BEELINE),
+            "-u",
+            endpoint.jdbc_url,
+            "-n",
+            endpoint.user,
+            "-p",
+            endpoint.password,
+            "--outputformat=csv2",
+            "--silent=true",
+            "--force=true",
+            "-f",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # beeline's csv2 quotes a value holding a comma (a map, an array) with NUL characters
     lines = list(csv.reader(io.StringIO(done.stdout), quotechar="\x00"))
     starts = [i for i, line in enumerate(lines) if line and line[0].startswith("query-")]
     assert len(starts) == len(queries), done.stdout[-2000:] + done.stderr[-2000:]
-    for n, (query, start) in enumerate(zip(queries, starts)):
-        end = starts[n + 1] - 1 if n + 1 < len(starts) else len(lines)  # the next marker's header line
-        block = [line for line in lines[start + 1:end] if line]
+    for n, (query, start) in enumerate(zip(queries, starts, strict=True)):
+        # the next marker's header line
+        end = starts[n + 1] - 1 if n + 1 < len(starts) else len(lines)
+        block = [line for line in lines[start + 1 : end] if line]
         assert block, f"{query}: beeline printed no header"
         header, *rows = block
         columns, spark_rows = spark_results[query]
@@ -208,15 +270,33 @@ def test_readme_queries_through_beeline_match_spark(spark_results, endpoint, tmp
 
 def test_courier_sql_uses_the_endpoint_without_spark(spark, endpoint):
     query = f"SELECT image_cluster_id, items FROM {DB}.cluster_summary ORDER BY image_cluster_id"
-    probe = ("import sys; from jobs.cli import main; rc = main(sys.argv[1:]); "
-             "print('pyspark imported:', 'pyspark' in sys.modules, file=sys.stderr); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", probe, "sql", query, "--limit", "3",
-                           "--set", f"spark.warehouse_dir={endpoint.warehouse}"],
-                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    probe = (
+        "import sys; from jobs.cli import main; rc = main(sys.argv[1:]); "
+        "print('pyspark imported:', 'pyspark' in sys.modules, file=sys.stderr); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe,
+            "sql",
+            query,
+            "--limit",
+            "3",
+            "--set",
+            f"spark.warehouse_dir={endpoint.warehouse}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pyspark imported: False" in done.stderr and "no SQL endpoint" not in done.stderr
     rows = spark.sql(query).collect()
-    assert done.stdout == format_table(["image_cluster_id", "items"], rows[:3], 60, more=len(rows) > 3)
+    assert done.stdout == format_table(
+        ["image_cluster_id", "items"], rows[:3], 60, more=len(rows) > 3
+    )
 
 
 def endpoint_cfg(endpoint) -> SparkConfig:
@@ -227,7 +307,10 @@ def endpoint_cfg(endpoint) -> SparkConfig:
 WRITES = [
     ("INSERT", f"INSERT INTO {DB}.fresh VALUES (1000)"),
     ("INSERT", f"INSERT OVERWRITE {DB}.fresh SELECT 1"),
-    ("MERGE", f"MERGE INTO {DB}.fresh t USING (SELECT 1 AS v) s ON t.v = s.v WHEN MATCHED THEN DELETE"),
+    (
+        "MERGE",
+        f"MERGE INTO {DB}.fresh t USING (SELECT 1 AS v) s ON t.v = s.v WHEN MATCHED THEN DELETE",
+    ),
     ("UPDATE", f"UPDATE {DB}.fresh SET v = 0 WHERE v = 1"),
     ("DELETE", f"DELETE FROM {DB}.fresh WHERE v = 1"),
     ("TRUNCATE", f"TRUNCATE TABLE {DB}.fresh"),
@@ -249,9 +332,16 @@ WRITES = [
     ("reflect", "SELECT reflect('java.lang.System', 'getProperty', 'user.home')"),
     ("TRANSFORM", f"SELECT TRANSFORM(v) USING 'cat' AS (w) FROM {DB}.fresh"),
 ]
-READS = [f"SHOW TABLES IN {DB}", f"DESCRIBE TABLE {DB}.fresh", f"DESCRIBE HISTORY {DB}.fresh", f"USE {DB}",
-         "SET spark.sql.shuffle.partitions=2", f"EXPLAIN SELECT * FROM {DB}.fresh", f"SHOW COLUMNS IN {DB}.fresh",
-         f"SHOW TBLPROPERTIES {DB}.fresh"]
+READS = [
+    f"SHOW TABLES IN {DB}",
+    f"DESCRIBE TABLE {DB}.fresh",
+    f"DESCRIBE HISTORY {DB}.fresh",
+    f"USE {DB}",
+    "SET spark.sql.shuffle.partitions=2",
+    f"EXPLAIN SELECT * FROM {DB}.fresh",
+    f"SHOW COLUMNS IN {DB}.fresh",
+    f"SHOW TBLPROPERTIES {DB}.fresh",
+]
 
 
 def test_every_kind_of_write_is_refused_and_reads_are_not(spark, endpoint, fresh_table):
@@ -259,14 +349,19 @@ def test_every_kind_of_write_is_refused_and_reads_are_not(spark, endpoint, fresh
     with endpoint.connect() as connection:
         cursor = connection.cursor()
         for kind, statement in WRITES:
-            with pytest.raises(Exception) as refused:
+            with pytest.raises(Exception) as refused:  # noqa: PT011 - thrift's or PyHive's class; message checked below
                 cursor.execute(statement)
             message = refused.value.args[0].status.errorMessage
-            assert "courier sql-server is read-only" in message and kind.split()[0] in message, (statement, message)
+            assert "courier sql-server is read-only" in message and kind.split()[0] in message, (
+                statement,
+                message,
+            )
         for statement in READS:
             cursor.execute(statement)
     assert spark.sql(f"DESCRIBE HISTORY {fresh_table} LIMIT 1").first()["version"] == version
-    assert spark.catalog.tableExists(f"{DB}.cluster_summary") and not spark.catalog.tableExists(f"{DB}.other")
+    assert spark.catalog.tableExists(f"{DB}.cluster_summary") and not spark.catalog.tableExists(
+        f"{DB}.other"
+    )
 
 
 def _listening_on(port: int) -> set[str]:
@@ -281,32 +376,49 @@ def _listening_on(port: int) -> set[str]:
 
 
 def test_logins_need_the_generated_credentials(endpoint):
-    # 127.0.0.1 only (on an IPv6 socket the JVM writes it ::ffff:127.0.0.1): no wildcard, no other address
-    assert _listening_on(endpoint.port) and _listening_on(endpoint.port) <= {"0100007F", "0000000000000000FFFF00000100007F"}
+    # 127.0.0.1 only (on an IPv6 socket the JVM writes it ::ffff:127.0.0.1):
+    # no wildcard, no other address
+    assert _listening_on(endpoint.port) and _listening_on(endpoint.port) <= {
+        "0100007F",
+        "0000000000000000FFFF00000100007F",
+    }
     credentials = endpoint.warehouse / ".sql-server" / "credentials.properties"
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert f"password={endpoint.password}" in credentials.read_text()
-    for wrong in (dataclasses.replace(endpoint, password=endpoint.password + "x"),
-                  dataclasses.replace(endpoint, user="root"), dataclasses.replace(endpoint, password="")):
+    for wrong in (
+        dataclasses.replace(endpoint, password=endpoint.password + "x"),
+        dataclasses.replace(endpoint, user="root"),
+        dataclasses.replace(endpoint, password=""),
+    ):
         with pytest.raises(Exception, match="Error validating the login"):
             wrong.connect()
 
 
-def test_a_commit_is_seen_by_the_next_query_and_does_not_break_a_running_one(spark, endpoint, fresh_table):
+def test_a_commit_is_seen_by_the_next_query_and_does_not_break_a_running_one(
+    spark, endpoint, fresh_table
+):
     with endpoint.connect() as connection:
         cursor = connection.cursor()
         cursor.execute(f"SELECT count(*) FROM {fresh_table}")
         before = cursor.fetchall()[0][0]
-        spark.range(0, 7).withColumnRenamed("id", "v").write.format("delta").mode("append").saveAsTable(fresh_table)
+        spark.range(0, 7).withColumnRenamed("id", "v").write.format("delta").mode(
+            "append"
+        ).saveAsTable(fresh_table)
         cursor.execute(f"SELECT count(*) FROM {fresh_table}")
         assert cursor.fetchall()[0][0] == before + 7  # no stale snapshot, no cached table
 
-        # A query that runs for a few seconds while the table is overwritten: it answers from one version.
-        slow = f"SELECT count(*) FROM {fresh_table} a CROSS JOIN range(200000) r WHERE (a.v + r.id) % 7 >= 0"
+        # A query that runs for a few seconds while the
+        # table is overwritten: it answers from one version.
+        slow = (
+            f"SELECT count(*) FROM {fresh_table} a CROSS JOIN range(200000) r "
+            "WHERE (a.v + r.id) % 7 >= 0"
+        )
         result: list = []
         worker = threading.Thread(target=lambda: result.append(_run(endpoint, slow)))
         worker.start()
-        spark.range(0, 3).withColumnRenamed("id", "v").write.format("delta").mode("overwrite").saveAsTable(fresh_table)
+        spark.range(0, 3).withColumnRenamed("id", "v").write.format("delta").mode(
+            "overwrite"
+        ).saveAsTable(fresh_table)
         worker.join(timeout=240)
         assert result and result[0] in ((before + 7) * 200000, 3 * 200000), result
         cursor.execute(f"SELECT count(*) FROM {fresh_table}")

@@ -1,11 +1,12 @@
-"""Worker of the 2-rank Horovod (Gloo) equivalence test: run by ``horovod.runner.run`` in each process."""
+"""Worker of the 2-rank Horovod (Gloo) equivalence test:
+run by ``horovod.runner.run`` in each process."""
 
 from __future__ import annotations
 
 import torch
-from model_dist_worker import CASES, build_model
 
 from courier.model.distributed import HorovodCollectives
+from model_dist_worker import CASES, build_model
 
 
 class DropsOtherRanksGradient(HorovodCollectives):
@@ -23,8 +24,11 @@ class AveragesGatherGradient(HorovodCollectives):
         return super().reduce_scatter_sum(x) / self.world_size
 
 
-MUTANTS = {"exact": None, "drops_other_ranks_gradient": DropsOtherRanksGradient,
-           "averages_gather_gradient": AveragesGatherGradient}
+MUTANTS = {
+    "exact": None,
+    "drops_other_ranks_gradient": DropsOtherRanksGradient,
+    "averages_gather_gradient": AveragesGatherGradient,
+}
 
 
 def worker(batch_path: str) -> dict[str, dict]:
@@ -38,7 +42,9 @@ def worker(batch_path: str) -> dict[str, dict]:
         batch = torch.load(batch_path)
         results: dict[str, dict] = {}
         for name, (loss_kw, _, rows0, rows1) in CASES.items():
-            local = {k: v[torch.tensor(rows0 if env.rank == 0 else rows1)] for k, v in batch.items()}
+            local = {
+                k: v[torch.tensor(rows0 if env.rank == 0 else rows1)] for k, v in batch.items()
+            }
             for mutant, cls in MUTANTS.items():
                 core = build_model(loss_kw)
                 model, optimizer = backend.prepare(core, torch.optim.SGD(core.parameters(), lr=0.0))
@@ -47,7 +53,8 @@ def worker(batch_path: str) -> dict[str, dict]:
                     model.collectives = cls()
                 out = model(local)
                 out.loss.backward()
-                optimizer.synchronize()  # hvd.DistributedOptimizer: the averaged gradients, in p.grad
+                # hvd.DistributedOptimizer: the averaged gradients, in p.grad
+                optimizer.synchronize()
                 results[f"{name}/{mutant}"] = run_case_result(model, out)
         return {"rank": env.rank, "world": env.world_size, "results": results}
     finally:
@@ -59,6 +66,7 @@ def run_case_result(model: torch.nn.Module, out: object) -> dict:
     return {
         "loss": out.loss.detach().clone(),
         "metrics": out.metrics(),
-        "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
+        "grads": {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+        },
     }
-

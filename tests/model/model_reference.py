@@ -14,7 +14,7 @@ import torch
 
 
 def _dot(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b))
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def _cos(a: list[float], b: list[float]) -> float:
@@ -41,7 +41,9 @@ def _pooled_self_attention(keys: list[list[float]]) -> list[float]:
     return [sum(o[t] for o in outs) / len(outs) for t in range(d)]
 
 
-def _contrast(items: list[tuple[list[float], list[float] | None, bool, bool]], tau: float, contrast: bool) -> float:
+def _contrast(
+    items: list[tuple[list[float], list[float] | None, bool, bool]], tau: float, contrast: bool
+) -> float:
     """items: (E, R or None, is_column, in_pool). Mean over columns."""
     columns = [i for i, it in enumerate(items) if it[2]]
     if not columns:
@@ -53,7 +55,9 @@ def _contrast(items: list[tuple[list[float], list[float] | None, bool, bool]], t
         if not contrast:
             total += 1.0 - _cos(e_b, r_b)
             continue
-        denom = sum(math.exp(_cos(items[a][0], r_b) / tau) for a in range(len(items)) if items[a][3])
+        denom = sum(
+            math.exp(_cos(items[a][0], r_b) / tau) for a in range(len(items)) if items[a][3]
+        )
         total += -(_cos(e_b, r_b) / tau - math.log(denom))
     return total / len(columns)
 
@@ -116,7 +120,9 @@ def reference_loss(
     }
 
 
-def make_inputs(seed: int = 0, d: int = 8, garbage: float = float("nan")) -> dict[str, torch.Tensor]:
+def make_inputs(
+    seed: int = 0, d: int = 8, garbage: float = float("nan")
+) -> dict[str, torch.Tensor]:
     """A float64 batch covering the edge cases; padded slots hold ``garbage``.
 
     Rows: full history; 3 clicks; EMPTY history (with a positive); ONE click;

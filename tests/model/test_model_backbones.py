@@ -9,11 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from model_reference import single_thread  # noqa: F401 (fixture)
-
 from courier.model import ModelConfig, build_image_encoder
 from courier.model.backbones import HEAD_PREFIXES, ImageEncoder
 from courier.model.checkpointing import CheckpointSequential, set_gradient_checkpointing
+from model_reference import single_thread  # noqa: F401 (fixture)
 
 D = 16
 
@@ -87,7 +86,12 @@ def test_checkpointing_keeps_state_dict_keys() -> None:
 
 @pytest.mark.parametrize(
     ("name", "wrap"),
-    [("small_cnn", "plain"), ("small_cnn", "state_dict"), ("small_cnn", "ddp_prefix"), ("swin_t", "plain")],
+    [
+        ("small_cnn", "plain"),
+        ("small_cnn", "state_dict"),
+        ("small_cnn", "ddp_prefix"),
+        ("swin_t", "plain"),
+    ],
 )
 def test_load_local_weights(name: str, wrap: str, tmp_path: Path, swin: ImageEncoder) -> None:
     source = _encoder(name, swin)
@@ -109,7 +113,9 @@ def test_load_local_weights(name: str, wrap: str, tmp_path: Path, swin: ImageEnc
     torch.save(payload, path)
 
     torch.manual_seed(1)
-    loaded = build_image_encoder(ModelConfig(backbone=name, embedding_dim=D, pretrained_weights_path=str(path)))
+    loaded = build_image_encoder(
+        ModelConfig(backbone=name, embedding_dim=D, pretrained_weights_path=str(path))
+    )
     got = loaded.backbone.state_dict()
     for key, value in source.backbone.state_dict().items():
         if key.startswith(prefix):
@@ -127,8 +133,10 @@ def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_wrong_family_weights_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "resnet.pth"
     torch.save(_encoder("resnet18").backbone.state_dict(), path)
-    with pytest.raises(ValueError, match="missing .*unexpected"):
-        build_image_encoder(ModelConfig(backbone="small_cnn", embedding_dim=D, pretrained_weights_path=str(path)))
+    with pytest.raises(ValueError, match=r"missing .*unexpected"):
+        build_image_encoder(
+            ModelConfig(backbone="small_cnn", embedding_dim=D, pretrained_weights_path=str(path))
+        )
 
 
 def test_wrong_shape_weights_are_rejected(tmp_path: Path) -> None:
@@ -138,7 +146,9 @@ def test_wrong_shape_weights_are_rejected(tmp_path: Path) -> None:
     state[key] = torch.randn(8, 3, 3, 3)
     torch.save(state, path)
     with pytest.raises(ValueError, match="shape mismatch"):
-        build_image_encoder(ModelConfig(backbone="small_cnn", embedding_dim=D, pretrained_weights_path=str(path)))
+        build_image_encoder(
+            ModelConfig(backbone="small_cnn", embedding_dim=D, pretrained_weights_path=str(path))
+        )
 
 
 def test_channels_last_does_not_change_outputs() -> None:

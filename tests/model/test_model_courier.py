@@ -6,16 +6,18 @@ import math
 
 import pytest
 import torch
-from model_reference import make_batch, reference_loss, single_thread  # noqa: F401 (fixture)
 
 from courier.model import CourierModel, LossConfig, ModelConfig
+from model_reference import make_batch, reference_loss, single_thread  # noqa: F401 (fixture)
 
 D = 16
 
 
 def make_model(**loss_kw: object) -> CourierModel:
     torch.manual_seed(0)
-    return CourierModel(ModelConfig(backbone="small_cnn", embedding_dim=D), LossConfig(**loss_kw)).double()
+    return CourierModel(
+        ModelConfig(backbone="small_cnn", embedding_dim=D), LossConfig(**loss_kw)
+    ).double()
 
 
 def test_forward_matches_reference_on_per_image_embeddings() -> None:
@@ -104,12 +106,18 @@ def test_bad_batches() -> None:
 
 
 def _batch_with_repeats(seed: int = 3, items: int = 9, size: int = 32) -> dict[str, torch.Tensor]:
-    """``make_batch``'s layout, every slot showing one of a few items (its one image), as real rows do."""
+    """``make_batch``'s layout, every slot showing one of a few items
+    (its one image), as real rows do."""
     batch = make_batch(seed, size)
     g = torch.Generator().manual_seed(seed)
-    catalogue = torch.randn(items, 3, size, size, generator=g, dtype=torch.float64)  # [items, 3, S, S]
-    pv_ids = torch.randint(0, items, batch["pv_labels"].shape, generator=g).masked_fill(batch["pv_labels"] < 0, -1)
-    click_ids = torch.randint(0, items, batch["click_mask"].shape, generator=g).masked_fill(~batch["click_mask"], -1)
+    # [items, 3, S, S]
+    catalogue = torch.randn(items, 3, size, size, generator=g, dtype=torch.float64)
+    pv_ids = torch.randint(0, items, batch["pv_labels"].shape, generator=g).masked_fill(
+        batch["pv_labels"] < 0, -1
+    )
+    click_ids = torch.randint(0, items, batch["click_mask"].shape, generator=g).masked_fill(
+        ~batch["click_mask"], -1
+    )
     for images, ids in ((batch["pv_images"], pv_ids), (batch["click_images"], click_ids)):
         valid = ids >= 0
         images[valid] = catalogue[ids[valid]]
@@ -119,14 +127,22 @@ def _batch_with_repeats(seed: int = 3, items: int = 9, size: int = 32) -> dict[s
 def test_distinct_items_are_encoded_once_with_the_same_loss_and_gradients() -> None:
     batch = _batch_with_repeats()
     valid_slots = int((batch["pv_labels"] >= 0).sum() + batch["click_mask"].sum())
-    distinct = int(torch.cat([batch["pv_item_ids"].flatten(), batch["click_item_ids"].flatten()]).unique().ge(0).sum())
+    distinct = int(
+        torch.cat([batch["pv_item_ids"].flatten(), batch["click_item_ids"].flatten()])
+        .unique()
+        .ge(0)
+        .sum()
+    )
     assert distinct < valid_slots / 2  # the batch does repeat items
     results = {}
     for mode in (False, True):
-        model = make_model().eval()  # eval: BatchNorm's statistics do not depend on which copies are encoded
+        # eval: BatchNorm's statistics do not depend on which copies are encoded
+        model = make_model().eval()
         model.model_cfg = ModelConfig(backbone="small_cnn", embedding_dim=D, distinct_images=mode)
         encoded: list[int] = []
-        model.encoder.register_forward_hook(lambda _m, inputs, _o: encoded.append(inputs[0].shape[0]))
+        model.encoder.register_forward_hook(
+            lambda _m, inputs, _o, encoded=encoded: encoded.append(inputs[0].shape[0])
+        )
         out = model(batch)
         out.loss.backward()
         results[mode] = (out.metrics(), [p.grad.clone() for p in model.parameters()], encoded)
@@ -134,7 +150,7 @@ def test_distinct_items_are_encoded_once_with_the_same_loss_and_gradients() -> N
     assert seen_slot == [valid_slots] and seen_once == [distinct]
     for key, value in per_slot.items():
         assert once[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
-    for a, b in zip(grads_slot, grads_once):
+    for a, b in zip(grads_slot, grads_once, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
@@ -143,8 +159,10 @@ def test_distinct_encoding_puts_each_item_in_its_own_slots() -> None:
     model = make_model().eval()
     with torch.no_grad():
         e_pv, e_click = model.encode_batch(batch)
-        for images, ids, emb in ((batch["pv_images"], batch["pv_item_ids"], e_pv),
-                                 (batch["click_images"], batch["click_item_ids"], e_click)):
+        for images, ids, emb in (
+            (batch["pv_images"], batch["pv_item_ids"], e_pv),
+            (batch["click_images"], batch["click_item_ids"], e_click),
+        ):
             for i, j in (ids >= 0).nonzero().tolist():
                 single = model.encoder(images[i, j].unsqueeze(0))[0]
                 assert torch.allclose(emb[i, j], single, rtol=1e-9, atol=1e-10)
@@ -157,7 +175,8 @@ def test_two_images_of_one_item_are_encoded_apart_by_their_image_keys() -> None:
     batch = _batch_with_repeats(seed=7)
     keys = {f"{kind}_image_keys": batch[f"{kind}_item_ids"].clone() for kind in ("pv", "click")}
     (row, slot), *_ = (batch["pv_item_ids"] >= 0).nonzero().tolist()
-    batch["pv_images"][row, slot] = -batch["pv_images"][row, slot]  # another picture of the same item
+    # another picture of the same item
+    batch["pv_images"][row, slot] = -batch["pv_images"][row, slot]
     keys["pv_image_keys"][row, slot] = 10_000
     batch = {**batch, **keys}
     model = make_model().eval()
@@ -166,7 +185,9 @@ def test_two_images_of_one_item_are_encoded_apart_by_their_image_keys() -> None:
         own = model.encoder(batch["pv_images"][row, slot].unsqueeze(0))[0]
         assert torch.allclose(e_pv[row, slot], own, rtol=1e-9, atol=1e-10)
         item = int(batch["pv_item_ids"][row, slot])
-        others = ((batch["pv_item_ids"] == item) & (keys["pv_image_keys"] != 10_000)).nonzero().tolist()
+        others = (
+            ((batch["pv_item_ids"] == item) & (keys["pv_image_keys"] != 10_000)).nonzero().tolist()
+        )
         assert others  # the item has other slots, showing its other picture
         for r, s in others:
             assert not torch.allclose(e_pv[r, s], own)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from model_dist_worker import CASES, build_model, run_case, worker
 from model_reference import make_batch, single_thread  # noqa: F401 (fixture)
 
@@ -12,11 +13,18 @@ WORLD = 2
 
 
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def rank_results(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
     tmp = tmp_path_factory.mktemp("dist")
     batch = make_batch(3, size=16)
     torch.save(batch, tmp / "batch.pt")
-    mp.spawn(worker, args=(WORLD, str(tmp / "init"), str(tmp / "batch.pt"), str(tmp)), nprocs=WORLD, join=True)
+    mp.spawn(
+        worker,
+        args=(WORLD, str(tmp / "init"), str(tmp / "batch.pt"), str(tmp)),
+        nprocs=WORLD,
+        join=True,
+    )
     return batch, [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -31,7 +39,11 @@ def test_ddp_equals_single_process(case: str, rank_results: tuple[dict, list[dic
     for r, result in enumerate(ranks):
         got = result[case]
         # Every rank reports the global loss and global metrics.
-        assert torch.allclose(got["loss"], single["loss"], rtol=1e-10, atol=1e-12), (r, got["loss"], single["loss"])
+        assert torch.allclose(got["loss"], single["loss"], rtol=1e-10, atol=1e-12), (
+            r,
+            got["loss"],
+            single["loss"],
+        )
         for key, value in single["metrics"].items():
             assert got["metrics"][key] == pytest.approx(value, rel=1e-10, abs=1e-12), (r, key)
         # DDP-averaged gradients equal the single-process gradients.

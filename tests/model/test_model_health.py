@@ -6,9 +6,16 @@ import math
 
 import pytest
 import torch
-from model_reference import single_thread  # noqa: F401 (fixture)
 
-from courier.model import ModelConfig, alignment, attention_entropy, build_image_encoder, embedding_std, uniformity
+from courier.model import (
+    ModelConfig,
+    alignment,
+    attention_entropy,
+    build_image_encoder,
+    embedding_std,
+    uniformity,
+)
+from model_reference import single_thread  # noqa: F401 (fixture)
 
 
 def test_alignment() -> None:

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from model_reference import make_inputs, reference_loss, single_thread  # noqa: F401 (fixture)
 
 from courier.model import (
     ABLATIONS,
@@ -18,12 +17,15 @@ from courier.model import (
     reconstruct_without_query,
     split_click_sequence,
 )
+from model_reference import make_inputs, reference_loss, single_thread  # noqa: F401 (fixture)
 
 TOL = {"rel": 1e-10, "abs": 1e-10}
 
 
 def _run(inputs: dict[str, torch.Tensor], cfg: LossConfig, **kw):
-    return courier_loss(inputs["e_pv"], inputs["pv_labels"], inputs["e_click"], inputs["click_mask"], cfg, **kw)
+    return courier_loss(
+        inputs["e_pv"], inputs["pv_labels"], inputs["e_click"], inputs["click_mask"], cfg, **kw
+    )
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
@@ -75,7 +77,9 @@ def test_permutation_invariance() -> None:
     item_perm = torch.stack([torch.randperm(l_pv, generator=g) for _ in range(b)])  # per row
     permuted = {
         "e_pv": torch.stack([inputs["e_pv"][r][item_perm[i]] for i, r in enumerate(row_perm)]),
-        "pv_labels": torch.stack([inputs["pv_labels"][r][item_perm[i]] for i, r in enumerate(row_perm)]),
+        "pv_labels": torch.stack(
+            [inputs["pv_labels"][r][item_perm[i]] for i, r in enumerate(row_perm)]
+        ),
         "e_click": inputs["e_click"][row_perm],
         "click_mask": inputs["click_mask"][row_perm],
     }
@@ -133,7 +137,9 @@ def test_no_ucs_logs_but_does_not_train_ucs() -> None:
     inputs = make_inputs(0, garbage=0.0)
     e_click = inputs["e_click"].clone().requires_grad_(True)
     e_pv = inputs["e_pv"].clone().requires_grad_(True)
-    out = courier_loss(e_pv, inputs["pv_labels"], e_click, inputs["click_mask"], LossConfig(ablation="no_ucs"))
+    out = courier_loss(
+        e_pv, inputs["pv_labels"], e_click, inputs["click_mask"], LossConfig(ablation="no_ucs")
+    )
     assert out.loss_ucs.item() == pytest.approx(reference_loss(**inputs)["loss_ucs"], **TOL)
     assert out.loss.item() == pytest.approx(out.loss_pv.item(), **TOL)
     out.loss.backward()
@@ -147,7 +153,9 @@ def test_no_ucs_logs_but_does_not_train_ucs() -> None:
 
 def test_batch_without_positives_or_history() -> None:
     inputs = make_inputs(0, garbage=0.0)
-    labels = torch.where(inputs["pv_labels"] == 1, torch.zeros_like(inputs["pv_labels"]), inputs["pv_labels"])
+    labels = torch.where(
+        inputs["pv_labels"] == 1, torch.zeros_like(inputs["pv_labels"]), inputs["pv_labels"]
+    )
     mask = torch.zeros_like(inputs["click_mask"])
     e_pv = inputs["e_pv"].clone().requires_grad_(True)
     out = courier_loss(e_pv, labels, inputs["e_click"], mask, LossConfig())
@@ -159,7 +167,11 @@ def test_batch_without_positives_or_history() -> None:
 def test_low_precision_inputs_are_upcast() -> None:
     inputs = make_inputs(0, garbage=0.0)
     out = courier_loss(
-        inputs["e_pv"].bfloat16(), inputs["pv_labels"], inputs["e_click"].bfloat16(), inputs["click_mask"], LossConfig()
+        inputs["e_pv"].bfloat16(),
+        inputs["pv_labels"],
+        inputs["e_click"].bfloat16(),
+        inputs["click_mask"],
+        LossConfig(),
     )
     assert out.loss.dtype == torch.float32
     rounded = {k: v.bfloat16().double() if v.is_floating_point() else v for k, v in inputs.items()}
@@ -177,7 +189,9 @@ def test_click_bce_head() -> None:
     rec = reconstruct(inputs["e_pv"], inputs["e_click"], inputs["click_mask"]).recon
     keep = (inputs["pv_labels"] >= 0) & inputs["click_mask"].any(1, keepdim=True)
     logits = head(rec[keep], inputs["e_pv"][keep])
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, (inputs["pv_labels"][keep] == 1).double())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, (inputs["pv_labels"][keep] == 1).double()
+    )
     base = reference_loss(**inputs)["loss"]
     assert out.loss_click_bce.item() == pytest.approx(bce.item(), **TOL)
     assert out.loss.item() == pytest.approx(base + 0.5 * bce.item(), **TOL)

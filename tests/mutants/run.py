@@ -1,9 +1,10 @@
-"""``make mutants``: one-line mutants of ``courier/`` and ``sql/``, each run against the tests that must kill it.
+"""``make mutants``: one-line mutants of ``courier/`` and ``sql/``,
+each run against the tests that must kill it.
 
-Every mutant in ``tests/mutants/*.toml`` names a file, a line's text (``before``, which must occur exactly
-once in that file), its replacement (``after``) and the tests that must fail with it. The runner
-copies the checkout (the files git tracks or would track) into a temporary folder, runs the named
-tests there unmutated once (they must pass, or every mutant would look killed), then for each
+Every mutant in ``tests/mutants/*.toml`` names a file, a line's text (``before``, which must occur
+exactly once in that file), its replacement (``after``) and the tests that must fail with it. The
+runner copies the checkout (the files git tracks or would track) into a temporary folder, runs the
+named tests there unmutated once (they must pass, or every mutant would look killed), then for each
 mutant writes the changed file, runs its tests, restores the file and prints::
 
     killed    cluster-ids-identity   (tests/features/test_refit_new_model.py, 41 s)
@@ -18,6 +19,7 @@ id must not pass for a strong test. The exit status is 0 only when every mutant 
     .venv/bin/python tests/mutants/run.py --only NAME ...  # some of them
     .venv/bin/python tests/mutants/run.py --list
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,11 +53,14 @@ class Mutant:
     why: str = ""
 
     def apply(self, text: str) -> str:
-        """``text`` with ``before`` replaced by ``after``; an error unless ``before`` occurs exactly once."""
+        """``text`` with ``before`` replaced by ``after``;
+        an error unless ``before`` occurs exactly once."""
         count = text.count(self.before)
         if count != 1:
-            raise MutantError(f"mutant {self.name}: {self.file} holds {self.before!r} {count} times, not once: "
-                              "update tests/mutants/*.toml to the code as it is")
+            raise MutantError(
+                f"mutant {self.name}: {self.file} holds {self.before!r} {count} times, not once: "
+                "update tests/mutants/*.toml to the code as it is"
+            )
         return text.replace(self.before, self.after)
 
 
@@ -64,17 +69,28 @@ class MutantError(ValueError):
 
 
 def load_mutants(folder: Path = MUTANTS) -> list[Mutant]:
-    """Every mutant of the ``*.toml`` files in ``folder``, checked for the fields it needs and a unique name."""
+    """Every mutant of the ``*.toml`` files in ``folder``,
+    checked for the fields it needs and a unique name."""
     mutants = []
     for path in sorted(folder.glob("*.toml")):
         for i, entry in enumerate(tomllib.loads(path.read_text()).get("mutant", [])):
             missing = [k for k in ("name", "file", "before", "after", "tests") if not entry.get(k)]
             if missing:
-                raise MutantError(f"{path}: mutant #{i + 1} ({entry.get('name', '?')}) lacks {missing}")
+                raise MutantError(
+                    f"{path}: mutant #{i + 1} ({entry.get('name', '?')}) lacks {missing}"
+                )
             if entry["before"] == entry["after"]:
                 raise MutantError(f"{path}: mutant {entry['name']} changes nothing")
-            mutants.append(Mutant(entry["name"], entry["file"], entry["before"], entry["after"],
-                                  tuple(entry["tests"]), entry.get("why", "")))
+            mutants.append(
+                Mutant(
+                    entry["name"],
+                    entry["file"],
+                    entry["before"],
+                    entry["after"],
+                    tuple(entry["tests"]),
+                    entry.get("why", ""),
+                )
+            )
     names = [m.name for m in mutants]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -83,9 +99,18 @@ def load_mutants(folder: Path = MUTANTS) -> list[Mutant]:
 
 
 def copy_checkout(dest: Path) -> None:
-    """The files git tracks or would track (not ignored) into ``dest``; the venvs and JARs linked."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True).stdout.decode().split("\0")
+    """The files git tracks or would track
+    (not ignored) into ``dest``; the venvs and JARs linked."""
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = ROOT / rel
         if src.is_file():
@@ -97,12 +122,18 @@ def copy_checkout(dest: Path) -> None:
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], log: Path) -> tuple[int, float]:
-    """pytest on ``tests`` inside ``copy`` (its courier first on the path): (exit status, seconds)."""
+    """pytest on ``tests`` inside ``copy``
+    (its courier first on the path): (exit status, seconds)."""
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.monotonic()
     with log.open("w") as out:
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                            cwd=copy, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=copy,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ).returncode
     return rc, time.monotonic() - started
 
 
@@ -117,7 +148,9 @@ def run_mutant(copy: Path, mutant: Mutant, logs: Path) -> str:
         target.write_text(original)
     verdict = "killed" if rc == PYTEST_FAILED else "survived" if rc == 0 else "error"
     files = ", ".join(sorted({t.split("::")[0] for t in mutant.tests}))
-    suffix = "" if verdict != "error" else f", pytest exit {rc}: see {logs / (mutant.name + '.log')}"
+    suffix = (
+        "" if verdict != "error" else f", pytest exit {rc}: see {logs / (mutant.name + '.log')}"
+    )
     print(f"{verdict:<9} {mutant.name:<40} ({files}, {seconds:.0f} s{suffix})", flush=True)
     return verdict
 
@@ -126,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the tests")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the unmutated run of the tests"
+    )
     args = parser.parse_args(argv)
     mutants = load_mutants()
     if args.only:
@@ -150,12 +185,20 @@ def main(argv: list[str] | None = None) -> int:
             rc, seconds = run_tests(copy, tests, logs / "baseline.log")
             if rc != 0:
                 print((logs / "baseline.log").read_text()[-4000:])
-                print(f"the unmutated tests fail (pytest exit {rc}, {seconds:.0f} s): fix them first")
+                print(
+                    f"the unmutated tests fail (pytest exit {rc}, {seconds:.0f} s): fix them first"
+                )
                 return 2
-            print(f"baseline: the tests of {len(mutants)} mutants pass unmutated ({seconds:.0f} s)", flush=True)
+            print(
+                f"baseline: the tests of {len(mutants)} mutants pass unmutated ({seconds:.0f} s)",
+                flush=True,
+            )
         verdicts = [run_mutant(copy, m, logs) for m in mutants]
-    print(f"killed: {verdicts.count('killed')}, survived: {verdicts.count('survived')}"
-          + (f", errors: {verdicts.count('error')}" if "error" in verdicts else "") + f" (pytest output: {logs})")
+    print(
+        f"killed: {verdicts.count('killed')}, survived: {verdicts.count('survived')}"
+        + (f", errors: {verdicts.count('error')}" if "error" in verdicts else "")
+        + f" (pytest output: {logs})"
+    )
     return 0 if verdicts.count("killed") == len(verdicts) else 1
 
 

@@ -1,5 +1,6 @@
 """Bad input that must stop the build (structural) or be prepared correctly (images),
 and the down-sampling's determinism."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -31,16 +32,23 @@ def _png(width: int, height: int, colour=(200, 30, 30)) -> bytes:
 def cfg(base_config: CourierConfig, spark) -> CourierConfig:
     spark.sql(f"DROP DATABASE IF EXISTS {DB} CASCADE")
     spark.sql(f"CREATE DATABASE {DB}")
-    return base_config.replace([f"tables.database={DB}", "samples.image_size=16",
-                                "samples.max_event_ts=2026-06-01T00:00:00"])
+    return base_config.replace(
+        [
+            f"tables.database={DB}",
+            "samples.image_size=16",
+            "samples.max_event_ts=2026-06-01T00:00:00",
+        ]
+    )
 
 
 def _write(spark, rows, schema: str, table: str) -> None:
-    spark.createDataFrame(rows, schema).write.format("delta").mode("overwrite") \
-        .option("overwriteSchema", "true").saveAsTable(table)
+    spark.createDataFrame(rows, schema).write.format("delta").mode("overwrite").option(
+        "overwriteSchema", "true"
+    ).saveAsTable(table)
 
 
 # --- images -------------------------------------------------------------------------------------
+
 
 def test_prepare_image_resizes_and_center_crops():
     # A 40x20 image: left half red, right half blue; the center crop keeps the middle 20x20.
@@ -55,11 +63,20 @@ def test_prepare_image_resizes_and_center_crops():
     assert out.format == "JPEG" and out.size == (10, 10)
     left, right = out.getpixel((1, 5)), out.getpixel((8, 5))
     assert left[0] > 200 and left[2] < 60 and right[2] > 200 and right[0] < 60
-    assert prepared.content_hash == prepare_image(buf.getvalue(), size=32, quality=50, limits=LIMITS).content_hash
+    assert (
+        prepared.content_hash
+        == prepare_image(buf.getvalue(), size=32, quality=50, limits=LIMITS).content_hash
+    )
 
 
-@pytest.mark.parametrize("data,reason", [(None, "empty_image"), (b"", "empty_image"),
-                                         (b"\x89PNG\r\n\x1a\nbroken", "undecodable_image")])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (None, "empty_image"),
+        (b"", "empty_image"),
+        (b"\x89PNG\r\n\x1a\nbroken", "undecodable_image"),
+    ],
+)
 def test_prepare_image_reports_bad_images(data, reason):
     prepared = prepare_image(data, size=8, quality=90, limits=LIMITS)
     assert prepared.jpeg is None and prepared.error == reason and prepared.error_detail
@@ -67,12 +84,17 @@ def test_prepare_image_reports_bad_images(data, reason):
 
 def test_prepare_image_refuses_sources_beyond_the_limits():
     png = _png(200, 100)  # 20,000 pixels
-    assert prepare_image(png, 8, 90, ImageLimits(max_bytes=len(png), max_pixels=20_000)).error is None
+    assert (
+        prepare_image(png, 8, 90, ImageLimits(max_bytes=len(png), max_pixels=20_000)).error is None
+    )
     too_big = prepare_image(png, 8, 90, ImageLimits(max_bytes=len(png) - 1, max_pixels=20_000))
     assert (too_big.error, too_big.jpeg) == ("image_too_large", None)
     assert f"{len(png):,} bytes > samples.max_image_bytes" in too_big.error_detail
     too_many = prepare_image(png, 8, 90, ImageLimits(max_bytes=len(png), max_pixels=19_999))
-    assert too_many.error == "image_too_large" and (too_many.source_width, too_many.source_height) == (200, 100)
+    assert too_many.error == "image_too_large" and (
+        too_many.source_width,
+        too_many.source_height,
+    ) == (200, 100)
     assert "200x100 = 20,000 pixels > samples.max_image_pixels 19,999" in too_many.error_detail
 
 
@@ -96,10 +118,16 @@ def test_uris_are_read_no_further_than_the_byte_limit(tmp_path):
 def test_item_images_from_uris(spark, cfg, tmp_path):
     good = tmp_path / "good.png"
     good.write_bytes(_png(24, 24))
-    rows = [(1, "tops", "a", str(good), dt.datetime(2026, 1, 1)),
-            (2, "tops", "b", str(tmp_path / "missing.png"), dt.datetime(2026, 1, 1))]
-    _write(spark, rows, "item_id bigint, category string, title string, image_uri string, updated_at timestamp",
-           cfg.tables.qualified("raw_items"))
+    rows = [
+        (1, "tops", "a", str(good), dt.datetime(2026, 1, 1)),
+        (2, "tops", "b", str(tmp_path / "missing.png"), dt.datetime(2026, 1, 1)),
+    ]
+    _write(
+        spark,
+        rows,
+        "item_id bigint, category string, title string, image_uri string, updated_at timestamp",
+        cfg.tables.qualified("raw_items"),
+    )
     spark.sql(f"DROP TABLE IF EXISTS {cfg.tables.qualified('item_images')}")
     record = build_item_images(spark, cfg, "uri-test")
     assert record.metrics["prepared"] == 1 and record.metrics["rejected.unreadable_image_uri"] == 1
@@ -109,8 +137,14 @@ def test_item_images_from_uris(spark, cfg, tmp_path):
 
 # --- structural errors stop the job, naming table and column -----------------------------------
 
+
 def _valid_items(spark, cfg) -> None:
-    _write(spark, [(1, "tops", "a", _png(8, 8), dt.datetime(2026, 1, 1))], RAW_ITEMS_DDL, cfg.tables.qualified("raw_items"))
+    _write(
+        spark,
+        [(1, "tops", "a", _png(8, 8), dt.datetime(2026, 1, 1))],
+        RAW_ITEMS_DDL,
+        cfg.tables.qualified("raw_items"),
+    )
     spark.sql(f"DROP TABLE IF EXISTS {cfg.tables.qualified('item_images')}")
 
 
@@ -123,23 +157,37 @@ def test_missing_table_is_named(spark, cfg):
 
 def test_missing_column_is_named(spark, cfg):
     _valid_items(spark, cfg)
-    _write(spark, [("r1", 1, 1, 0, "q", dt.datetime(2026, 1, 1), 1)],
-           RAW_IMPRESSIONS_DDL.replace(", dt DATE", ""), cfg.tables.qualified("raw_impressions"))
+    _write(
+        spark,
+        [("r1", 1, 1, 0, "q", dt.datetime(2026, 1, 1), 1)],
+        RAW_IMPRESSIONS_DDL.replace(", dt DATE", ""),
+        cfg.tables.qualified("raw_impressions"),
+    )
     with pytest.raises(SchemaError, match=f"table {DB}.raw_impressions has no column 'dt'"):
         build_samples(spark, cfg, dt.date(2026, 1, 1), dt.date(2026, 1, 1))
 
 
 def test_wrong_type_is_named(spark, cfg):
     _valid_items(spark, cfg)
-    _write(spark, [("r1", "u1", 1, 0, "q", dt.datetime(2026, 1, 1), 1, dt.date(2026, 1, 1))],
-           RAW_IMPRESSIONS_DDL.replace("user_id BIGINT", "user_id STRING"), cfg.tables.qualified("raw_impressions"))
-    with pytest.raises(SchemaError, match=f"table {DB}.raw_impressions column 'user_id' has type string"):
+    _write(
+        spark,
+        [("r1", "u1", 1, 0, "q", dt.datetime(2026, 1, 1), 1, dt.date(2026, 1, 1))],
+        RAW_IMPRESSIONS_DDL.replace("user_id BIGINT", "user_id STRING"),
+        cfg.tables.qualified("raw_impressions"),
+    )
+    with pytest.raises(
+        SchemaError, match=f"table {DB}.raw_impressions column 'user_id' has type string"
+    ):
         build_samples(spark, cfg, dt.date(2026, 1, 1), dt.date(2026, 1, 1))
 
 
 def test_items_without_image_column_are_named(spark, cfg):
-    _write(spark, [(1, "tops", "a", dt.datetime(2026, 1, 1))],
-           "item_id bigint, category string, title string, updated_at timestamp", cfg.tables.qualified("raw_items"))
+    _write(
+        spark,
+        [(1, "tops", "a", dt.datetime(2026, 1, 1))],
+        "item_id bigint, category string, title string, updated_at timestamp",
+        cfg.tables.qualified("raw_items"),
+    )
     with pytest.raises(SchemaError, match="neither an 'image'"):
         build_item_images(spark, cfg, "x")
 
@@ -151,23 +199,47 @@ def test_end_before_start_is_refused(spark, cfg):
 
 # --- negative down-sampling ---------------------------------------------------------------------
 
+
 def _many_negatives(spark) -> None:
     ts = dt.datetime(2026, 1, 2, 12)
     rows = []
     for r in range(400):
         user = r % 40
         for pos in range(10):
-            rows.append((f"p{r:04d}", user, pos + 1, pos, "q", ts + dt.timedelta(minutes=r), int(pos == 0), ts.date()))
+            rows.append(
+                (
+                    f"p{r:04d}",
+                    user,
+                    pos + 1,
+                    pos,
+                    "q",
+                    ts + dt.timedelta(minutes=r),
+                    int(pos == 0),
+                    ts.date(),
+                )
+            )
     spark.createDataFrame(rows, RAW_IMPRESSIONS_DDL).createOrReplaceTempView("ds_impressions")
-    spark.createDataFrame([(i,) for i in range(1, 11)], "item_id BIGINT").createOrReplaceTempView("ds_items")
+    spark.createDataFrame([(i,) for i in range(1, 11)], "item_id BIGINT").createOrReplaceTempView(
+        "ds_items"
+    )
 
 
 def _kept_negatives(spark, cfg: CourierConfig) -> dict[str, list[int]]:
-    views = sample_views(spark, cfg, dt.date(2026, 1, 2), dt.date(2026, 1, 2), dt.datetime(2030, 1, 1),
-                         "ds_impressions", "ds_items", "ds_items")
+    views = sample_views(
+        spark,
+        cfg,
+        dt.date(2026, 1, 2),
+        dt.date(2026, 1, 2),
+        dt.datetime(2030, 1, 1),
+        "ds_impressions",
+        "ds_items",
+        "ds_items",
+    )
     try:
-        return {r["request_id"]: list(r["kept_negative_item_ids"]) + [-len(r["clicked_item_ids"])]
-                for r in views.page_views.collect()}
+        return {
+            r["request_id"]: [*list(r["kept_negative_item_ids"]), -len(r["clicked_item_ids"])]
+            for r in views.page_views.collect()
+        }
     finally:
         views.unpersist()
 

@@ -1,4 +1,6 @@
-"""Attaching images to samples: the Arrow lookup and its errors (real Spark for the DataFrame path)."""
+"""Attaching images to samples: the Arrow lookup and its errors
+(real Spark for the DataFrame path)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -6,10 +8,21 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from courier.samples.training_rows import ImageIndex, MissingImageError, referenced_images, training_rows
+from courier.samples.training_rows import (
+    ImageIndex,
+    MissingImageError,
+    referenced_images,
+    training_rows,
+)
 
-INDEX = ImageIndex.from_table(pa.table({"item_id": pa.array([3, 7, 11], pa.int64()),
-                                         "jpeg": pa.array([b"three", b"seven", b"eleven"], pa.binary())}))
+INDEX = ImageIndex.from_table(
+    pa.table(
+        {
+            "item_id": pa.array([3, 7, 11], pa.int64()),
+            "jpeg": pa.array([b"three", b"seven", b"eleven"], pa.binary()),
+        }
+    )
+)
 
 
 def test_lookup_maps_each_slot_and_pads_with_empty_bytes():
@@ -31,23 +44,33 @@ def test_lookup_raises_on_an_unknown_item():
 
 def test_lookup_with_only_padding_and_no_images():
     ids = pa.array([[-1, -1]], pa.list_(pa.int64()))
-    empty = ImageIndex.from_table(pa.table({"item_id": pa.array([], pa.int64()), "jpeg": pa.array([], pa.binary())}))
+    empty = ImageIndex.from_table(
+        pa.table({"item_id": pa.array([], pa.int64()), "jpeg": pa.array([], pa.binary())})
+    )
     assert empty.lookup(ids).to_pylist() == [[b"", b""]]
 
 
-SAMPLES_DDL = ("request_id STRING, user_id BIGINT, event_ts TIMESTAMP, query STRING, pv_item_ids ARRAY<BIGINT>, "
-               "pv_labels ARRAY<INT>, click_item_ids ARRAY<BIGINT>, n_history INT, dt DATE")
+SAMPLES_DDL = (
+    "request_id STRING, user_id BIGINT, event_ts TIMESTAMP, query STRING, pv_item_ids "
+    "ARRAY<BIGINT>, pv_labels ARRAY<INT>, click_item_ids ARRAY<BIGINT>, n_history INT, dt DATE"
+)
 
 
 def _samples(spark, rows):
     ts = dt.datetime(2026, 1, 1, 12)
     return spark.createDataFrame(
-        [(rid, 1, ts, "q", pv, [1] * len(pv), clicks, len(clicks), dt.date(2026, 1, 1)) for rid, pv, clicks in rows],
-        SAMPLES_DDL)
+        [
+            (rid, 1, ts, "q", pv, [1] * len(pv), clicks, len(clicks), dt.date(2026, 1, 1))
+            for rid, pv, clicks in rows
+        ],
+        SAMPLES_DDL,
+    )
 
 
 def test_training_rows_attach_images_through_spark(spark):
-    images = spark.createDataFrame([(3, b"three"), (7, b"seven"), (9, b"unused")], "item_id BIGINT, jpeg BINARY")
+    images = spark.createDataFrame(
+        [(3, b"three"), (7, b"seven"), (9, b"unused")], "item_id BIGINT, jpeg BINARY"
+    )
     samples = _samples(spark, [("r2", [7, -1], [-1, 3]), ("r1", [3, 7], [7, 7])])
     built = training_rows(samples, images, "test.item_images", num_partitions=2, images_per_row=4)
     rows = built.rows
@@ -55,9 +78,22 @@ def test_training_rows_attach_images_through_spark(spark):
         got = {r["request_id"]: (r["pv_images"], r["click_images"]) for r in rows.collect()}
     finally:
         built.release()
-    assert got == {"r1": ([b"three", b"seven"], [b"seven", b"seven"]), "r2": ([b"seven", b""], [b"", b"three"])}
-    assert rows.columns == ["request_id", "user_id", "event_ts", "query", "pv_item_ids", "pv_labels",
-                            "click_item_ids", "pv_images", "click_images", "dt"]
+    assert got == {
+        "r1": ([b"three", b"seven"], [b"seven", b"seven"]),
+        "r2": ([b"seven", b""], [b"", b"three"]),
+    }
+    assert rows.columns == [
+        "request_id",
+        "user_id",
+        "event_ts",
+        "query",
+        "pv_item_ids",
+        "pv_labels",
+        "click_item_ids",
+        "pv_images",
+        "click_images",
+        "dt",
+    ]
 
 
 def test_a_sample_naming_an_item_without_image_is_an_error_naming_it(spark):

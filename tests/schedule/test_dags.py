@@ -3,6 +3,7 @@
 Airflow cannot share the project's venv (its pins fight pyarrow 14 and pyspark 4.0), so
 these tests drive it as a separate program, as a deployment would.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,11 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame, functions as F
 
 from courier.config import PROJECT_ROOT, CourierConfig
-from courier.schedule import (NIGHTLY_STEPS, PRODUCTION_MODEL, REFIT_STEPS, RETRAINING_STEPS, SKIP_EXIT_CODE,
-                              Deployment, Step, asset_uri, python_command)
+from courier.schedule import (
+    NIGHTLY_STEPS,
+    PRODUCTION_MODEL,
+    REFIT_STEPS,
+    RETRAINING_STEPS,
+    SKIP_EXIT_CODE,
+    Deployment,
+    Step,
+    asset_uri,
+    python_command,
+)
 from jobs.cli import build_parser
 
 AIRFLOW_BIN = PROJECT_ROOT / ".venv-airflow" / "bin"
@@ -36,12 +46,14 @@ out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags
 for dag in bag.dags.values():
     out["dags"][dag.dag_id] = {
         "schedule": type(dag.timetable).__name__,
-        "scheduled_on": [a.uri for a in getattr(getattr(dag.timetable, "asset_condition", None), "objects", [])],
+        "scheduled_on": [a.uri for a in getattr(getattr(dag.timetable, "asset_condition", None),
+                                                "objects", [])],
         "params": {k: dag.params[k] for k in dag.params},
         "tasks": {t.task_id: {"type": type(t).__name__, "upstream": sorted(t.upstream_task_ids),
                               "outlets": [a.uri for a in t.outlets], "retries": t.retries,
                               "application": getattr(t, "application", None),
-                              "skip_on_exit_code": sorted(getattr(t, "skip_on_exit_code", None) or [])}
+                              "skip_on_exit_code": sorted(getattr(t, "skip_on_exit_code", None)
+                                                          or [])}
                   for t in dag.tasks},
     }
 print("DAGBAG" + json.dumps(out))
@@ -59,11 +71,16 @@ def _airflow_python() -> Path:
 def dagbag(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("airflow-home")
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    out = subprocess.run([str(_airflow_python()), "-W", "ignore", "-c", DAGBAG_PROBE, str(DAGS)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(_airflow_python()), "-W", "ignore", "-c", DAGBAG_PROBE, str(DAGS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("DAGBAG"))
-    return json.loads(line[len("DAGBAG"):])
+    line = next(x for x in out.stdout.splitlines() if x.startswith("DAGBAG"))
+    return json.loads(line[len("DAGBAG") :])
 
 
 def test_the_dag_folder_loads_in_airflow_without_import_errors(dagbag):
@@ -71,9 +88,14 @@ def test_the_dag_folder_loads_in_airflow_without_import_errors(dagbag):
     assert set(dagbag["dags"]) == {"courier_nightly", "courier_retraining", "courier_refit"}
 
 
-@pytest.mark.parametrize("dag_id, steps", [("courier_nightly", NIGHTLY_STEPS),
-                                           ("courier_retraining", RETRAINING_STEPS),
-                                           ("courier_refit", REFIT_STEPS)])
+@pytest.mark.parametrize(
+    ("dag_id", "steps"),
+    [
+        ("courier_nightly", NIGHTLY_STEPS),
+        ("courier_retraining", RETRAINING_STEPS),
+        ("courier_refit", REFIT_STEPS),
+    ],
+)
 def test_each_dag_holds_its_steps_as_operators(dagbag, dag_id, steps):
     tasks = dagbag["dags"][dag_id]["tasks"]
     home = dagbag["dags"][dag_id]["params"]["courier_home"]
@@ -101,12 +123,18 @@ def test_a_promotion_schedules_the_refit_through_an_asset(dagbag):
     assert dagbag["dags"]["courier_nightly"]["schedule"] == "CronDataIntervalTimetable"
 
 
-@pytest.mark.parametrize("step", [*NIGHTLY_STEPS, *RETRAINING_STEPS, *REFIT_STEPS], ids=lambda s: s.task_id)
+@pytest.mark.parametrize(
+    "step", [*NIGHTLY_STEPS, *RETRAINING_STEPS, *REFIT_STEPS], ids=lambda s: s.task_id
+)
 def test_every_step_is_a_job_whose_arguments_the_cli_accepts(step: Step):
     assert (PROJECT_ROOT / "jobs" / f"{step.job}.py").is_file()
-    rendered = [a.replace("{{ params.profile }}", "local").replace("{{ data_interval_start | ds }}", "2026-01-04")
-                .replace("{{ macros.ds_add(data_interval_end | ds, -1) }}", "2026-01-04")
-                .replace("{{ ts_nodash }}", "20260104T020000") for a in step.cli_args()]
+    rendered = [
+        a.replace("{{ params.profile }}", "local")
+        .replace("{{ data_interval_start | ds }}", "2026-01-04")
+        .replace("{{ macros.ds_add(data_interval_end | ds, -1) }}", "2026-01-04")
+        .replace("{{ ts_nodash }}", "20260104T020000")
+        for a in step.cli_args()
+    ]
     assert not any("{{" in a for a in rendered), rendered
     args = build_parser().parse_args([step.command, *rendered])
     assert args.command == step.command
@@ -115,16 +143,23 @@ def test_every_step_is_a_job_whose_arguments_the_cli_accepts(step: Step):
 def test_a_python_step_passes_templated_values_as_environment_not_as_shell_text():
     promote = next(s for s in RETRAINING_STEPS if s.task_id == "promote")
     command, env = python_command(promote)
-    assert "{{" not in command                      # nothing Airflow renders lands in the shell text
+    assert "{{" not in command  # nothing Airflow renders lands in the shell text
     assert env["COURIER_PYTHON"] == "{{ params.python }}"
     assert "{{ params.profile }}" in env.values()
     hostile = "/tmp/x.yaml'; rm -rf / #"
-    rendered_env = {k: v.replace("{{ params.profile }}", hostile).replace("{{ params.python }}", sys.executable)
-                    for k, v in env.items()}
-    out = subprocess.run(["bash", "-c", command.replace("-m jobs.cli", "-c 'import sys; print(sys.argv[1:])'")],
-                         env={**os.environ, **rendered_env}, capture_output=True, text=True, timeout=60)
+    rendered_env = {
+        k: v.replace("{{ params.profile }}", hostile).replace("{{ params.python }}", sys.executable)
+        for k, v in env.items()
+    }
+    out = subprocess.run(
+        ["bash", "-c", command.replace("-m jobs.cli", "-c 'import sys; print(sys.argv[1:])'")],
+        env={**os.environ, **rendered_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
-    assert hostile in out.stdout                    # one argument, quotes and all: never executed
+    assert hostile in out.stdout  # one argument, quotes and all: never executed
 
 
 def test_the_deployment_defaults_come_from_the_environment(tmp_path):
@@ -134,10 +169,17 @@ def test_the_deployment_defaults_come_from_the_environment(tmp_path):
     local = Deployment.from_env({"COURIER_HOME": str(tmp_path)})
     assert local.jars.split(",")[0].endswith("delta-spark_2.13-4.0.1.jar") and local.packages == ""
     # The embedded catalog's JDBC client goes on the driver JVM's own class path.
-    assert local.params()["driver_class_path"] == str(tmp_path / ".jars" / "derbyclient-10.16.1.1.jar")
+    assert local.params()["driver_class_path"] == str(
+        tmp_path / ".jars" / "derbyclient-10.16.1.1.jar"
+    )
     assert local.archives is None and local.params()["executor_python"] == local.python
-    packed = Deployment.from_env({"COURIER_HOME": "/opt/courier", "COURIER_ENV_ARCHIVE": "/opt/courier-env.tar.gz",
-                                  "COURIER_JARS": ""})
+    packed = Deployment.from_env(
+        {
+            "COURIER_HOME": "/opt/courier",
+            "COURIER_ENV_ARCHIVE": "/opt/courier-env.tar.gz",
+            "COURIER_JARS": "",
+        }
+    )
     assert packed.archives == "/opt/courier-env.tar.gz#environment"
     assert packed.params()["executor_python"] == "./environment/bin/python"
     assert packed.packages.startswith("io.delta:delta-spark_2.13:")
@@ -154,30 +196,42 @@ def test_the_deployment_defaults_come_from_the_environment(tmp_path):
 # run can embed and assign. Each test asserts that nothing of its DAG's effect was there before the
 # run and that all of it is there after.
 
-DAY = dt.date(2026, 1, 4)                      # the nightly run's day: its data interval
-RETRAINING_AT = "2026-01-04T04:00:00+00:00"    # a Sunday, the weekly schedule's time
-REFIT_AT = "2026-01-04T05:00:00+00:00"         # after the promotion it is scheduled on
-NIGHTLY_AT = "2026-01-05T02:00:00+00:00"       # the run after DAY closes: interval [01-04 02:00, 01-05 02:00)
+DAY = dt.date(2026, 1, 4)  # the nightly run's day: its data interval
+RETRAINING_AT = "2026-01-04T04:00:00+00:00"  # a Sunday, the weekly schedule's time
+REFIT_AT = "2026-01-04T05:00:00+00:00"  # after the promotion it is scheduled on
+NIGHTLY_AT = (
+    "2026-01-05T02:00:00+00:00"  # the run after DAY closes: interval [01-04 02:00, 01-05 02:00)
+)
 # Items listed on DAY after the refit: copies (new ids, same image) of the first catalogue items,
-# so each must get its source's embedding and Cluster-ID. Six: a handful of rows, no extra Spark job.
+# so each must get its source's embedding and Cluster-ID. Six:
+# a handful of rows, no extra Spark job.
 NEW_ITEMS, NEW_ID_OFFSET = 6, 1_000_000
 NEW_ITEMS_LISTED_AT = dt.datetime(2026, 1, 4, 12, 0)
 # Whichever of the three tests runs first sets up every DAG run it follows, and alone the test
 # shop and its encoder too: the shop and all three runs took 16 min 56 s and 26 min 4 s with the
 # 2-core machine loaded 6- to 16-fold (2026-12-06), where the suite's 900 s would cut them off.
 DAG_TEST_TIMEOUT = 2700
-DAG_STEPS = {"courier_retraining": RETRAINING_STEPS, "courier_refit": REFIT_STEPS, "courier_nightly": NIGHTLY_STEPS}
+DAG_STEPS = {
+    "courier_retraining": RETRAINING_STEPS,
+    "courier_refit": REFIT_STEPS,
+    "courier_nightly": NIGHTLY_STEPS,
+}
 
 
-def _run(cmd: list[str], env: dict, cwd: Path, timeout: int, what: str) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], env: dict, cwd: Path, timeout: int, what: str
+) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, f"{what} failed ({out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}"
+    assert out.returncode == 0, (
+        f"{what} failed ({out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}"
+    )
     return out
 
 
 @dataclass(frozen=True)
 class DeployedCourier:
-    """The module's warehouse (``cfg``, the DAGs' profile) and the Airflow that runs the DAGs on it."""
+    """The module's warehouse (``cfg``, the DAGs' profile)
+    and the Airflow that runs the DAGs on it."""
 
     cfg: CourierConfig
     env: dict[str, str]
@@ -192,19 +246,32 @@ class DeployedCourier:
         return spark.catalog.tableExists(self.cfg.tables.qualified(name))
 
     def dags_test(self, dag_id: str, logical_date: str) -> dict[str, str]:
-        """`airflow dags test` of one run; the run must succeed. Returns its tasks' states by task id.
+        """`airflow dags test` of one run;
+        the run must succeed. Returns its tasks' states by task id.
 
         The states come from Airflow's metadata database (SQLite): one query, where each
         `airflow` CLI call would cost seconds of imports on 2 cores.
         """
-        out = _run([str(AIRFLOW_BIN / "airflow"), "dags", "test", dag_id, logical_date], self.env, self.home, 900,
-                   f"airflow dags test {dag_id}")
+        out = _run(
+            [str(AIRFLOW_BIN / "airflow"), "dags", "test", dag_id, logical_date],
+            self.env,
+            self.home,
+            900,
+            f"airflow dags test {dag_id}",
+        )
         with sqlite3.connect(self.home / "airflow.db") as db:
-            runs = db.execute("SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = ?", (dag_id,)).fetchall()
-            assert [(state, str(day)[:10]) for _, state, day in runs] == [("success", logical_date[:10])], (
-                runs, (out.stdout + out.stderr)[-4000:])
-            states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                                     (dag_id, runs[0][0])).fetchall())
+            runs = db.execute(
+                "SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = ?", (dag_id,)
+            ).fetchall()
+            assert [(state, str(day)[:10]) for _, state, day in runs] == [
+                ("success", logical_date[:10])
+            ], (runs, (out.stdout + out.stderr)[-4000:])
+            states = dict(
+                db.execute(
+                    "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                    (dag_id, runs[0][0]),
+                ).fetchall()
+            )
         # spark-submit ran this checkout's jobs (the mutants runner tests a copy of the checkout).
         for step in DAG_STEPS[dag_id]:
             application = PROJECT_ROOT / "jobs" / f"{step.job}.py"
@@ -214,28 +281,54 @@ class DeployedCourier:
 
 @pytest.fixture(scope="module")
 def deployed(spark, feature_db, encoder_config, tmp_path_factory) -> DeployedCourier:
-    """A copy of the test shop with its training rows before DAY and no model, embeddings or clusters
+    """A copy of the test shop with its training rows
+    before DAY and no model, embeddings or clusters
     yet; its profile as the DAGs read it (COURIER_PROFILE), and a migrated Airflow home."""
     from courier.tables import replace_where
 
-    cfg = feature_db(DATABASE).replace([
-        f"mlflow.registered_model={AIRFLOW_MODEL}", "mlflow.experiment=courier-airflow-test",
-        f"embed.model_uri=models:/{AIRFLOW_MODEL}@production", "cluster.k=8", "promote.max_rows=256"])
-    # One file per day: the last day's file is the retraining's hold-out, a whole day (batches of 64 to score).
-    rows = (spark.table(f"{encoder_config.tables.database}.courier_training_rows").where(F.col("dt") < F.lit(DAY))
-            .repartition(1))
-    replace_where(rows, cfg.tables.qualified("courier_training_rows"), f"dt < DATE'{DAY}'", partition_by=["dt"])
+    cfg = feature_db(DATABASE).replace(
+        [
+            f"mlflow.registered_model={AIRFLOW_MODEL}",
+            "mlflow.experiment=courier-airflow-test",
+            f"embed.model_uri=models:/{AIRFLOW_MODEL}@production",
+            "cluster.k=8",
+            "promote.max_rows=256",
+        ]
+    )
+    # One file per day: the last day's file is the retraining's hold-out,
+    # a whole day (batches of 64 to score).
+    rows = (
+        spark.table(f"{encoder_config.tables.database}.courier_training_rows")
+        .where(F.col("dt") < F.lit(DAY))
+        .repartition(1)
+    )
+    replace_where(
+        rows,
+        cfg.tables.qualified("courier_training_rows"),
+        f"dt < DATE'{DAY}'",
+        partition_by=["dt"],
+    )
 
     home = tmp_path_factory.mktemp("airflow")
     profile = home / "profile.yaml"
     # spark-submit gives the master and the JARs (--jars); the profile leaves both to it.
-    profile.write_text(cfg.replace(["spark.master=null", "spark.jars_dir=null", "spark.driver_memory=2g"]).to_yaml())
-    env = {**os.environ,
-           "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-           "COURIER_PROFILE": str(profile), "COURIER_PYTHON": sys.executable, "COURIER_RETRIES": "0",
-           # spark-submit comes from the project's venv (pyspark); Airflow's venv has none.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    profile.write_text(
+        cfg.replace(
+            ["spark.master=null", "spark.jars_dir=null", "spark.driver_memory=2g"]
+        ).to_yaml()
+    )
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "COURIER_PROFILE": str(profile),
+        "COURIER_PYTHON": sys.executable,
+        "COURIER_RETRIES": "0",
+        # spark-submit comes from the project's venv (pyspark); Airflow's venv has none.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     _run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], env, home, 300, "airflow db migrate")
     return DeployedCourier(cfg, env, home)
 
@@ -265,6 +358,7 @@ def _last_run_end(spark, deployed: DeployedCourier) -> dt.datetime | None:
 # Each DAG's fixture records what its run left before the next DAG runs, so the tests pass in any
 # order (the mutants runner orders them by its list).
 
+
 @pytest.fixture(scope="module")
 def retraining(spark, deployed: DeployedCourier) -> dict:
     """courier_retraining's run on a registry without the model: its tasks' states, the rows it
@@ -277,10 +371,17 @@ def retraining(spark, deployed: DeployedCourier) -> dict:
     rows = deployed.table(spark, "courier_training_rows").count()
     states = deployed.dags_test("courier_retraining", RETRAINING_AT)
     versions = registry.search_model_versions(f"name='{AIRFLOW_MODEL}'")
-    aliases = {alias: registry.get_model_version_by_alias(AIRFLOW_MODEL, alias).version
-               for alias in ("candidate", "production")}
-    return {"states": states, "training_rows": rows, "versions": versions, "aliases": aliases,
-            "run": registry.get_run(versions[0].run_id) if versions else None}
+    aliases = {
+        alias: registry.get_model_version_by_alias(AIRFLOW_MODEL, alias).version
+        for alias in ("candidate", "production")
+    }
+    return {
+        "states": states,
+        "training_rows": rows,
+        "versions": versions,
+        "aliases": aliases,
+        "run": registry.get_run(versions[0].run_id) if versions else None,
+    }
 
 
 @pytest.mark.slow
@@ -295,10 +396,13 @@ def test_the_retraining_dag_registers_evaluates_and_promotes_a_model(deployed, r
     # Evaluated with no production model to beat, then promoted.
     assert version.tags[TAG_EVAL_PRODUCTION] == "" and TAG_PROMOTED_AT in version.tags
     assert 0.0 <= float(version.tags["courier.eval.row_auc"]) <= 1.0
-    # Trained by this Airflow run (its name is the run's timestamp) on the warehouse's training rows.
+    # Trained by this Airflow run
+    # (its name is the run's timestamp) on the warehouse's training rows.
     run = retraining["run"]
     assert run.info.run_name == "retrain-20260104T040000"
-    assert run.data.tags[tracking.TAG_TABLE] == deployed.cfg.tables.qualified("courier_training_rows")
+    assert run.data.tags[tracking.TAG_TABLE] == deployed.cfg.tables.qualified(
+        "courier_training_rows"
+    )
     assert int(run.data.tags[tracking.TAG_ROWS]) == retraining["training_rows"]
 
 
@@ -307,14 +411,22 @@ def _production_version(cfg: CourierConfig) -> str:
 
 
 def _features(spark, deployed: DeployedCourier) -> dict:
-    """Every item, its embeddings, its current Cluster-IDs (by item id), the centroids, the production version."""
-    table = lambda name: deployed.table(spark, name)  # noqa: E731
-    return {"items": {r["item_id"] for r in table("item_images").select("item_id").collect()},
-            "embeddings": [r.asDict() for r in table("item_embeddings").collect()],
-            "current": {r["item_id"]: r.asDict() for r in table("item_image_features").where("valid_to IS NULL")
-                        .collect()},
-            "centroids": [r.asDict() for r in table("cluster_centroids").drop("centroid").collect()],
-            "production": _production_version(deployed.cfg)}
+    """Every item, its embeddings, its current Cluster-IDs
+    (by item id), the centroids, the production version."""
+
+    def table(name: str) -> DataFrame:
+        return deployed.table(spark, name)
+
+    return {
+        "items": {r["item_id"] for r in table("item_images").select("item_id").collect()},
+        "embeddings": [r.asDict() for r in table("item_embeddings").collect()],
+        "current": {
+            r["item_id"]: r.asDict()
+            for r in table("item_image_features").where("valid_to IS NULL").collect()
+        },
+        "centroids": [r.asDict() for r in table("cluster_centroids").drop("centroid").collect()],
+        "production": _production_version(deployed.cfg),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +437,11 @@ def refit(spark, deployed: DeployedCourier, retraining) -> dict:
         assert not deployed.exists(spark, name), name
     runs_end = _last_run_end(spark, deployed)
     states = deployed.dags_test("courier_refit", REFIT_AT)
-    return {"states": states, "runs": _runs_after(spark, deployed, runs_end), **_features(spark, deployed)}
+    return {
+        "states": states,
+        "runs": _runs_after(spark, deployed, runs_end),
+        **_features(spark, deployed),
+    }
 
 
 @pytest.mark.slow
@@ -344,45 +460,77 @@ def test_the_refit_dag_embeds_clusters_and_assigns_every_item_with_the_new_model
     # Every item on it.
     current = refit["current"]
     assert sorted(current) == items
-    assert {(r["cluster_version"], r["model_version"]) for r in current.values()} == {(1, production)}
+    assert {(r["cluster_version"], r["model_version"]) for r in current.values()} == {
+        (1, production)
+    }
     assert {r["image_cluster_id"] for r in current.values()} <= {r["cluster_id"] for r in centroids}
 
 
 def _list_new_items(spark, deployed: DeployedCourier) -> None:
-    """NEW_ITEMS rows appended to raw_items, listed on DAY: the first items' images under new ids."""
+    """NEW_ITEMS rows appended to raw_items, listed on DAY:
+    the first items' images under new ids."""
     raw_items = deployed.cfg.tables.qualified("raw_items")
-    listed_at = F.lit(NEW_ITEMS_LISTED_AT).cast(spark.table(raw_items).schema["updated_at"].dataType)
+    listed_at = F.lit(NEW_ITEMS_LISTED_AT).cast(
+        spark.table(raw_items).schema["updated_at"].dataType
+    )
     sources = spark.table(raw_items).orderBy("item_id").limit(NEW_ITEMS)
-    (sources.withColumn("item_id", F.col("item_id") + NEW_ID_OFFSET).withColumn("updated_at", listed_at)
-     .writeTo(raw_items).append())
+    (
+        sources.withColumn("item_id", F.col("item_id") + NEW_ID_OFFSET)
+        .withColumn("updated_at", listed_at)
+        .writeTo(raw_items)
+        .append()
+    )
 
 
 def _training_rows_by_day(spark, deployed: DeployedCourier) -> dict[dt.date, int]:
-    return {r["dt"]: r["count"] for r in deployed.table(spark, "courier_training_rows").groupBy("dt").count().collect()}
+    return {
+        r["dt"]: r["count"]
+        for r in deployed.table(spark, "courier_training_rows").groupBy("dt").count().collect()
+    }
 
 
 @pytest.fixture(scope="module")
 def nightly(spark, deployed: DeployedCourier, refit) -> dict:
     """courier_nightly's run for DAY, after NEW_ITEMS items were listed on DAY: the training rows
-    before it, its tasks' states, its pipeline_runs rows, the samples' days, the features after it."""
+    before it, its tasks' states, its pipeline_runs rows,
+    the samples' days, the features after it."""
     _list_new_items(spark, deployed)
     for name in ("item_images", "item_embeddings", "item_image_features"):
-        assert deployed.table(spark, name).where(F.col("item_id") >= NEW_ID_OFFSET).count() == 0, name
+        assert deployed.table(spark, name).where(F.col("item_id") >= NEW_ID_OFFSET).count() == 0, (
+            name
+        )
     assert not deployed.exists(spark, "courier_samples")
     training_rows, runs_end = _training_rows_by_day(spark, deployed), _last_run_end(spark, deployed)
     states = deployed.dags_test("courier_nightly", NIGHTLY_AT)
-    samples = {r["dt"] for r in deployed.table(spark, "courier_samples").select("dt").distinct().collect()}
-    return {"states": states, "runs": _runs_after(spark, deployed, runs_end), "samples": samples,
-            "training_rows": (training_rows, _training_rows_by_day(spark, deployed)), **_features(spark, deployed)}
+    samples = {
+        r["dt"] for r in deployed.table(spark, "courier_samples").select("dt").distinct().collect()
+    }
+    return {
+        "states": states,
+        "runs": _runs_after(spark, deployed, runs_end),
+        "samples": samples,
+        "training_rows": (training_rows, _training_rows_by_day(spark, deployed)),
+        **_features(spark, deployed),
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(DAG_TEST_TIMEOUT)
 def test_the_nightly_dag_embeds_and_assigns_the_days_new_items(nightly):
-    assert nightly["states"] == {"build_samples": "success", "embed": "success", "assign": "success"}
-    # One pipeline_runs row per stage, for the interval's day; the new items only were prepared and embedded.
+    assert nightly["states"] == {
+        "build_samples": "success",
+        "embed": "success",
+        "assign": "success",
+    }
+    # One pipeline_runs row per stage, for the interval's day;
+    # the new items only were prepared and embedded.
     runs = nightly["runs"]
-    assert set(runs) == {"item_images", "build_samples", "embed", "assign"}  # build_samples records two
+    assert set(runs) == {
+        "item_images",
+        "build_samples",
+        "embed",
+        "assign",
+    }  # build_samples records two
     assert (runs["build_samples"]["start_dt"], runs["build_samples"]["end_dt"]) == (DAY, DAY)
     assert runs["item_images"]["metrics"]["prepared"] == NEW_ITEMS
     assert runs["embed"]["metrics"]["embedded"] == NEW_ITEMS
@@ -390,7 +538,7 @@ def test_the_nightly_dag_embeds_and_assigns_the_days_new_items(nightly):
     assert nightly["samples"] == {DAY}
     before, after = nightly["training_rows"]
     assert after.pop(DAY) > 0 and DAY not in before
-    assert after == before                                  # the other days' training rows untouched
+    assert after == before  # the other days' training rows untouched
 
     # Each new item: its source's image, embedded by the production model, on its source's cluster.
     production = nightly["production"]
@@ -400,8 +548,12 @@ def test_the_nightly_dag_embeds_and_assigns_the_days_new_items(nightly):
     assert len(new) == NEW_ITEMS
     for item in new:
         assert embedded[item]["content_hash"] == embedded[item - NEW_ID_OFFSET]["content_hash"]
-        assert embedded[item]["embedding"] == pytest.approx(embedded[item - NEW_ID_OFFSET]["embedding"], abs=1e-4)
+        assert embedded[item]["embedding"] == pytest.approx(
+            embedded[item - NEW_ID_OFFSET]["embedding"], abs=1e-4
+        )
         assert (current[item]["cluster_version"], current[item]["model_version"]) == (1, production)
-        assert current[item]["image_cluster_id"] == current[item - NEW_ID_OFFSET]["image_cluster_id"]
+        assert (
+            current[item]["image_cluster_id"] == current[item - NEW_ID_OFFSET]["image_cluster_id"]
+        )
     # Every item is embedded by the production model and carries a current Cluster-ID.
     assert set(embedded) == set(current) == nightly["items"]

@@ -1,4 +1,5 @@
 """Two DDP processes under TorchDistributor (local mode, gloo on CPU) train and log to MLflow."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +17,18 @@ STEPS = 4
 
 @pytest.mark.slow
 def test_two_process_torchdistributor_run(spark, shop_config: CourierConfig, training_table):
-    cfg = shop_config.replace([
-        "train.num_processes=2", "train.batch_size=8", f"train.max_steps={STEPS}", "train.log_every_steps=2",
-        "train.checkpoint_every_steps=2", "train.holdout_fraction=0.0", "train.loader_workers=1",
-        "mlflow.log_model=false",
-    ])
+    cfg = shop_config.replace(
+        [
+            "train.num_processes=2",
+            "train.batch_size=8",
+            f"train.max_steps={STEPS}",
+            "train.log_every_steps=2",
+            "train.checkpoint_every_steps=2",
+            "train.holdout_fraction=0.0",
+            "train.loader_workers=1",
+            "mlflow.log_model=false",
+        ]
+    )
     result = run_training(cfg, spark=spark, run_name="two-processes", distributed=True)
 
     assert result.result["global_step"] == STEPS
@@ -37,13 +45,25 @@ def test_two_process_torchdistributor_run(spark, shop_config: CourierConfig, tra
 
 
 @pytest.mark.slow
-def test_a_data_error_in_the_processes_reaches_the_driver_as_itself(spark, shop_config: CourierConfig, snapshot):
+def test_a_data_error_in_the_processes_reaches_the_driver_as_itself(
+    spark, shop_config: CourierConfig, snapshot
+):
     # The guard fires inside the torchrun processes; TorchDistributor hands back only their output.
     rows = tuple(n + 1 for n in snapshot.file_rows)
     tampered = dataclasses.replace(snapshot, file_rows=rows, total_rows=sum(rows))
-    cfg = shop_config.replace([
-        "train.num_processes=2", "train.batch_size=8", "train.max_steps=2", "train.holdout_fraction=0.0",
-        "train.loader_workers=1", "mlflow.log_model=false",
-    ])
-    with pytest.raises(TrainingDataError, match=rf"{snapshot.table} version {snapshot.version}.*expected \d+ rows"):
-        run_training(cfg, spark=spark, snapshot=tampered, run_name="two-processes-tampered", distributed=True)
+    cfg = shop_config.replace(
+        [
+            "train.num_processes=2",
+            "train.batch_size=8",
+            "train.max_steps=2",
+            "train.holdout_fraction=0.0",
+            "train.loader_workers=1",
+            "mlflow.log_model=false",
+        ]
+    )
+    with pytest.raises(
+        TrainingDataError, match=rf"{snapshot.table} version {snapshot.version}.*expected \d+ rows"
+    ):
+        run_training(
+            cfg, spark=spark, snapshot=tampered, run_name="two-processes-tampered", distributed=True
+        )

@@ -3,6 +3,7 @@
 One training run (in-process, the ``--no-spark`` path, real Petastorm loader on
 the real Delta table) is shared by the tests of this module.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,8 +49,9 @@ def test_held_out_reconstructions_retrieve_clicked_items_better_than_at_init(tra
     _, result = trained
     ev = result.result["eval"]
     assert ev["eval/rows_scored"] >= 100  # held-out rows (the latest files), never trained on
-    # The training objective on unseen rows: among all items shown in an evaluation batch, where does
-    # the reconstruction from a row's clicks rank the row's clicked item (0 = first, 0.5 = chance)?
+    # The training objective on unseen rows: among all items shown in an evaluation batch, where
+    # does the reconstruction from a row's clicks rank
+    # the row's clicked item (0 = first, 0.5 = chance)?
     assert ev["eval/inbatch_rank"] < ev["eval_init/inbatch_rank"] - 0.08, ev
     # The held-out loss (tau = 0.05 makes it sensitive to a few confident misses) fell by 1.1-1.3
     # over 4 local seeds but by only 0.06 in one CI run whose rank still fell by more than 0.08:
@@ -87,17 +89,31 @@ def test_mlflow_run_records_config_data_version_code_and_curves(trained, spark, 
     assert tags["courier.training_table"] == training_table
     assert tags["courier.table_version"] == str(delta_version(spark, training_table))
     assert tags["courier.table_version"] == str(result.snapshot["version"])
-    # The checkout's HEAD when the run started (others may commit meanwhile, so not compared to now).
-    assert re.fullmatch(r"[0-9a-f]{40}", tags["courier.git_revision"]) or git_revision() == "unknown"
+    # The checkout's HEAD when the run started
+    # (others may commit meanwhile, so not compared to now).
+    assert (
+        re.fullmatch(r"[0-9a-f]{40}", tags["courier.git_revision"]) or git_revision() == "unknown"
+    )
     assert tags["mlflow.source.git.commit"] == tags["courier.git_revision"]
-    assert int(tags["courier.snapshot_rows"]) == int(tags["courier.train_rows"]) + int(tags["courier.holdout_rows"])
+    assert int(tags["courier.snapshot_rows"]) == int(tags["courier.train_rows"]) + int(
+        tags["courier.holdout_rows"]
+    )
     assert int(tags["courier.holdout_rows"]) > 0
 
     losses = client.get_metric_history(result.mlflow_run_id, "loss")
     assert [m.step for m in losses] == list(range(5, STEPS + 1, 5))
     assert len(client.get_metric_history(result.mlflow_run_id, "images_per_s")) == STEPS // 5
-    for name in ("eval/alignment", "eval/uniformity", "eval/embedding_std", "eval/attention_entropy",
-                 "eval/hit1", "eval/rank_clicked", "eval/rank_unclicked", "eval_init/hit1", "eval_init/embedding_std"):
+    for name in (
+        "eval/alignment",
+        "eval/uniformity",
+        "eval/embedding_std",
+        "eval/attention_entropy",
+        "eval/hit1",
+        "eval/rank_clicked",
+        "eval/rank_unclicked",
+        "eval_init/hit1",
+        "eval_init/embedding_std",
+    ):
         assert name in run.data.metrics, name
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"config.yaml", "snapshot.json"} <= artifacts
@@ -119,11 +135,14 @@ def test_registered_model_is_reachable_by_alias_and_embeds(trained):
     from courier.data.decode import IMAGENET_MEAN, IMAGENET_STD
     from courier.tracking.models import PreprocessingSpec
 
-    spec = PreprocessingSpec.from_metadata(mlflow.models.get_model_info(model_uri).metadata, model_uri)
+    spec = PreprocessingSpec.from_metadata(
+        mlflow.models.get_model_info(model_uri).metadata, model_uri
+    )
     assert spec.image_size == 32
     np.testing.assert_allclose(spec.mean, IMAGENET_MEAN, rtol=1e-6)
     np.testing.assert_allclose(spec.std, IMAGENET_STD, rtol=1e-6)
-    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)  # a batch size other than the example's
+    # a batch size other than the example's
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     emb = encoder(images)
     assert emb.shape == (5, cfg.model.embedding_dim)
     assert torch.isfinite(emb).all()
@@ -134,7 +153,9 @@ def test_registered_model_is_reachable_by_alias_and_embeds(trained):
 
     exported = _export_encoder(cfg, result.final_checkpoint, 32)
     raw = exported.encoder(torch.from_numpy(normalise_images(images.numpy())))
-    torch.testing.assert_close(emb, torch.nn.functional.normalize(raw, dim=-1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        emb, torch.nn.functional.normalize(raw, dim=-1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_a_finished_run_is_not_trained_again(trained):
@@ -148,8 +169,11 @@ def test_a_finished_run_is_not_trained_again(trained):
 
 def test_the_run_is_recorded_in_pipeline_runs(spark, trained):
     cfg, result = trained
-    rows = spark.table(cfg.tables.qualified("pipeline_runs")).where(
-        (F.col("stage") == "train") & (F.col("run_id") == result.run_name)).collect()
+    rows = (
+        spark.table(cfg.tables.qualified("pipeline_runs"))
+        .where((F.col("stage") == "train") & (F.col("run_id") == result.run_name))
+        .collect()
+    )
     assert len(rows) == 1
     m = rows[0]["metrics"]
     assert m["steps"] == STEPS and m["model_version"] == int(result.model_version)

@@ -5,6 +5,7 @@ The killed and the resumed run are real `courier train --no-spark` processes
 in this process. The snapshot is cut to a few files so the run crosses an
 epoch boundary (resume inside an epoch, then the next epoch's order).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,22 +40,54 @@ def _small_snapshot(snapshot: TrainingSnapshot, n_files: int = 3) -> TrainingSna
 def _cli(config_path: Path, snapshot_path: Path, run_name: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "train", "--profile", str(config_path), "--no-spark",
-         "--snapshot", str(snapshot_path), "--run-name", run_name],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "train",
+            "--profile",
+            str(config_path),
+            "--no-spark",
+            "--snapshot",
+            str(snapshot_path),
+            "--run-name",
+            run_name,
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
-def test_killed_run_resumes_to_the_same_weights(shop_config: CourierConfig, snapshot, tmp_path: Path):
+def test_killed_run_resumes_to_the_same_weights(
+    shop_config: CourierConfig, snapshot, tmp_path: Path
+):
     snap = _small_snapshot(snapshot)
-    steps_per_epoch = make_batch_source(snap, 0, 1, BATCH, seed=0, workers=1, kind="petastorm", shuffle_window=4,
-                                        group_by_query=False).steps_per_epoch()
+    steps_per_epoch = make_batch_source(
+        snap,
+        0,
+        1,
+        BATCH,
+        seed=0,
+        workers=1,
+        kind="petastorm",
+        shuffle_window=4,
+        group_by_query=False,
+    ).steps_per_epoch()
     total = steps_per_epoch + 2 * EVERY  # into the second epoch
-    cfg = shop_config.replace([
-        f"train.batch_size={BATCH}", f"train.max_steps={total}", f"train.checkpoint_every_steps={EVERY}",
-        "train.log_every_steps=1", "train.holdout_fraction=0.0", "mlflow.log_model=false",
-        f"train.checkpoint_dir={tmp_path}/checkpoints",
-    ])
+    cfg = shop_config.replace(
+        [
+            f"train.batch_size={BATCH}",
+            f"train.max_steps={total}",
+            f"train.checkpoint_every_steps={EVERY}",
+            "train.log_every_steps=1",
+            "train.holdout_fraction=0.0",
+            "mlflow.log_model=false",
+            f"train.checkpoint_dir={tmp_path}/checkpoints",
+        ]
+    )
     config_path = tmp_path / "config.yaml"
     config_path.write_text(cfg.to_yaml())
     snapshot_path = tmp_path / "snapshot.json"
@@ -66,7 +99,10 @@ def test_killed_run_resumes_to_the_same_weights(shop_config: CourierConfig, snap
     deadline = time.monotonic() + 240
     while not list_checkpoints(run_dir):
         if proc.poll() is not None:
-            pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint:\n{proc.stdout.read()}")
+            pytest.fail(
+                f"training exited ({proc.returncode}) before its first checkpoint:\n"
+                f"{proc.stdout.read()}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("no checkpoint within 240 s")
@@ -75,7 +111,9 @@ def test_killed_run_resumes_to_the_same_weights(shop_config: CourierConfig, snap
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     killed_at = [int(p.stem.split("-")[1]) for p in list_checkpoints(run_dir)]
-    assert killed_at and max(killed_at) < total, f"the run was not interrupted: checkpoints {killed_at}"
+    assert killed_at and max(killed_at) < total, (
+        f"the run was not interrupted: checkpoints {killed_at}"
+    )
 
     # 2. The same command again: the run is found by name and continues.
     proc = _cli(config_path, snapshot_path, "resumable")
@@ -93,20 +131,31 @@ def test_killed_run_resumes_to_the_same_weights(shop_config: CourierConfig, snap
     assert resumed["model"].keys() == expected["model"].keys()
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(resumed["model"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
-    # Every optimizer state field of every parameter (Adam: step, exp_avg, exp_avg_sq), and the groups.
+    # Every optimizer state field of every parameter
+    # (Adam: step, exp_avg, exp_avg_sq), and the groups.
     opt_resumed, opt_expected = resumed["optimizer"], expected["optimizer"]
     assert opt_resumed["state"].keys() == opt_expected["state"].keys()
     assert len(opt_expected["state"]) == len(expected["model"]) - sum(
-        1 for k in expected["model"] if k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+        1
+        for k in expected["model"]
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     for param, fields in opt_expected["state"].items():
-        assert opt_resumed["state"][param].keys() == fields.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert (
+            opt_resumed["state"][param].keys() == fields.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        )
         for field, value in fields.items():
-            torch.testing.assert_close(opt_resumed["state"][param][field], value, rtol=1e-6, atol=1e-9,
-                                       msg=f"optimizer state {param}.{field}")
+            torch.testing.assert_close(
+                opt_resumed["state"][param][field],
+                value,
+                rtol=1e-6,
+                atol=1e-9,
+                msg=f"optimizer state {param}.{field}",
+            )
     assert opt_resumed["param_groups"] == opt_expected["param_groups"]
     # The loss curve of the resumed run (carried in its checkpoints) matches step by step.
     assert [h["step"] for h in resumed["history"]] == [h["step"] for h in expected["history"]]
-    for a, b in zip(resumed["history"], expected["history"]):
+    for a, b in zip(resumed["history"], expected["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
     client = MlflowClient(resolve_tracking_uri(cfg.mlflow.tracking_uri))

@@ -1,10 +1,11 @@
 """Pieces of `courier train` that need no Spark: precision policy, hold-out split, checkpoint
 files, resume compatibility, the retrieval metric's direction and tie handling, model switches."""
+
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ from courier.train.loop import describe_setup
 from courier.train.precision import resolve_precision
 from courier.train.rundir import frozen_config_differences
 
-CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)  # the GPU is only simulated: no tensor goes there
+# the GPU is only simulated: no tensor goes there
+CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
 
 def test_precision_policy():
@@ -51,7 +53,9 @@ def test_holdout_takes_the_latest_files_and_keeps_counts_consistent():
     train, held = split_holdout(snap, 0.25)
     assert held is not None and len(held.files) == 2
     assert all("dt=2026-01-04" in f for f in held.files)  # the latest day
-    assert set(train.files) | set(held.files) == set(snap.files) and not set(train.files) & set(held.files)
+    assert set(train.files) | set(held.files) == set(snap.files) and not set(train.files) & set(
+        held.files
+    )
     assert train.total_rows + held.total_rows == snap.total_rows
     assert (train.version, held.version) == (snap.version, snap.version)
     assert split_holdout(snap, 0.0) == (snap, None)
@@ -70,8 +74,10 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
 
 def test_resume_refuses_a_different_optimisation_but_not_different_logging():
     base = load_config("local").to_dict()
-    changed = load_config("local", ["train.lr=0.001", "train.log_every_steps=1", "model.compile=true",
-                                    "train.max_steps=7"]).to_dict()
+    changed = load_config(
+        "local",
+        ["train.lr=0.001", "train.log_every_steps=1", "model.compile=true", "train.max_steps=7"],
+    ).to_dict()
     assert frozen_config_differences(base, changed) == ["train.lr: 0.0001 -> 0.001"]
     other_model = load_config("local", ["model.embedding_dim=64"]).to_dict()
     assert frozen_config_differences(base, other_model) == ["model.embedding_dim: 256 -> 64"]
@@ -89,7 +95,9 @@ class _Rows:
         self.batch = batch
         # Every shown item is unique (ids 0..119): a duplicate would be a legitimate tie in-batch.
         self.pv_ids = torch.arange(n_rows * L).reshape(n_rows, L)
-        self.labels = torch.tensor([[1, 0, 0, 0, -1] if r % 2 else [1, 1, 0, 0, 0] for r in range(n_rows)])
+        self.labels = torch.tensor(
+            [[1, 0, 0, 0, -1] if r % 2 else [1, 1, 0, 0, 0] for r in range(n_rows)]
+        )
         # History: the row's clicked items plus one unrelated click (ids >= 200, never shown).
         clicks = torch.full((n_rows, L), -1)
         for r in range(n_rows):
@@ -109,9 +117,14 @@ class _Rows:
     def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         for step in range(skip, self.steps_per_epoch()):
             sl = slice(step * self.batch, (step + 1) * self.batch)
-            yield {"pv_images": self._images(self.pv_ids[sl]), "pv_labels": self.labels[sl],
-                   "click_images": self._images(self.click_ids[sl]), "click_mask": self.click_ids[sl] >= 0,
-                   "pv_item_ids": self.pv_ids[sl], "click_item_ids": self.click_ids[sl]}
+            yield {
+                "pv_images": self._images(self.pv_ids[sl]),
+                "pv_labels": self.labels[sl],
+                "click_images": self._images(self.click_ids[sl]),
+                "click_mask": self.click_ids[sl] >= 0,
+                "pv_item_ids": self.pv_ids[sl],
+                "click_item_ids": self.click_ids[sl],
+            }
 
 
 class _ItemOneHot(nn.Module):
@@ -163,10 +176,16 @@ def test_evaluation_can_use_batch_statistics_without_touching_running_ones():
 def test_model_switches_reach_the_model():
     env = ProcessEnv(0, 1, 0, CPU)
     precision = resolve_precision("auto", CPU)
-    on = describe_setup(CourierModel(ModelConfig(gradient_checkpointing=True, channels_last=True), LossConfig()),
-                        precision, env)
-    off = describe_setup(CourierModel(ModelConfig(gradient_checkpointing=False, channels_last=False), LossConfig()),
-                         precision, env)
+    on = describe_setup(
+        CourierModel(ModelConfig(gradient_checkpointing=True, channels_last=True), LossConfig()),
+        precision,
+        env,
+    )
+    off = describe_setup(
+        CourierModel(ModelConfig(gradient_checkpointing=False, channels_last=False), LossConfig()),
+        precision,
+        env,
+    )
     assert on["gradient_checkpointing"] and on["channels_last"]
     assert not off["gradient_checkpointing"] and not off["channels_last"]
     assert not on["compiled"] and on["precision"] == "off"
@@ -175,7 +194,9 @@ def test_model_switches_reach_the_model():
 def test_compile_switch_compiles_the_encoder():
     # nn.Module.compile is lazy: this checks the switch, the first forward would compile.
     model = CourierModel(ModelConfig(compile=True, embedding_dim=16), LossConfig())
-    assert describe_setup(model, resolve_precision("auto", CPU), ProcessEnv(0, 1, 0, CPU))["compiled"]
+    assert describe_setup(model, resolve_precision("auto", CPU), ProcessEnv(0, 1, 0, CPU))[
+        "compiled"
+    ]
 
 
 class _RunsCodeWhenUnpickled:
@@ -193,15 +214,24 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path: Path):
     from courier.train.loop import _rng_state, _set_rng_state
 
     # The loop's own state round-trips, RNG states included: the next draws repeat.
-    state = {"global_step": 3, "model": {"w": torch.ones(2)}, "rng": [_rng_state(CPU)], "history": [{"loss": 1.0}]}
+    state = {
+        "global_step": 3,
+        "model": {"w": torch.ones(2)},
+        "rng": [_rng_state(CPU)],
+        "history": [{"loss": 1.0}],
+    }
     path = save_checkpoint(state, tmp_path / "run", keep=2)
     expected = (random.random(), np.random.rand(), torch.rand(1))
     _set_rng_state(load_checkpoint(path)["rng"][0], CPU)
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
 
     marker = tmp_path / "payload-ran"
-    torch.save({"global_step": 4, "model": {}, "extra": _RunsCodeWhenUnpickled(marker)},
-               tmp_path / "run" / "step-000000004.pt")
-    with pytest.raises(CheckpointError, match=r"step-000000004.pt is not a weights-only checkpoint"):
+    torch.save(
+        {"global_step": 4, "model": {}, "extra": _RunsCodeWhenUnpickled(marker)},
+        tmp_path / "run" / "step-000000004.pt",
+    )
+    with pytest.raises(
+        CheckpointError, match=r"step-000000004.pt is not a weights-only checkpoint"
+    ):
         load_checkpoint(tmp_path / "run" / "step-000000004.pt")
     assert not marker.exists()

@@ -1,6 +1,7 @@
 """The embedded catalog persists: a table created by one job is found by name by the next
 (`courier sql`, a new JVM), as an analyst would use it; processes share it at once through
 the warehouse's Derby network server, which stops itself when no process uses it."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,21 @@ from pathlib import Path
 
 
 def _courier(warehouse, *args: str) -> str:
-    cmd = [sys.executable, "-m", "jobs.cli", "sql", "--set", f"spark.warehouse_dir={warehouse}",
-           "--set", "spark.ui_enabled=false", "--set", "spark.master=local[1]", "--set", "spark.catalog_idle_s=5",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "sql",
+        "--set",
+        f"spark.warehouse_dir={warehouse}",
+        "--set",
+        "spark.ui_enabled=false",
+        "--set",
+        "spark.master=local[1]",
+        "--set",
+        "spark.catalog_idle_s=5",
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -33,22 +46,34 @@ print(ensure_catalog_server(sys.argv[1], derby_jars(cfg.spark), idle_s=float(sys
 
 
 def _open_catalog(warehouse: Path, idle_s: float, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _CLIENT, str(warehouse), str(idle_s)], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+    return subprocess.Popen(
+        [sys.executable, "-c", _CLIENT, str(warehouse), str(idle_s)],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
 
 
 def test_processes_share_one_server_which_stops_once_idle(tmp_path):
-    clients = [_open_catalog(tmp_path, idle_s=3) for _ in range(3)]  # at once: one starts it, all use it
+    # at once: one starts it, all use it
+    clients = [_open_catalog(tmp_path, idle_s=3) for _ in range(3)]
     outputs = [client.communicate(timeout=120) for client in clients]
     assert all(client.returncode == 0 for client in clients), [err[-2000:] for _, err in outputs]
     ports = {int(out) for out, _ in outputs}
     assert len(ports) == 1
     info = json.loads((tmp_path / ".catalog" / "server.json").read_text())
-    assert (tmp_path / ".catalog" / "derby.properties").stat().st_mode & 0o077 == 0  # its password: owner only
+    assert (
+        tmp_path / ".catalog" / "derby.properties"
+    ).stat().st_mode & 0o077 == 0  # its password: owner only
     deadline = time.time() + 60
-    while any(_alive(info[pid]) for pid in ("java_pid", "supervisor_pid")) and time.time() < deadline:
+    while (
+        any(_alive(info[pid]) for pid in ("java_pid", "supervisor_pid")) and time.time() < deadline
+    ):
         time.sleep(0.5)
-    assert not any(_alive(info[pid]) for pid in ("java_pid", "supervisor_pid")), "it outlived its clients by 1 min"
+    assert not any(_alive(info[pid]) for pid in ("java_pid", "supervisor_pid")), (
+        "it outlived its clients by 1 min"
+    )
     assert not (tmp_path / ".catalog" / "server.json").exists()
     assert not list((tmp_path / ".catalog" / "clients").iterdir())  # ended clients were swept
 
@@ -79,8 +104,15 @@ def test_an_analyst_query_runs_while_a_job_is_writing(spark, warehouse_dir):
     spark.range(10).write.format("delta").mode("overwrite").saveAsTable(table)
     release = warehouse_dir / "release-writer"
     held = F.udf(_held_until(release), "long")  # the write lasts until the reader is done
-    writer = threading.Thread(target=lambda: spark.range(10, 20).select(held("id").alias("id"))
-                              .write.format("delta").mode("append").saveAsTable(table))
+    writer = threading.Thread(
+        target=lambda: (
+            spark.range(10, 20)
+            .select(held("id").alias("id"))
+            .write.format("delta")
+            .mode("append")
+            .saveAsTable(table)
+        )
+    )
     writer.start()
     try:
         out = _courier(warehouse_dir, f"SELECT count(*) AS n, max(id) AS top FROM {table}")
@@ -111,8 +143,17 @@ def _cells(table_text: str) -> list[str]:
 
 
 def _courier_fails(*args: str) -> str:
-    cmd = [sys.executable, "-m", "jobs.cli", "sql", "--set", "spark.ui_enabled=false", "--set", "spark.master=local[1]",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "sql",
+        "--set",
+        "spark.ui_enabled=false",
+        "--set",
+        "spark.master=local[1]",
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
     assert "Traceback" not in done.stderr

@@ -1,11 +1,14 @@
-"""Each default is written once: in its section's dataclass, never restated by a YAML file of conf/."""
+"""Each default is written once: in its section's dataclass,
+never restated by a YAML file of conf/."""
+
 from __future__ import annotations
 
 import dataclasses
 import shutil
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 import yaml
@@ -14,10 +17,11 @@ from courier.config import CONF_DIR, CourierConfig, from_dict
 
 
 def restated_defaults(cls: type, data: Mapping[str, Any], file: str, path: str = "") -> list[str]:
-    """``file: key = value`` for every key of ``data`` whose value is ``cls``'s default, nested sections included.
+    """``file: key = value`` for every key of ``data`` whose
+    value is ``cls``'s default, nested sections included.
 
-    Values are compared after the config's own typing (``from_dict``), so ``1.0e-4`` restates ``1e-4``
-    and a list restates a tuple default.
+    Values are compared after the config's own typing (``from_dict``), so ``1.0e-4`` restates
+    ``1e-4`` and a list restates a tuple default.
     """
     hints = typing.get_type_hints(cls)
     defaults, built = cls(), from_dict(cls, data, path)
@@ -42,16 +46,23 @@ def restated_in(conf_dir: Path) -> list[str]:
 
 def test_no_file_of_conf_restates_a_dataclass_default():
     found = restated_in(CONF_DIR)
-    assert not found, ("these keys restate the dataclass default (courier/config/); delete them from the YAML: "
-                       + "; ".join(found))
+    assert not found, (
+        "these keys restate the dataclass default (courier/config/); delete them from the YAML: "
+        + "; ".join(found)
+    )
 
 
-@pytest.mark.parametrize("file,planted,expected", [
-    ("base.yaml", "tables:\n  database: courier\n", "base.yaml: tables.database = 'courier'"),
-    ("local.yaml", "train:\n  lr: 1.0e-4\n", "local.yaml: train.lr = 0.0001"),
-    ("cluster.example.yaml", "spark:\n  conf: {}\n", "cluster.example.yaml: spark.conf = {}"),
-])
-def test_a_planted_restated_default_is_named_with_its_file_and_key(tmp_path, file, planted, expected):
+@pytest.mark.parametrize(
+    ("file", "planted", "expected"),
+    [
+        ("base.yaml", "tables:\n  database: courier\n", "base.yaml: tables.database = 'courier'"),
+        ("local.yaml", "train:\n  lr: 1.0e-4\n", "local.yaml: train.lr = 0.0001"),
+        ("cluster.example.yaml", "spark:\n  conf: {}\n", "cluster.example.yaml: spark.conf = {}"),
+    ],
+)
+def test_a_planted_restated_default_is_named_with_its_file_and_key(
+    tmp_path, file, planted, expected
+):
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)
     data = yaml.safe_load((conf / file).read_text()) or {}

@@ -1,4 +1,5 @@
-"""The imports of ``courier/`` form floors: plumbing below the stages, stages in data-flow order, no cycle.
+"""The imports of ``courier/`` form floors:
+plumbing below the stages, stages in data-flow order, no cycle.
 
 The checker reads the source with ``ast`` (no import, no Spark: 0.9 s on the loaded 2-core
 machine): every ``import`` and ``from ... import`` at module level, inside functions and under
@@ -8,6 +9,7 @@ literal name, and the name tables of PEP 562 lazy ``__getattr__`` modules (``cou
 ``courier/train``), whose strings name the modules they load. README.md, "Layout", draws the
 floors; docs/ARCHITECTURE.md says what lives on each.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,8 +21,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # Shared plumbing: imports nothing from a stage (status reads only what plumbing owns).
-PLUMBING = ("checks", "config", "spark", "catalog", "tables", "sql_files", "sql_server", "progress", "tracking",
-            "status")
+PLUMBING = (
+    "checks",
+    "config",
+    "spark",
+    "catalog",
+    "tables",
+    "sql_files",
+    "sql_server",
+    "progress",
+    "tracking",
+    "status",
+)
 # The stages in data-flow order: each imports plumbing and the stages before it.
 STAGES = ("world", "samples", "data", "model", "train", "features", "ctr", "experiment")
 # Above the stages: may import any of them (the demo runs them all; schedule lists the DAG steps).
@@ -38,7 +50,8 @@ class Import:
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
-    """Every module of ``root/package`` by dotted name (a package by its own name, for its __init__)."""
+    """Every module of ``root/package`` by dotted name
+    (a package by its own name, for its __init__)."""
     out = {}
     for path in sorted((root / package).rglob("*.py")):
         parts = path.relative_to(root).with_suffix("").parts
@@ -53,8 +66,11 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
-def _lazy_table_targets(tree: ast.Module, module: str, modules: dict[str, Path]) -> list[tuple[str, int]]:
-    """Modules named by strings in the module-level assignments of a PEP 562 ``__getattr__`` module."""
+def _lazy_table_targets(
+    tree: ast.Module, module: str, modules: dict[str, Path]
+) -> list[tuple[str, int]]:
+    """Modules named by strings in the module-level
+    assignments of a PEP 562 ``__getattr__`` module."""
     if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
         return []
     out = []
@@ -63,7 +79,10 @@ def _lazy_table_targets(tree: ast.Module, module: str, modules: dict[str, Path])
             for const in ast.walk(node.value):
                 if isinstance(const, ast.Constant) and isinstance(const.value, str):
                     # "backbones" (relative to the package) or "courier.train.launch" (absolute).
-                    for name in (f"{module}.{const.value}", const.value if "." in const.value else ""):
+                    for name in (
+                        f"{module}.{const.value}",
+                        const.value if "." in const.value else "",
+                    ):
                         if name in modules:
                             out.append((name, const.lineno))
                             break
@@ -85,11 +104,19 @@ def imports_of(module: str, root: Path, modules: dict[str, Path]) -> list[Import
                 anchor = module.split(".") if is_package else module.split(".")[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from pkg import sub` imports the submodule pkg.sub; `from pkg import name` imports pkg.
-            found += [(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base, node.lineno)
-                      for a in node.names]
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
-              in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
+            # `from pkg import sub` imports the submodule pkg.sub;
+            # `from pkg import name` imports pkg.
+            found += [
+                (f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base, node.lineno)
+                for a in node.names
+            ]
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None))
+            in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             found.append((str(node.args[0].value), node.lineno))
     found += _lazy_table_targets(tree, module, modules)
     out = []
@@ -116,19 +143,24 @@ def floor_of(module: str) -> tuple[int, str]:
         return 1 + STAGES.index(part), part
     if part in TOP:
         return 1 + len(STAGES), part
-    raise AssertionError(f"{module} is on no floor: add {part!r} to PLUMBING, STAGES or TOP "
-                         "(tests/unit/test_import_floors.py) and to the README's Layout")
+    raise AssertionError(
+        f"{module} is on no floor: add {part!r} to PLUMBING, STAGES or TOP "
+        "(tests/unit/test_import_floors.py) and to the README's Layout"
+    )
 
 
 def floor_violations(imports: list[Import]) -> list[str]:
-    """Imports that go up a floor: plumbing -> a stage, a stage -> a later stage, anything -> the top."""
+    """Imports that go up a floor: plumbing -> a stage,
+    a stage -> a later stage, anything -> the top."""
     out = []
     for imp in imports:
         (src_floor, src_part), (dst_floor, dst_part) = floor_of(imp.source), floor_of(imp.target)
         if dst_floor > src_floor:
             where = "plumbing" if src_floor == 0 else f"stage {src_part!r}"
-            out.append(f"{imp.file}:{imp.line}: {where} imports {imp.target} "
-                       f"({dst_part!r} is on a higher floor)")
+            out.append(
+                f"{imp.file}:{imp.line}: {where} imports {imp.target} "
+                f"({dst_part!r} is on a higher floor)"
+            )
     return out
 
 
@@ -146,7 +178,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -172,7 +204,8 @@ def package_edges(imports: list[Import]) -> dict[str, set[str]]:
 
 
 def check_imports(root: Path, package: str) -> list[str]:
-    """Every problem of ``root/package``'s imports: floor violations, then a module and a package cycle."""
+    """Every problem of ``root/package``'s imports:
+    floor violations, then a module and a package cycle."""
     imports = import_graph(root, package)
     problems = floor_violations(imports)
     for kind, edges in (("module", module_edges(imports)), ("package", package_edges(imports))):
@@ -194,7 +227,9 @@ def test_every_module_is_on_a_floor():
 
 def test_plumbing_imports_no_stage_and_stages_follow_the_data_flow(courier_imports):
     violations = floor_violations(courier_imports)
-    assert not violations, "imports against the floors (README.md, Layout):\n" + "\n".join(violations)
+    assert not violations, "imports against the floors (README.md, Layout):\n" + "\n".join(
+        violations
+    )
 
 
 def test_no_import_cycle_between_modules(courier_imports):
@@ -224,46 +259,68 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 def test_the_checker_finds_a_planted_floor_violation_and_cycles(tmp_path):
     # A miniature courier: plumbing `config`, stages `train` and `features` (features above train).
-    _write(tmp_path, {
-        "courier/__init__.py": "",
-        "courier/config.py": "import json\n",
-        "courier/train/__init__.py": "",
-        "courier/train/errors.py": "",
-        # Inside a function: train reaches up to features (line 4); a relative import closes a cycle.
-        "courier/train/launch.py": ("from courier.config import x\n\n"
-                                    "def run():\n    from courier.features.model_ref import ModelRef\n\n"
-                                    "from .baselines import f\n"),
-        "courier/train/baselines.py": "def f():\n    from . import launch\n",
-        "courier/features/__init__.py": "",
-        "courier/features/model_ref.py": "from courier.train import errors\n",
-    })
+    _write(
+        tmp_path,
+        {
+            "courier/__init__.py": "",
+            "courier/config.py": "import json\n",
+            "courier/train/__init__.py": "",
+            "courier/train/errors.py": "",
+            # Inside a function: train reaches up to features
+            # (line 4); a relative import closes a cycle.
+            "courier/train/launch.py": (
+                "from courier.config import x\n\n"
+                "def run():\n    from courier.features.model_ref import ModelRef\n\n"
+                "from .baselines import f\n"
+            ),
+            "courier/train/baselines.py": "def f():\n    from . import launch\n",
+            "courier/features/__init__.py": "",
+            "courier/features/model_ref.py": "from courier.train import errors\n",
+        },
+    )
     assert check_imports(tmp_path, "courier") == [
-        "courier/train/launch.py:4: stage 'train' imports courier.features.model_ref ('features' is on a higher floor)",
-        "module import cycle: courier.train.baselines -> courier.train.launch -> courier.train.baselines",
+        "courier/train/launch.py:4: stage 'train' imports courier.features.model_ref ('features' "
+        "is on a higher floor)",
+        "module import cycle: courier.train.baselines -> courier.train.launch -> "
+        "courier.train.baselines",
         "package import cycle: courier.features -> courier.train -> courier.features",
     ]
     # Without the planted lines the miniature is clean.
-    _write(tmp_path, {"courier/train/launch.py": "from courier.config import x\n",
-                      "courier/train/baselines.py": "from . import launch\n"})
+    _write(
+        tmp_path,
+        {
+            "courier/train/launch.py": "from courier.config import x\n",
+            "courier/train/baselines.py": "from . import launch\n",
+        },
+    )
     assert check_imports(tmp_path, "courier") == []
 
 
 def test_the_checker_reads_lazy_name_tables_and_plumbing_violations(tmp_path):
-    _write(tmp_path, {
-        "courier/__init__.py": "",
-        "courier/tables.py": "import importlib\n\ndef f():\n    importlib.import_module('courier.world.gen')\n",
-        "courier/world/__init__.py": ("_LAZY = {'World': 'gen'}\n\n"
-                                      "def __getattr__(name):\n    return None\n"),
-        "courier/world/gen.py": "",
-        "courier/ctr/__init__.py": "",
-        "courier/ctr/x.py": "from ..world import gen\n",
-        "courier/elsewhere.py": "",
-    })
+    _write(
+        tmp_path,
+        {
+            "courier/__init__.py": "",
+            "courier/tables.py": (
+                "import importlib\n\ndef f():\n    importlib.import_module('courier.world.gen')\n"
+            ),
+            "courier/world/__init__.py": (
+                "_LAZY = {'World': 'gen'}\n\ndef __getattr__(name):\n    return None\n"
+            ),
+            "courier/world/gen.py": "",
+            "courier/ctr/__init__.py": "",
+            "courier/ctr/x.py": "from ..world import gen\n",
+            "courier/elsewhere.py": "",
+        },
+    )
     imports = import_graph(tmp_path, "courier")
     assert {(i.source, i.target) for i in imports} == {
-        ("courier.tables", "courier.world.gen"), ("courier.world", "courier.world.gen"),
-        ("courier.ctr.x", "courier.world.gen")}
+        ("courier.tables", "courier.world.gen"),
+        ("courier.world", "courier.world.gen"),
+        ("courier.ctr.x", "courier.world.gen"),
+    }
     assert floor_violations(imports) == [
-        "courier/tables.py:4: plumbing imports courier.world.gen ('world' is on a higher floor)"]
-    with pytest.raises(AssertionError, match="courier.elsewhere is on no floor"):
+        "courier/tables.py:4: plumbing imports courier.world.gen ('world' is on a higher floor)"
+    ]
+    with pytest.raises(AssertionError, match=r"courier.elsewhere is on no floor"):
         floor_of("courier.elsewhere")

@@ -1,8 +1,10 @@
-"""The mutants of ``make mutants`` still fit the code: each applies once, to a file whose tests exist.
+"""The mutants of ``make mutants`` still fit the code:
+each applies once, to a file whose tests exist.
 
 A refactor that moves a mutated line would otherwise only show when someone runs
 ``make mutants`` (slow); here it fails in ``make test``, naming the mutant.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +16,13 @@ MUTANTS = load_mutants()
 
 def test_there_are_mutants_for_every_stage():
     files = {m.file for m in MUTANTS}
-    for stage in ("sql/samples/", "courier/model/", "courier/train/", "courier/features/", "courier/ctr/"):
+    for stage in (
+        "sql/samples/",
+        "courier/model/",
+        "courier/train/",
+        "courier/features/",
+        "courier/ctr/",
+    ):
         assert any(f.startswith(stage) for f in files), f"no mutant of {stage}"
     assert len(MUTANTS) >= 20
 
@@ -28,10 +36,16 @@ def test_each_mutant_applies_once_and_names_existing_tests(mutant: Mutant):
         assert path.is_file(), f"mutant {mutant.name}: no test file {path}"
         if "::" in test:
             name = test.split("::")[1].split("[")[0]
-            assert f"def {name}(" in path.read_text(), f"mutant {mutant.name}: no test {name} in {path}"
+            assert f"def {name}(" in path.read_text(), (
+                f"mutant {mutant.name}: no test {name} in {path}"
+            )
 
 
 def test_a_mutant_whose_line_is_gone_is_an_error_naming_it():
-    gone = Mutant("gone", "courier/config/__init__.py", "no such line", "x", ("tests/unit/test_config.py",))
-    with pytest.raises(MutantError, match="mutant gone: courier/config/__init__.py holds 'no such line' 0 times"):
+    gone = Mutant(
+        "gone", "courier/config/__init__.py", "no such line", "x", ("tests/unit/test_config.py",)
+    )
+    with pytest.raises(
+        MutantError, match=r"mutant gone: courier/config/__init__.py holds 'no such line' 0 times"
+    ):
         gone.apply((ROOT / gone.file).read_text())

@@ -4,6 +4,7 @@ The config package holds the choices (it must load without torch); the registrie
 them live beside the implementations. These tests tie the two, so a member added on one side
 only fails here, not in a nightly job.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,7 +25,10 @@ def test_every_training_backend_has_one_class_named_for_it():
     assert list(BACKENDS) == list(TrainBackend)
     for name, cls in BACKENDS.items():
         assert cls.name == name and type(make_backend(name.value)) is cls
-    with pytest.raises(ValueError, match=r"train.backend must be one of \('torch_distributor', 'horovod'\), got 'mpi'"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.backend must be one of \('torch_distributor', 'horovod'\), got 'mpi'",
+    ):
         make_backend("mpi")
 
 

@@ -33,8 +33,9 @@ def small_impressions(small_world: World) -> pa.Table:
 @pytest.fixture(scope="session")
 def catalogue_world() -> World:
     """Many items, few impressions: for tests about items and images."""
-    return generate_world(WorldConfig(seed=11, n_items=3200, n_users=50, n_page_views=50,
-                                      image_size=32, days=1))
+    return generate_world(
+        WorldConfig(seed=11, n_items=3200, n_users=50, n_page_views=50, image_size=32, days=1)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ def test_ctr_is_realistic(small_world: World, small_impressions: pa.Table) -> No
 
 
 def test_liked_styles_clicked_far_more_within_every_category(
-        small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig) -> None:
+    small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig
+) -> None:
     stats = _stats(small_world, small_impressions)
     assert len(stats.ratio_by_category) == small_cfg.n_categories
     for category, ratio in stats.ratio_by_category.items():
@@ -46,7 +47,9 @@ def test_histories_accumulate(small_impressions: pa.Table, small_cfg: WorldConfi
     clicks = small_impressions["clicked"].to_numpy().reshape(-1, k).sum(axis=1)
     seen: dict[int, int] = {}
     with_history = 0
-    for user, n_clicks in zip(users.tolist(), clicks.tolist()):  # rows are in time order
+    for user, n_clicks in zip(
+        users.tolist(), clicks.tolist(), strict=True
+    ):  # rows are in time order
         with_history += seen.get(user, 0) > 0
         seen[user] = seen.get(user, 0) + n_clicks
     assert with_history / len(users) >= 0.7
@@ -56,13 +59,19 @@ def test_histories_accumulate(small_impressions: pa.Table, small_cfg: WorldConfi
 
 
 def test_queries_follow_category_preferences(
-        small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig) -> None:
+    small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig
+) -> None:
     k = small_cfg.items_per_page
-    liked = dict(zip(small_world.user_preferences["user_id"].to_pylist(),
-                     small_world.user_preferences["liked_categories"].to_pylist()))
+    liked = dict(
+        zip(
+            small_world.user_preferences["user_id"].to_pylist(),
+            small_world.user_preferences["liked_categories"].to_pylist(),
+            strict=True,
+        )
+    )
     users = small_impressions["user_id"].to_pylist()[::k]
     queries = small_impressions["query"].to_pylist()[::k]
-    share = np.mean([q in liked[u] for u, q in zip(users, queries)])
+    share = np.mean([q in liked[u] for u, q in zip(users, queries, strict=True)])
     # category_focus plus the chance that a random query hits a liked category.
     focus = small_cfg.category_focus
     expected = focus + (1 - focus) * small_cfg.categories_per_user / small_cfg.n_categories

@@ -19,19 +19,32 @@ def test_schemas_are_exact(small_world: World, small_impressions: pa.Table) -> N
     assert small_world.user_preferences.schema.equals(schema.EVAL_USER_PREFERENCES)
     assert small_impressions.schema.equals(schema.RAW_IMPRESSIONS)
     assert schema.RAW_IMPRESSIONS.names == [
-        "request_id", "user_id", "item_id", "position", "query", "event_ts", "clicked", "dt"]
+        "request_id",
+        "user_id",
+        "item_id",
+        "position",
+        "query",
+        "event_ts",
+        "clicked",
+        "dt",
+    ]
     assert schema.RAW_ITEMS.field("updated_at").type == pa.timestamp("us")
     assert schema.EVAL_USER_PREFERENCES.field("liked_styles").type == pa.list_(pa.int32())
 
 
 def test_no_nulls(small_world: World, small_impressions: pa.Table) -> None:
-    for table in (small_world.items, small_world.item_styles, small_world.user_preferences,
-                  small_impressions):
+    for table in (
+        small_world.items,
+        small_world.item_styles,
+        small_world.user_preferences,
+        small_impressions,
+    ):
         assert all(column.null_count == 0 for column in table.columns)
 
 
 def test_ids_unique_and_consistent(
-        small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig) -> None:
+    small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig
+) -> None:
     item_ids = small_world.items["item_id"].to_numpy()
     assert len(np.unique(item_ids)) == small_cfg.n_items
     assert small_world.item_styles["item_id"].equals(small_world.items["item_id"])
@@ -43,7 +56,8 @@ def test_ids_unique_and_consistent(
 
 
 def test_pages_are_full_distinct_and_of_the_queried_category(
-        small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig) -> None:
+    small_world: World, small_impressions: pa.Table, small_cfg: WorldConfig
+) -> None:
     k = small_cfg.items_per_page
     imp = small_impressions
     assert imp.num_rows == small_cfg.n_page_views * k
@@ -53,8 +67,13 @@ def test_pages_are_full_distinct_and_of_the_queried_category(
     assert (imp["position"].to_numpy().reshape(-1, k) == np.arange(k)).all()
     items = imp["item_id"].to_numpy().reshape(-1, k)
     assert (np.diff(np.sort(items, axis=1), axis=1) > 0).all()
-    category_of = dict(zip(small_world.items["item_id"].to_pylist(),
-                           small_world.items["category"].to_pylist()))
+    category_of = dict(
+        zip(
+            small_world.items["item_id"].to_pylist(),
+            small_world.items["category"].to_pylist(),
+            strict=True,
+        )
+    )
     shown = np.array([category_of[i] for i in imp["item_id"].to_pylist()])
     assert (shown == imp["query"].to_numpy(zero_copy_only=False)).all()
     for column in ("user_id", "query", "event_ts"):
@@ -99,5 +118,7 @@ def test_user_preferences_shape(small_world: World, small_cfg: WorldConfig) -> N
     assert all(len(set(s)) == len(s) == small_cfg.styles_per_user for s in liked)
     cats = set(small_world.items["category"].to_pylist())
     liked_cats = prefs["liked_categories"].to_pylist()
-    assert all(len(set(c)) == len(c) == small_cfg.categories_per_user and set(c) <= cats
-               for c in liked_cats)
+    assert all(
+        len(set(c)) == len(c) == small_cfg.categories_per_user and set(c) <= cats
+        for c in liked_cats
+    )

@@ -29,7 +29,9 @@ def test_catalogue_has_enough_styles_and_shared_colours() -> None:
 
 
 def test_titles_and_categories_never_name_a_style(catalogue_world: World) -> None:
-    texts = catalogue_world.items["title"].to_pylist() + catalogue_world.items["category"].to_pylist()
+    texts = (
+        catalogue_world.items["title"].to_pylist() + catalogue_world.items["category"].to_pylist()
+    )
     words = {w for text in texts for w in re.findall(r"[a-z]+", text.lower())}
     assert not words & STYLE_VOCABULARY
 
@@ -64,8 +66,13 @@ def test_upper_colour_is_painted_on_the_upper_half() -> None:
     category = np.array([0, 1, 3])[np.arange(n) % 3]  # tops, bags, bottles: solid at the centre
     style = np.arange(n) % N_STYLES
     looks = draw_looks(cfg, category, style, np.random.default_rng(0))
-    looks = dataclasses.replace(looks, shift=np.zeros((n, 2)), angle=np.zeros(n),
-                                pattern_depth=np.zeros(n), split_v=np.zeros(n))
+    looks = dataclasses.replace(
+        looks,
+        shift=np.zeros((n, 2)),
+        angle=np.zeros(n),
+        pattern_depth=np.zeros(n),
+        split_v=np.zeros(n),
+    )
     images = render_arrays(cfg, looks).astype(float)
     upper_rgb = hsv_to_rgb(looks.upper_hsv) * 255
     lower_rgb = hsv_to_rgb(looks.lower_hsv) * 255
@@ -79,7 +86,9 @@ def test_upper_colour_is_painted_on_the_upper_half() -> None:
 def test_random_init_cnn_recovers_style_poorly(catalogue_world: World) -> None:
     """Trap 1: features that never saw behaviour must not already know the style."""
     torch = pytest.importorskip("torch")
-    x = np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in catalogue_world.items["image"].to_pylist()])
+    x = np.stack(
+        [np.asarray(Image.open(io.BytesIO(b))) for b in catalogue_world.items["image"].to_pylist()]
+    )
     x = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
     torch.manual_seed(0)
     layers: list = []
@@ -100,7 +109,9 @@ def test_random_init_cnn_recovers_style_poorly(catalogue_world: World) -> None:
     assert 1.5 / N_STYLES < accuracy < 0.45
 
 
-def _knn_accuracy(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 5) -> float:
+def _knn_accuracy(
+    features: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 5
+) -> float:
     """Leave-one-out kNN (cosine) accuracy, neighbours restricted to the same group."""
     sim = features @ features.T
     np.fill_diagonal(sim, -np.inf)
@@ -114,23 +125,40 @@ def test_image_size_is_configurable() -> None:
     from courier.world import generate_world
 
     for size in (32, 224):
-        world = generate_world(WorldConfig(n_categories=2, n_items=40, n_users=5, n_page_views=5,
-                                           image_size=size, items_per_page=5, days=1))
+        world = generate_world(
+            WorldConfig(
+                n_categories=2,
+                n_items=40,
+                n_users=5,
+                n_page_views=5,
+                image_size=size,
+                items_per_page=5,
+                days=1,
+            )
+        )
         image = Image.open(io.BytesIO(world.items["image"][0].as_py()))
         assert image.size == (size, size)
 
 
-@pytest.mark.parametrize("bad", [
-    {"image_size": 16}, {"image_size": 256}, {"n_categories": 0}, {"n_categories": 99},
-    {"n_items": 50, "n_categories": 6, "items_per_page": 10}, {"start_date": "2026-13-01"},
-    {"styles_per_user": 0}, {"category_focus": 1.5},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"image_size": 16},
+        {"image_size": 256},
+        {"n_categories": 0},
+        {"n_categories": 99},
+        {"n_items": 50, "n_categories": 6, "items_per_page": 10},
+        {"start_date": "2026-13-01"},
+        {"styles_per_user": 0},
+        {"category_focus": 1.5},
+    ],
+)
 def test_invalid_configs_are_rejected(bad: dict) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # noqa: PT011 - each bad value fails its own check
         WorldConfig(**bad)
 
 
 def test_config_from_dict_rejects_unknown_keys() -> None:
     assert WorldConfig.from_dict({"seed": 5}).seed == 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # noqa: PT011 - any rejection of the misspelt key passes
         WorldConfig.from_dict({"sed": 5})
