@@ -179,7 +179,7 @@ def _start_server(state: _StateDir, jars: DerbyJars, idle_s: float) -> CatalogSe
     )
     supervisor_pid = int(launched.stdout.strip() or 0) if launched.returncode == 0 else 0
     deadline = time.monotonic() + START_TIMEOUT_S
-    while supervisor_pid and time.monotonic() < deadline and _pid_alive(supervisor_pid):
+    while supervisor_pid and time.monotonic() < deadline and pid_alive(supervisor_pid):
         server = state.running_server()
         if server is not None:
             log.info(
@@ -190,7 +190,7 @@ def _start_server(state: _StateDir, jars: DerbyJars, idle_s: float) -> CatalogSe
             )
             return server
         time.sleep(0.2)
-    if supervisor_pid and _pid_alive(supervisor_pid):
+    if supervisor_pid and pid_alive(supervisor_pid):
         os.kill(supervisor_pid, signal.SIGTERM)
     raise CatalogUnavailableError(
         f"the embedded catalog's Derby server for {state.warehouse} did not start; the end of "
@@ -204,11 +204,11 @@ def stop_catalog_server(warehouse: str | Path, timeout_s: float = 30.0) -> bool:
     """Stop the warehouse's catalog server now (clients or not); False when none was running."""
     state = _StateDir(Path(warehouse))
     info = state.read_info()
-    if info is None or not _pid_alive(info["supervisor_pid"]):
+    if info is None or not pid_alive(info["supervisor_pid"]):
         return False
     os.kill(info["supervisor_pid"], signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid_alive(info["supervisor_pid"]):
+    while time.monotonic() < deadline and pid_alive(info["supervisor_pid"]):
         time.sleep(0.1)
     return True
 
@@ -251,11 +251,9 @@ class _StateDir:
         """The server in server.json if its supervisor
         and JVM are alive and it accepts connections."""
         info = self.read_info()
-        if info is None or not (
-            _pid_alive(info["supervisor_pid"]) and _pid_alive(info["java_pid"])
-        ):
+        if info is None or not (pid_alive(info["supervisor_pid"]) and pid_alive(info["java_pid"])):
             return None
-        if not _accepts_connections(info["port"]):
+        if not accepts_connections(info["port"]):
             return None
         return CatalogServer(self.warehouse, int(info["port"]), self.password())
 
@@ -286,7 +284,7 @@ class _StateDir:
         live = []
         for entry in self.clients.glob("*"):
             pid = int(entry.name) if entry.name.isdigit() else -1
-            if pid > 0 and _pid_alive(pid) and entry.read_text() == _start_time(pid):
+            if pid > 0 and pid_alive(pid) and entry.read_text() == _start_time(pid):
                 live.append(pid)
             else:
                 entry.unlink(missing_ok=True)
@@ -299,7 +297,8 @@ class _StateDir:
             return "(no log)"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's counts: signal 0 is refused, not lost)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -317,7 +316,8 @@ def _start_time(pid: int) -> str:
         return ""
 
 
-def _accepts_connections(port: int) -> bool:
+def accepts_connections(port: int) -> bool:
+    """Whether something listens on ``127.0.0.1:port`` (a TCP connect within 2 s)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             return True
@@ -374,7 +374,7 @@ def serve(warehouse: Path, classpath: str, idle_s: float) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _accepts_connections(port):
+    while not accepts_connections(port):
         if server.poll() is not None or time.monotonic() > deadline or stop_requested:
             print(f"catalog: Derby's server did not come up on port {port}", flush=True)
             _shutdown(server)

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from courier.catalog import _accepts_connections, _pid_alive, detach
+from courier.catalog import accepts_connections, detach, pid_alive
 from courier.config import PROJECT_ROOT, Catalog, SparkConfig
 from courier.config.plumbing import JARS_DIR
 
@@ -199,9 +199,9 @@ def running_endpoint(warehouse: Path) -> Endpoint | None:
     """The warehouse's endpoint if its processes are alive and it accepts connections, else None."""
     state = _State(warehouse)
     info = state.read_info()
-    if info is None or not (_pid_alive(info["pid"]) and _pid_alive(info["java_pid"])):
+    if info is None or not (pid_alive(info["pid"]) and pid_alive(info["java_pid"])):
         return None
-    if not _accepts_connections(info["port"]):
+    if not accepts_connections(info["port"]):
         return None
     user, password = state.read_credentials()
     return Endpoint(
@@ -348,7 +348,7 @@ def start_sql_server(
     )
     pid = int(launched.stdout.strip() or 0) if launched.returncode == 0 else 0
     deadline = time.monotonic() + timeout_s
-    while pid and _pid_alive(pid) and time.monotonic() < deadline:
+    while pid and pid_alive(pid) and time.monotonic() < deadline:
         endpoint = running_endpoint(state.warehouse)
         if endpoint is not None and endpoint.pid == pid:
             log.info(
@@ -359,7 +359,7 @@ def start_sql_server(
             )
             return endpoint
         time.sleep(0.5)
-    if pid and _pid_alive(pid):
+    if pid and pid_alive(pid):
         _stop_processes(state, {"pid": pid, "java_pid": 0})
     raise SqlServerError(
         f"the SQL endpoint for {state.warehouse} did not start on 127.0.0.1:{port} within "
@@ -382,7 +382,7 @@ def stop_sql_server(warehouse: Path, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     """Stop the warehouse's endpoint, its JVM included; False when none was running."""
     state = _State(warehouse)
     info = state.read_info()
-    if info is None or not (_pid_alive(info["pid"]) or _pid_alive(info["java_pid"])):
+    if info is None or not (pid_alive(info["pid"]) or pid_alive(info["java_pid"])):
         state.info_file.unlink(missing_ok=True)
         return False
     _stop_processes(state, info, timeout_s)
@@ -393,13 +393,13 @@ def _stop_processes(state: _State, info: dict[str, Any], timeout_s: float = STOP
     """SIGTERM the serving process (it stops the Thrift server and Spark);
     SIGKILL what outlives the timeout."""
     pids = [pid for pid in (info["pid"], info["java_pid"]) if pid]
-    if _pid_alive(info["pid"]):
+    if pid_alive(info["pid"]):
         os.kill(info["pid"], signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_pid_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
         time.sleep(0.2)
     for pid in pids:
-        if _pid_alive(pid):
+        if pid_alive(pid):
             log.warning(
                 "sql-server: pid %d outlived %.0f s after SIGTERM, killing it", pid, timeout_s
             )

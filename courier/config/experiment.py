@@ -3,28 +3,88 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from dataclasses import dataclass
+from typing import TypeVar
 
 from courier.checks import require
 from courier.config.ctr import IMAGE_USAGES
+from courier.config.model import Ablation, Backbone, LossConfig, ModelConfig
+from courier.config.train import BatchGrouping, Objective, TrainConfig
+
+
+@dataclass(frozen=True)
+class EncoderVariant:
+    """What one encoder variant changes in the config it trains with; None keeps the config's value.
+
+    Attributes:
+        objective: train.objective (an image-only baseline instead of COURIER).
+        ablation: loss.ablation (a part of the COURIER loss switched off).
+        batch_grouping, shuffle_window: train.batch_grouping and train.shuffle_window.
+        backbone, pretrained_weights_path: model.backbone and model.pretrained_weights_path.
+        train_steps: train.max_steps and train.epochs both (the step budget governs, however long
+            an epoch); beats experiment.train_steps.
+    """
+
+    objective: Objective | None = None
+    ablation: Ablation | None = None
+    batch_grouping: BatchGrouping | None = None
+    shuffle_window: int | None = None
+    backbone: Backbone | None = None
+    pretrained_weights_path: str | None = None
+    train_steps: int | None = None
+
+    def on_train(self, train: TrainConfig, budget: int | None) -> TrainConfig:
+        """``train`` with this variant's settings; ``budget``: experiment.train_steps."""
+        steps = _given(self.train_steps, budget)
+        return dataclasses.replace(
+            train,
+            objective=_given(self.objective, train.objective),
+            batch_grouping=_given(self.batch_grouping, train.batch_grouping),
+            shuffle_window=_given(self.shuffle_window, train.shuffle_window),
+            max_steps=_given(steps, train.max_steps),
+            epochs=_given(steps, train.epochs),
+        )
+
+    def on_model(self, model: ModelConfig) -> ModelConfig:
+        """``model`` with this variant's backbone and initial weights."""
+        return dataclasses.replace(
+            model,
+            backbone=_given(self.backbone, model.backbone),
+            pretrained_weights_path=_given(
+                self.pretrained_weights_path, model.pretrained_weights_path
+            ),
+        )
+
+    def on_loss(self, loss: LossConfig) -> LossConfig:
+        """``loss`` with this variant's ablation."""
+        return dataclasses.replace(loss, ablation=_given(self.ablation, loss.ablation))
+
+
+T = TypeVar("T")
+
+
+def _given(value: T | None, otherwise: T) -> T:
+    return otherwise if value is None else value
+
 
 # Every arm of the comparison. "published" is whatever `courier assign` last published in
 # the warehouse's own tables (the demo's COURIER model); the others train their own encoder.
-ENCODER_VARIANTS: dict[str, tuple[str, ...]] = {
-    "random_init": ("train.objective=random_init",),
-    "label_aligned": ("train.objective=label_aligned",),
-    "simclr": ("train.objective=simclr",),
-    "courier": (),
-    "courier_no_ucs": ("loss.ablation=no_ucs",),
-    "courier_no_contrast": ("loss.ablation=no_contrast",),
-    "courier_no_reconstruction": ("loss.ablation=no_reconstruction",),
-    "courier_no_neg_pv": ("loss.ablation=no_neg_pv",),
+ENCODER_VARIANTS: dict[str, EncoderVariant] = {
+    "random_init": EncoderVariant(objective=Objective.RANDOM_INIT),
+    "label_aligned": EncoderVariant(objective=Objective.LABEL_ALIGNED),
+    "simclr": EncoderVariant(objective=Objective.SIMCLR),
+    "courier": EncoderVariant(),
+    "courier_no_ucs": EncoderVariant(ablation=Ablation.NO_UCS),
+    "courier_no_contrast": EncoderVariant(ablation=Ablation.NO_CONTRAST),
+    "courier_no_reconstruction": EncoderVariant(ablation=Ablation.NO_RECONSTRUCTION),
+    "courier_no_neg_pv": EncoderVariant(ablation=Ablation.NO_NEG_PV),
     # A lead of the investigation: batches of one query, so in-batch negatives share the category.
     # 16 files per shuffle window hold ~300 page views of each category on the default shop.
-    "courier_query_batches": ("train.batch_grouping=query", "train.shuffle_window=16"),
+    "courier_query_batches": EncoderVariant(batch_grouping=BatchGrouping.QUERY, shuffle_window=16),
     # The frozen ImageNet backbone (experiment.imagenet_weights), no behaviour.
-    "imagenet_swin_t": ("train.objective=random_init", "model.backbone=swin_t"),
+    "imagenet_swin_t": EncoderVariant(objective=Objective.RANDOM_INIT, backbone=Backbone.SWIN_T),
 }
 STEPS_PREFIX = "courier_steps"  # courier_steps<N>: COURIER trained N steps (experiment.step_values)
 FIXED_VARIANTS: tuple[str, ...] = ("none", "oracle", "published")
@@ -150,11 +210,13 @@ def encoder_builds(exp: ExperimentConfig) -> list[tuple[str, int | None]]:
     return [(variant, seed) for variant in encoder_variants(exp) for seed in seeds]
 
 
-def encoder_variants(exp: ExperimentConfig) -> dict[str, tuple[str, ...]]:
-    """Every encoder variant this experiment builds, with its config overrides, in build order."""
+def encoder_variants(exp: ExperimentConfig) -> dict[str, EncoderVariant]:
+    """Every encoder variant this experiment builds, with its settings, in build order."""
     out = {v: ENCODER_VARIANTS[v] for v in exp.variants if v in ENCODER_VARIANTS}
     if "imagenet_swin_t" in out:
-        out["imagenet_swin_t"] += (f"model.pretrained_weights_path={exp.imagenet_weights}",)
+        out["imagenet_swin_t"] = dataclasses.replace(
+            out["imagenet_swin_t"], pretrained_weights_path=exp.imagenet_weights
+        )
     for steps in exp.step_values:
-        out[f"{STEPS_PREFIX}{steps}"] = (f"train.max_steps={steps}", f"train.epochs={steps}")
+        out[f"{STEPS_PREFIX}{steps}"] = EncoderVariant(train_steps=steps)
     return out

@@ -88,11 +88,12 @@ def paired_bootstrap_lift(
     variant: np.ndarray,
     baseline: np.ndarray,
     resamples: int,
+    *,
+    seed: int,
     confidence: float = 0.95,
-    seed: int = 0,
 ) -> Lift:
     """Lift of ``variant`` over ``baseline`` scores,
-    both rescored on the same resampled impressions.
+    both rescored on the same resampled impressions (``seed``: the resampling's, ctr.seed).
 
     Scores are [N], or [S, N] for S seeds (seed s of the variant paired with seed s of the
     baseline): the lift is then the mean over seeds, in every resample as in the estimate.

@@ -9,12 +9,13 @@ order and yield identical batches for the same (seed, epoch).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
 
+    from courier.data.sharded import ShardedBatchSource
     from courier.data.snapshot import TrainingSnapshot
 
 from courier.checks import choices, one_of
@@ -61,15 +62,28 @@ def make_batch_source(
     sets the memory bound (see ``ShardedBatchSource.memory_estimate_bytes``). ``group_by_query``:
     batches drawn one query at a time within each window (hard in-batch negatives).
     """
-    kind = one_of(LoaderKind, kind, "train.loader_kind")
-    if kind == LoaderKind.PETASTORM:
-        from courier.data.petastorm_source import PetastormBatchSource
-
-        return PetastormBatchSource(
-            snapshot, rank, world_size, batch_size, seed, workers, shuffle_window, group_by_query
-        )
-    from courier.data.arrow_source import PyArrowBatchSource  # LoaderKind.PYARROW
-
-    return PyArrowBatchSource(
+    cls = LOADERS[one_of(LoaderKind, kind, "train.loader_kind")]()
+    return cls(
         snapshot, rank, world_size, batch_size, seed, workers, shuffle_window, group_by_query
     )
+
+
+def _petastorm() -> type[ShardedBatchSource]:
+    from courier.data.petastorm_source import PetastormBatchSource
+
+    return PetastormBatchSource
+
+
+def _pyarrow() -> type[ShardedBatchSource]:
+    from courier.data.arrow_source import PyArrowBatchSource
+
+    return PyArrowBatchSource
+
+
+# The one registry of train.loader_kind: adding a reader adds its LoaderKind member and an entry
+# here (tests/unit/test_registries.py checks they agree). Each entry imports its reader when called,
+# so `import courier.data` loads neither petastorm nor the readers' torch.
+LOADERS: dict[LoaderKind, Callable[[], type[ShardedBatchSource]]] = {
+    LoaderKind.PETASTORM: _petastorm,
+    LoaderKind.PYARROW: _pyarrow,
+}

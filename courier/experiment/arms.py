@@ -7,6 +7,7 @@ never touches the tables `courier assign` publishes; ``published`` reads those.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from courier.config import CourierConfig
@@ -79,39 +80,44 @@ def variant_config(
     """``cfg`` pointed at the variant's own tables and registered model (``published``: unchanged).
 
     ``seed``: the encoder of that seed (train.seed = seed, tables ``exp_<variant>_s<seed>_``);
-    None: the variant's one encoder, trained with train.seed.
+    None: the variant's one encoder, trained with train.seed. ``k``: the cluster count of an
+    extra-k arm, with its own clustering tables ``exp_<variant>[_s<seed>]_k<k>_``.
     """
     variants = encoder_variants(cfg.experiment)
     if variant not in variants:
         return cfg
+    spec, exp = variants[variant], cfg.experiment
     name = variant if seed is None else f"{variant}_s{seed}"
     prefix = f"exp_{name}_"
-    overrides = [f"tables.{t}={prefix}{t}" for t in FEATURE_TABLES]
-    suffix = "" if seed is None else f"-s{seed}"
-    overrides += [
-        f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}{suffix}",
-        f"report.out_dir={cfg.experiment.out_dir}/{variant}"
-        + ("" if seed is None else f"/seed{seed}"),
-    ]
-    if seed is not None:
-        overrides.append(f"train.seed={seed}")
-    # epochs = steps: the step budget governs, however long an epoch
-    if cfg.experiment.train_steps is not None:
-        overrides += [
-            f"train.max_steps={cfg.experiment.train_steps}",
-            f"train.epochs={cfg.experiment.train_steps}",
-        ]
-    overrides += variants[variant]  # last: courier_steps<N> sets its own budget
+    tables = {t: f"{prefix}{t}" for t in FEATURE_TABLES}
     if k is not None:
-        overrides += [f"tables.{t}={prefix}k{k}_{t}" for t in PER_K_TABLES] + [f"cluster.k={k}"]
-    return cfg.replace(overrides)
+        tables |= {t: f"{prefix}k{k}_{t}" for t in PER_K_TABLES}
+    suffix = "" if seed is None else f"-s{seed}"
+    train = cfg.train if seed is None else dataclasses.replace(cfg.train, seed=seed)
+    return dataclasses.replace(
+        cfg,
+        tables=dataclasses.replace(cfg.tables, **tables),
+        mlflow=dataclasses.replace(
+            cfg.mlflow, registered_model=f"{cfg.mlflow.registered_model}-exp-{variant}{suffix}"
+        ),
+        report=dataclasses.replace(
+            cfg.report,
+            out_dir=f"{exp.out_dir}/{variant}" + ("" if seed is None else f"/seed{seed}"),
+        ),
+        train=spec.on_train(train, exp.train_steps),
+        model=spec.on_model(cfg.model),
+        loss=spec.on_loss(cfg.loss),
+        cluster=cfg.cluster if k is None else dataclasses.replace(cfg.cluster, k=k),
+    )
 
 
 def base_config(cfg: CourierConfig) -> CourierConfig:
     """Tables of the feature-less ctr_samples that ``none`` and ``oracle`` read."""
-    return cfg.replace(
-        [
-            "tables.ctr_samples=exp_base_ctr_samples",
-            "tables.item_image_features=exp_base_no_item_image_features",
-        ]
+    return dataclasses.replace(
+        cfg,
+        tables=dataclasses.replace(
+            cfg.tables,
+            ctr_samples="exp_base_ctr_samples",
+            item_image_features="exp_base_no_item_image_features",
+        ),
     )

@@ -113,6 +113,7 @@ def summarise(
                 np.stack([r.scores for r in runs]),
                 np.stack([none[r.seed].scores for r in runs]),
                 resamples=cfg.experiment.bootstrap_resamples,
+                seed=cfg.ctr.seed,
             )
         categories = sorted(
             k.split(".", 1)[1] for k in runs[0].metrics if k.startswith("test_auc.")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from courier.config.train import TrainConfig
 from courier.config.world import WorldConfig
 from courier.ctr.metrics import auc
 from courier.world.behaviour import draw_page_views, draw_users, plan_batches
@@ -65,9 +66,9 @@ class BehaviourSignal:
         )
 
 
-def behaviour_signal(cfg: WorldConfig, l_click: int, batch_size: int = 64) -> BehaviourSignal:
+def behaviour_signal(cfg: WorldConfig, l_click: int, train: TrainConfig) -> BehaviourSignal:
     """The signal of ``cfg``'s world for histories of
-    ``l_click`` clicks and batches of ``batch_size``."""
+    ``l_click`` clicks and batches of ``train.batch_size`` page views."""
     catalogue, users = draw_catalogue(cfg), draw_users(cfg)
     # (ts, item row)
     history: dict[int, deque[tuple[int, int]]] = defaultdict(lambda: deque(maxlen=l_click))
@@ -115,7 +116,7 @@ def behaviour_signal(cfg: WorldConfig, l_click: int, batch_size: int = 64) -> Be
             np.r_[positive, other].astype(np.float64),
         ),
         hard_negative_share=_hard_negative_share(
-            np.concatenate(queries), cfg.items_per_page, batch_size
+            np.concatenate(queries), cfg.items_per_page, train.batch_size
         ),
     )
 
@@ -145,10 +146,10 @@ SWEEP: tuple[tuple[str, dict[str, Any], int], ...] = (
 
 def main() -> None:
     """Print the signal of the default shop and of one knob changed at a time."""
-    base = WorldConfig()
+    base, train = WorldConfig(), TrainConfig()
     print(f"{'world':<26} " + BehaviourSignal.header())
     for name, changes, l_click in SWEEP:
-        signal = behaviour_signal(dataclasses.replace(base, **changes), l_click)
+        signal = behaviour_signal(dataclasses.replace(base, **changes), l_click, train)
         print(f"{name:<26} " + signal.row(), flush=True)
 
 

@@ -27,11 +27,10 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, functions as F, types as T
 
 from courier import tracking
-from courier.config import CourierConfig, GpuUse, config_json
+from courier.config import CourierConfig, config_json
 from courier.features.kmeans import (
     KMeansFit,
     fit_spherical_kmeans,
-    gpu_available,
     match_cluster_ids,
 )
 from courier.sql_files import run_sql_file
@@ -284,9 +283,8 @@ def cluster_embeddings(
     if previous is not None and previous.model_version != model_version:
         previous = carried_centroids(spark, cfg, previous, model_version)
     init = _initial_centroids(previous, c.k, x, c.seed)
-    gpu = c.use_gpu == GpuUse.YES or (c.use_gpu == GpuUse.AUTO and gpu_available())
     with timed(timings, "fit"):
-        fit = fit_spherical_kmeans(x, c, init_centroids=init, gpu=gpu)
+        fit = fit_spherical_kmeans(x, c, init_centroids=init)
     if previous is not None:
         ids = match_cluster_ids(
             fit.centroids, previous.centroids, previous.ids, first_fresh=used_ids

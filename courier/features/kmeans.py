@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from courier.config.features import ClusterConfig
+from courier.config.features import ClusterConfig, GpuUse
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,21 @@ def gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
+def uses_gpu(c: ClusterConfig) -> bool:
+    """Whether k-means runs on faiss-gpu: ``cluster.use_gpu`` yes, or auto and a GPU is there."""
+    return c.use_gpu == GpuUse.YES or (c.use_gpu == GpuUse.AUTO and gpu_available())
+
+
 def fit_spherical_kmeans(
     x: np.ndarray,
     c: ClusterConfig,
     *,
     init_centroids: np.ndarray | None = None,
-    gpu: bool = False,
 ) -> KMeansFit:
     """Fit ``c.k`` unit centroids to the unit vectors ``x`` [n, d] (cosine = inner product).
 
-    ``c`` (the ``cluster`` section) gives k, niter, seed and the points per centroid.
+    ``c`` (the ``cluster`` section) gives k, niter, seed, the points per centroid and whether
+    to use the GPU (``uses_gpu``).
     ``init_centroids`` [k, d] warm-starts the fit (a re-fit from the previous version).
     faiss subsamples to ``k * c.max_points_per_centroid`` points itself, seeded by ``c.seed``.
 
@@ -73,7 +78,7 @@ def fit_spherical_kmeans(
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
-    k = c.k
+    k, gpu = c.k, uses_gpu(c)
     if n < k:
         raise ValueError(f"k-means with k={k} needs at least k points, got {n}")
     kmeans = faiss.Kmeans(

@@ -3,6 +3,7 @@
 Public API:
     run_training, check_train_config                -- the driver side (launch.py)
     TrainResult                                     -- what a run produced (outputs.py)
+    TrainJob, TrainProcessResult                    -- driver -> processes -> driver (job.py)
     train_process                                   -- one training process (loop.py)
     evaluate_reconstruction                         -- held-out retrieval + health (evaluate.py)
     split_holdout                                   -- training / held-out files (holdout.py)
@@ -22,6 +23,8 @@ from courier.train.errors import CheckpointError, ResumeError, TrainingDataError
 _LAZY = {
     "run_training": "courier.train.launch",
     "TrainResult": "courier.train.outputs",
+    "TrainJob": "courier.train.job",
+    "TrainProcessResult": "courier.train.job",
     "check_train_config": "courier.train.launch",
     "train_process": "courier.train.loop",
     "evaluate_reconstruction": "courier.train.evaluate",

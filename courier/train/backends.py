@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from courier.checks import one_of
 from courier.config import TrainBackend, TrainConfig
 from courier.model.distributed import Collectives, HorovodCollectives, TorchCollectives
+from courier.train.job import TrainJob
 
 log = logging.getLogger("courier.train")
 
@@ -81,9 +82,7 @@ class TrainingBackend(ABC):
     comm: Collectives | None  # None when this process trains alone
 
     @staticmethod
-    def launch(
-        train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]
-    ) -> None:
+    def launch(train: TrainConfig, job: TrainJob, fn: Callable[[TrainJob], Any]) -> None:
         """On the driver: run ``fn(job)`` in ``train.num_processes`` processes of this backend."""
         raise NotImplementedError("a single process runs train_process(job) itself")
 
@@ -163,9 +162,7 @@ class TorchDistributedBackend(TrainingBackend):
     name = TrainBackend.TORCH_DISTRIBUTOR.value
 
     @staticmethod
-    def launch(
-        train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]
-    ) -> None:
+    def launch(train: TrainConfig, job: TrainJob, fn: Callable[[TrainJob], Any]) -> None:
         """TorchDistributor: ``train.local_mode`` runs the
         processes on the driver node, else on executors."""
         from pyspark.ml.torch.distributor import TorchDistributor
@@ -208,9 +205,7 @@ class HorovodBackend(TrainingBackend):
     name = TrainBackend.HOROVOD.value
 
     @staticmethod
-    def launch(
-        train: TrainConfig, job: dict[str, Any], fn: Callable[[dict[str, Any]], Any]
-    ) -> None:
+    def launch(train: TrainConfig, job: TrainJob, fn: Callable[[TrainJob], Any]) -> None:
         """``horovod.spark.run``: one Spark task per process,
         Gloo rendezvous, the venv's interpreter.
 

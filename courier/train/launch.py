@@ -6,9 +6,11 @@ run the training processes, then log and register the model.
                  the latest checkpoint
     processes:   TorchDistributor(num_processes, local_mode, use_gpu).run(train_process, job),
                  or horovod.spark.run(train_process, (job,), num_proc) (train.backend=horovod),
-                 or train_process(job) in this process (``distributed=False``, ``--no-spark``)
-    end:         result.json -> encoder from the final checkpoint -> mlflow.pytorch.log_model
-                 -> registered model version -> alias (e.g. "candidate")
+                 or train_process(job) in this process (``distributed=False``, ``--no-spark``);
+                 ``job`` is a ``TrainJob`` (job.py)
+    end:         result.json (``TrainProcessResult``) -> encoder from the final checkpoint
+                 -> mlflow.pytorch.log_model -> registered model version -> alias (e.g.
+                 "candidate")
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from courier.config import CourierConfig, Objective, config_json
 from courier.tables import RunRecord, utc_now
 from courier.train.checkpoint import load_checkpoint, read_json
 from courier.train.errors import CheckpointError, ResumeError, TrainingDataError
+from courier.train.job import MlflowTarget, TrainJob, TrainProcessResult
 from courier.train.outputs import TrainResult, embedding_model
 from courier.train.rundir import RESULT, RunManifest, frozen_config_differences, new_run_name
 
@@ -207,24 +210,25 @@ def _reopen_run(
     return manifest
 
 
-def _run_processes(cfg: CourierConfig, job: dict[str, Any], distributed: bool) -> None:
+def _run_processes(job: TrainJob, distributed: bool) -> None:
     from courier.train.loop import train_process
 
+    train = job.config.train
     if not distributed:
-        if cfg.train.num_processes > 1:
+        if train.num_processes > 1:
             log.warning(
                 "--no-spark runs one process; train.num_processes=%d ignored",
-                cfg.train.num_processes,
+                train.num_processes,
             )
-        train_process({**job, "single_process": True})
+        train_process(dataclasses.replace(job, single_process=True))
         return
     from courier.train.backends import BACKENDS
 
     try:
-        BACKENDS[cfg.train.backend].launch(cfg.train, job, train_process)
+        BACKENDS[train.backend].launch(train, job, train_process)
     except Exception as exc:  # both launchers only say "failed"
         # The processes left their errors in the run folder; raise the first as itself.
-        failure = _process_failure(Path(job["run_dir"]), cfg.train.num_processes)
+        failure = _process_failure(job.run_dir, train.num_processes)
         if failure is None:
             raise
         raise failure from exc
@@ -271,7 +275,7 @@ def _record_run(
     spark: Any,
     cfg: CourierConfig,
     manifest: RunManifest,
-    result: dict[str, Any],
+    result: TrainProcessResult,
     version: str | None,
     started: dt.datetime,
     dates: tuple[dt.date, dt.date] | None,
@@ -282,8 +286,8 @@ def _record_run(
         "table_version": manifest.snapshot["version"],
         "train_rows": sum(manifest.snapshot["file_rows"]),
         "holdout_rows": sum(holdout.get("file_rows", [])),
-        "steps": result["global_step"],
-        "train_seconds": round(result["train_seconds"]),
+        "steps": result.global_step,
+        "train_seconds": round(result.train_seconds),
         "resumes": manifest.resumes,
     }
     if version is not None and str(version).isdigit():
@@ -292,6 +296,80 @@ def _record_run(
     RunRecord(manifest.run_name, STAGE, start, end, started, metrics, config_json(cfg)).save(
         spark, cfg.tables.qualified("pipeline_runs")
     )
+
+
+def _open_run(
+    cfg: CourierConfig,
+    tracking_uri: str,
+    *,
+    spark: Any,
+    run_name: str | None,
+    resume: str | None,
+    snapshot: Any,
+    dates: tuple[dt.date, dt.date] | None,
+) -> tuple[Path, RunManifest]:
+    """The run folder and its manifest: the run to resume, or a new one on a pinned snapshot."""
+    run_dir = existing_run_dir(cfg, run_name, resume)
+    if run_dir is None:
+        run_dir = _resolve_dir(cfg.train.checkpoint_dir) / (run_name or new_run_name())
+    if (run_dir / "run.json").is_file():
+        return run_dir, _reopen_run(cfg, run_dir, tracking_uri, snapshot)
+    if snapshot is None:
+        snapshot = _pin(cfg, spark, dates)
+    return run_dir, _new_run(cfg, run_dir.name, run_dir, tracking_uri, snapshot, dates)
+
+
+def _train(
+    cfg: CourierConfig, manifest: RunManifest, run_dir: Path, tracking_uri: str, distributed: bool
+) -> TrainProcessResult:
+    """Run the training processes on the manifest's snapshot; rank 0's result."""
+    from courier.data.snapshot import TrainingSnapshot
+
+    result_path = run_dir / RESULT
+    # Stale results and errors of an earlier attempt must not be read as this one's.
+    for stale in [result_path, *run_dir.glob("failed-rank*.json")]:
+        stale.unlink(missing_ok=True)
+    job = TrainJob(
+        config=cfg,
+        snapshot=TrainingSnapshot.from_dict(manifest.snapshot),
+        holdout=TrainingSnapshot.from_dict(manifest.holdout) if manifest.holdout else None,
+        run_dir=run_dir,
+        mlflow=MlflowTarget(tracking_uri, manifest.mlflow_run_id),
+    )
+    tracking.client(tracking_uri).update_run(manifest.mlflow_run_id, status="RUNNING")
+    _run_processes(job, distributed)
+    if not result_path.is_file():
+        raise RuntimeError(f"the training processes ended without writing {result_path}")
+    return TrainProcessResult.from_dict(read_json(result_path))
+
+
+def _register_encoder(
+    cfg: CourierConfig, manifest: RunManifest, result: TrainProcessResult, tracking_uri: str
+) -> str | None:
+    """Log the final checkpoint's encoder to the run and register it (``mlflow.log_model``);
+    the registered model version, or None when nothing was registered."""
+    if not cfg.mlflow.log_model:
+        return None
+    run_id = manifest.mlflow_run_id
+    exported = _export_encoder(cfg, result.final_checkpoint, manifest.snapshot["image_size"])
+    version = tracking.log_encoder(
+        tracking_uri,
+        run_id,
+        exported,
+        exported.spec,
+        embedding_dim=cfg.model.embedding_dim,
+        registered_model=cfg.mlflow.registered_model or None,
+        alias=cfg.mlflow.alias,
+    )
+    if version is not None:
+        tracking.client(tracking_uri).set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
+        log.info(
+            "registered %s version %s, alias %r",
+            cfg.mlflow.registered_model,
+            version,
+            cfg.mlflow.alias,
+        )
+    return version
 
 
 def run_training(
@@ -326,58 +404,21 @@ def run_training(
 
         return train_image_baseline(cfg, spark, run_name)
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    run_dir = existing_run_dir(cfg, run_name, resume)
-    if run_dir is None:
-        run_dir = _resolve_dir(cfg.train.checkpoint_dir) / (run_name or new_run_name())
-    if (run_dir / "run.json").is_file():
-        manifest = _reopen_run(cfg, run_dir, tracking_uri, snapshot)
-    else:
-        if snapshot is None:
-            snapshot = _pin(cfg, spark, dates)
-        manifest = _new_run(cfg, run_dir.name, run_dir, tracking_uri, snapshot, dates)
-
+    run_dir, manifest = _open_run(
+        cfg,
+        tracking_uri,
+        spark=spark,
+        run_name=run_name,
+        resume=resume,
+        snapshot=snapshot,
+        dates=dates,
+    )
     mlc = tracking.client(tracking_uri)
     run_id = manifest.mlflow_run_id
     started = utc_now()
     try:
-        result_path = run_dir / RESULT
-        # Stale results and errors of an earlier attempt must not be read as this one's.
-        for stale in [result_path, *run_dir.glob("failed-rank*.json")]:
-            stale.unlink(missing_ok=True)
-        job = {
-            "config": cfg.to_dict(),
-            "snapshot": manifest.snapshot,
-            "holdout": manifest.holdout,
-            "run_dir": str(run_dir),
-            "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
-        }
-        mlc.update_run(run_id, status="RUNNING")
-        _run_processes(cfg, job, distributed)
-        if not result_path.is_file():
-            raise RuntimeError(f"the training processes ended without writing {result_path}")
-        result = read_json(result_path)
-        version = None
-        if cfg.mlflow.log_model:
-            exported = _export_encoder(
-                cfg, Path(result["final_checkpoint"]), manifest.snapshot["image_size"]
-            )
-            version = tracking.log_encoder(
-                tracking_uri,
-                run_id,
-                exported,
-                exported.spec,
-                embedding_dim=cfg.model.embedding_dim,
-                registered_model=cfg.mlflow.registered_model or None,
-                alias=cfg.mlflow.alias,
-            )
-            if version is not None:
-                mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
-                log.info(
-                    "registered %s version %s, alias %r",
-                    cfg.mlflow.registered_model,
-                    version,
-                    cfg.mlflow.alias,
-                )
+        result = _train(cfg, manifest, run_dir, tracking_uri, distributed)
+        version = _register_encoder(cfg, manifest, result, tracking_uri)
         mlc.set_terminated(run_id, "FINISHED")
         if spark is not None:
             _record_run(spark, cfg, manifest, result, version, started, dates)
@@ -391,6 +432,6 @@ def run_training(
         mlflow_run_id=run_id,
         snapshot=manifest.snapshot,
         holdout=manifest.holdout,
-        result=result,
+        result=result.to_dict(),
         model_version=version,
     )

@@ -1,20 +1,13 @@
 """One training process: the function TorchDistributor runs under torchrun, horovod.spark.run
 runs in a Spark task (``train.backend``), or ``--no-spark`` runs in-process.
 
-Its only argument is a plain dict (the "job", built by ``courier.train.launch``)
-so that it pickles into torchrun subprocesses (or Horovod's) without dragging
-driver state along; the process-group plumbing is ``courier.train.backends``::
-
-    config       CourierConfig.to_dict()
-    snapshot     TrainingSnapshot.to_dict() of the training files
-    holdout      the same for the held-out files, or None (no evaluation)
-    run_dir      absolute path of <train.checkpoint_dir>/<run name>
-    mlflow       {"tracking_uri", "run_id"} or None
-    single_process  ignore RANK/WORLD_SIZE from the environment (``--no-spark``)
+Its only argument is a ``TrainJob`` (``courier.train.job``, built by ``courier.train.launch``):
+frozen dataclasses that pickle into torchrun subprocesses (or Horovod's) without dragging driver
+state along; the process-group plumbing is ``courier.train.backends``.
 
 Rank 0 writes checkpoints, logs metrics to MLflow, evaluates on the held-out
-rows at the end and writes ``result.json`` into the run directory, which the
-driver reads (TorchDistributor's own return value is written by every rank to
+rows at the end and writes ``result.json`` (a ``TrainProcessResult``) into the run directory,
+which the driver reads (TorchDistributor's own return value is written by every rank to
 one file, so it is not a reliable way to get rank 0's answer back).
 """
 
@@ -36,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from courier.config import CourierConfig, from_dict
+from courier.config import CourierConfig
 from courier.data.decode import newest_clicks
 from courier.model import CourierModel
 from courier.model.checkpointing import CheckpointSequential
@@ -50,6 +43,7 @@ from courier.train.checkpoint import (
     save_checkpoint,
 )
 from courier.train.errors import ResumeError, TrainingDataError
+from courier.train.job import TrainJob, TrainProcessResult
 from courier.train.precision import Precision, resolve_precision
 from courier.train.rundir import RESULT
 
@@ -173,18 +167,18 @@ def _setup_logging(env: ProcessEnv) -> None:
         logging.getLogger("courier").setLevel(logging.WARNING)
 
 
-def train_process(job: dict[str, Any]) -> dict[str, Any] | None:
-    """Train on ``job`` (see the module docstring); returns the result dict on rank 0, else None."""
-    cfg = from_dict(CourierConfig, job["config"])
-    backend = make_backend(cfg.train.backend, single_process=bool(job.get("single_process")))
+def train_process(job: TrainJob) -> TrainProcessResult | None:
+    """Train on ``job`` (see the module docstring); returns the result on rank 0, else None."""
+    train = job.config.train
+    backend = make_backend(train.backend, single_process=job.single_process)
     rank = 0
     try:
-        env = backend.start(cfg.train.use_gpu)
+        env = backend.start(train.use_gpu)
         rank = env.rank
         _setup_logging(env)
-        return _Trainer(cfg, job, backend).run()
+        return _Trainer(job, backend).run()
     except BaseException as exc:
-        _record_failure(Path(job["run_dir"]), rank, exc)
+        _record_failure(job.run_dir, rank, exc)
         raise
     finally:
         backend.stop()
@@ -209,22 +203,18 @@ def _record_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
 class _Trainer:
     """State of one process's training loop (split out of train_process for readability)."""
 
-    def __init__(self, cfg: CourierConfig, job: dict[str, Any], backend: TrainingBackend) -> None:
-        from courier.data.snapshot import TrainingSnapshot
-
-        self.cfg, self.job, self.backend = cfg, job, backend
+    def __init__(self, job: TrainJob, backend: TrainingBackend) -> None:
+        self.cfg, self.backend = job.config, backend
         self.env = backend.env
-        self.tc = cfg.train
-        self.run_dir = Path(job["run_dir"])
-        self.snapshot = TrainingSnapshot.from_dict(job["snapshot"])
-        self.holdout = TrainingSnapshot.from_dict(job["holdout"]) if job.get("holdout") else None
-        mlflow_job = job.get("mlflow") or {}
+        self.tc = job.config.train
+        self.run_dir = job.run_dir
+        self.snapshot, self.holdout = job.snapshot, job.holdout
         self.metrics = (
-            MetricLogger(mlflow_job.get("tracking_uri"), mlflow_job.get("run_id"))
+            MetricLogger(job.mlflow.tracking_uri, job.mlflow.run_id)
             if self.env.is_main
             else MetricLogger(None, None)
         )
-        self.run_id = mlflow_job.get("run_id")
+        self.run_id = job.mlflow.run_id
 
     # ------------------------------------------------------------------ set-up
     def _configure_torch(self) -> None:
@@ -330,7 +320,7 @@ class _Trainer:
         )
 
     # ------------------------------------------------------------------ loop
-    def run(self) -> dict[str, Any] | None:
+    def run(self) -> TrainProcessResult | None:
         self._configure_torch()
         self._build()
         self._resume()
@@ -347,7 +337,7 @@ class _Trainer:
             )
         self._loop()
         final = self._checkpoint(finished=True)
-        result = None
+        result: TrainProcessResult | None = None
         if env.is_main:
             result = self._finish(final)
         # other ranks wait for rank 0's evaluation before the group goes away
@@ -484,7 +474,7 @@ class _Trainer:
         log.info("checkpoint %s (epoch %d, step %d of the epoch)", path, epoch, step_in_epoch)
         return path
 
-    def _finish(self, final: Path | None) -> dict[str, Any]:
+    def _finish(self, final: Path | None) -> TrainProcessResult:
         evaluation: dict[str, float] = {}
         if self.holdout is not None:
             evaluation = self._evaluate()
@@ -495,18 +485,19 @@ class _Trainer:
             {"run/images_per_s": images_per_s, "run/train_seconds": self.train_seconds},
             step=self.global_step,
         )
-        result = {
-            "global_step": self.global_step,
-            "total_steps": self.total_steps,
-            "steps_per_epoch": self.steps_per_epoch,
-            "final_checkpoint": str(final),
-            "history": self.history,
-            "eval": evaluation,
-            "setup": self.setup,
-            "images_per_s": images_per_s,
-            "train_seconds": self.train_seconds,
-        }
-        atomic_write_json(self.run_dir / RESULT, result)
+        assert final is not None  # rank 0 wrote it
+        result = TrainProcessResult(
+            global_step=self.global_step,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            final_checkpoint=final,
+            history=self.history,
+            eval=evaluation,
+            setup=self.setup,
+            images_per_s=images_per_s,
+            train_seconds=self.train_seconds,
+        )
+        atomic_write_json(self.run_dir / RESULT, result.to_dict())
         return result
 
     def _evaluate(self) -> dict[str, float]:

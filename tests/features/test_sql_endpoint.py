@@ -25,7 +25,7 @@ import numpy as np
 import pyspark
 import pytest
 
-from courier.catalog import _pid_alive
+from courier.catalog import pid_alive
 from courier.config import PROJECT_ROOT, SparkConfig
 from courier.features.assign import assign_items
 from courier.features.cluster import cluster_embeddings
@@ -448,7 +448,7 @@ def test_the_endpoint_shares_the_catalog_server_and_refuses_a_second_start(endpo
 def test_stop_leaves_no_process(endpoint):
     warehouse = endpoint.warehouse
     assert stop_sql_server(warehouse)
-    assert not _pid_alive(endpoint.pid) and not _pid_alive(endpoint.java_pid)
+    assert not pid_alive(endpoint.pid) and not pid_alive(endpoint.java_pid)
     assert running_endpoint(warehouse) is None
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", endpoint.port), timeout=5).close()

@@ -63,6 +63,38 @@ def test_holdout_takes_the_latest_files_and_keeps_counts_consistent():
     assert len(split_holdout(_snapshot(2), 0.9)[0].files) == 1  # always something to train on
 
 
+def test_the_train_job_and_the_result_survive_their_trips(tmp_path):
+    import json
+    import pickle
+
+    from pyspark import cloudpickle
+
+    from courier.train.job import MlflowTarget, TrainJob, TrainProcessResult
+
+    cfg = load_config("local", ["train.max_steps=7", "model.backbone=resnet18"])
+    train, held = split_holdout(_snapshot(5), 0.3)
+    job = TrainJob(cfg, train, held, tmp_path / "run", MlflowTarget("file:/m", "abc"))
+    # TorchDistributor ships the job with pyspark's cloudpickle, horovod.spark.run with its copy.
+    for dumps, loads in ((cloudpickle.dumps, cloudpickle.loads), (pickle.dumps, pickle.loads)):
+        back = loads(dumps(job))
+        assert back == job and back.config.train.max_steps == 7 and back.holdout == held
+        assert back.config.model.backbone is job.config.model.backbone  # members, not strings
+    result = TrainProcessResult(
+        global_step=7,
+        total_steps=7,
+        steps_per_epoch=3,
+        final_checkpoint=tmp_path / "run" / "step-000000007.pt",
+        history=[{"step": 7.0, "loss": 1.5}],
+        eval={"eval/hit1": 0.25},
+        setup={"world_size": 1, "backend": "single"},
+        images_per_s=10.0,
+        train_seconds=2.5,
+    )
+    written = json.loads(json.dumps(result.to_dict()))  # as result.json holds it
+    assert written["final_checkpoint"] == str(result.final_checkpoint)
+    assert TrainProcessResult.from_dict(written) == result
+
+
 def test_checkpoints_are_atomic_and_pruned(tmp_path):
     for step in (3, 6, 9):
         save_checkpoint({"global_step": step, "w": torch.full((2,), float(step))}, tmp_path, keep=2)

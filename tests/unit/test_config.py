@@ -201,6 +201,87 @@ def test_each_seed_trains_its_own_encoder_into_its_own_tables():
     assert (one.train.seed, one.tables.ctr_samples) == (9, "exp_courier_ctr_samples")
 
 
+# Each encoder variant's settings written as `--set` overrides, independently of the typed
+# EncoderVariants of courier/config/experiment.py that must give the same configs.
+VARIANT_SETTINGS = {
+    "random_init": ["train.objective=random_init"],
+    "label_aligned": ["train.objective=label_aligned"],
+    "simclr": ["train.objective=simclr"],
+    "courier": [],
+    "courier_no_ucs": ["loss.ablation=no_ucs"],
+    "courier_no_contrast": ["loss.ablation=no_contrast"],
+    "courier_no_reconstruction": ["loss.ablation=no_reconstruction"],
+    "courier_no_neg_pv": ["loss.ablation=no_neg_pv"],
+    "courier_query_batches": ["train.batch_grouping=query", "train.shuffle_window=16"],
+    "imagenet_swin_t": [
+        "train.objective=random_init",
+        "model.backbone=swin_t",
+        "model.pretrained_weights_path=/models/swin_t.pth",
+    ],
+    "courier_steps40": ["train.max_steps=40", "train.epochs=40"],
+}
+
+
+def _variant_as_overrides(cfg, variant: str, k: int | None, seed: int | None) -> list[str]:
+    """What variant_config gives, as the `--set` overrides it applied before it was typed."""
+    from courier.experiment.arms import FEATURE_TABLES, PER_K_TABLES
+
+    name = variant if seed is None else f"{variant}_s{seed}"
+    out = [f"tables.{t}=exp_{name}_{t}" for t in FEATURE_TABLES]
+    out += [
+        f"mlflow.registered_model={cfg.mlflow.registered_model}-exp-{variant}"
+        + ("" if seed is None else f"-s{seed}"),
+        f"report.out_dir={cfg.experiment.out_dir}/{variant}"
+        + ("" if seed is None else f"/seed{seed}"),
+    ]
+    if seed is not None:
+        out.append(f"train.seed={seed}")
+    if (steps := cfg.experiment.train_steps) is not None:
+        out += [f"train.max_steps={steps}", f"train.epochs={steps}"]
+    out += VARIANT_SETTINGS[variant]  # last: courier_steps40 sets its own budget
+    if k is not None:
+        out += [f"tables.{t}=exp_{name}_k{k}_{t}" for t in PER_K_TABLES] + [f"cluster.k={k}"]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("k", "seed", "extra"),
+    [
+        # values a variant must keep: a window, a budget and a backbone other than the defaults
+        (
+            None,
+            None,
+            ["train.shuffle_window=8", "train.max_steps=7", "model.backbone=resnet18"],
+        ),
+        (16, 3, ["experiment.train_steps=120", "loss.ablation=no_ucs"]),
+    ],
+)
+def test_each_variant_config_is_its_settings_applied_as_overrides(k, seed, extra):
+    from courier.experiment.arms import variant_config
+
+    cfg = load_config(
+        "local",
+        [
+            "experiment.variants=[none,oracle,published,"
+            + ",".join(v for v in VARIANT_SETTINGS if v != "courier_steps40")
+            + "]",
+            "experiment.imagenet_weights=/models/swin_t.pth",
+            "experiment.step_values=[40]",
+            *extra,
+        ],
+    )
+    for variant in VARIANT_SETTINGS:
+        typed = variant_config(cfg, variant, k, seed)
+        assert typed == cfg.replace(_variant_as_overrides(cfg, variant, k, seed)), variant
+    steps = variant_config(cfg, "courier_steps40", k, seed)
+    assert (steps.train.max_steps, steps.train.epochs) == (40, 40)
+    kept = variant_config(cfg, "courier", k, seed)
+    assert kept.train.shuffle_window == cfg.train.shuffle_window
+    assert kept.model.backbone == cfg.model.backbone and kept.loss == cfg.loss
+    assert variant_config(cfg, "courier_no_neg_pv", k, seed).loss.ablation == "no_neg_pv"
+    assert variant_config(cfg, "published", k, seed) is cfg
+
+
 def test_train_section_rejects_an_unknown_batch_grouping():
     from courier.train.launch import check_train_config
 

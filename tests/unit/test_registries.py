@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from courier.config import Backbone, ModelConfig, TrainBackend
+from courier.config import Backbone, LoaderKind, ModelConfig, TrainBackend
 
 
 def test_every_backbone_has_one_family_and_every_family_a_backbone():
@@ -30,6 +30,23 @@ def test_every_training_backend_has_one_class_named_for_it():
         match=r"train.backend must be one of \('torch_distributor', 'horovod'\), got 'mpi'",
     ):
         make_backend("mpi")
+
+
+def test_every_loader_kind_has_one_reader_named_for_it():
+    from courier.data.snapshot import TrainingSnapshot
+    from courier.data.source import LOADERS, make_batch_source
+
+    assert list(LOADERS) == list(LoaderKind)
+    for kind, reader in LOADERS.items():
+        assert reader().kind == kind
+    snapshot = TrainingSnapshot("db.rows", 0, ("file:/t/a.parquet",), (8,), 8, 5, 5, 32)
+    with pytest.raises(
+        ValueError,
+        match=r"train.loader_kind must be one of \('petastorm', 'pyarrow'\), got 'tfrecord'",
+    ):
+        make_batch_source(
+            snapshot, 0, 1, 4, 0, workers=1, kind="tfrecord", shuffle_window=1, group_by_query=False
+        )
 
 
 def test_the_small_cnn_family_builds_the_configured_width():
