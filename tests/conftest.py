@@ -48,12 +48,26 @@ def base_config(warehouse_dir: Path) -> CourierConfig:
     )
 
 
+# JVMs started by the tests' own processes (`courier` jobs, spark-submit under Airflow, the SQL
+# endpoint) live for one small job: they spend their time compiling, not running hot loops. The
+# C1 compiler alone starts a Spark job and runs five small queries 1.6x faster (10.7 s against
+# 17.0 s, medians, 2 cores). The session's own JVM is left as it is: it runs for the whole suite,
+# where C2's code pays back. A value the caller set (even empty) is kept.
+SHORT_LIVED_JVM_OPTS = "-XX:TieredStopAtLevel=1"
+
+
 @pytest.fixture(scope="session")
 def spark(base_config: CourierConfig):
     from courier.spark import build_spark_session
 
     session = build_spark_session(base_config.spark, database=base_config.tables.database)
+    # Set once this session's JVM runs: spark-submit reads SPARK_SUBMIT_OPTS at a JVM's start.
+    set_here = "SPARK_SUBMIT_OPTS" not in os.environ
+    if set_here:
+        os.environ["SPARK_SUBMIT_OPTS"] = SHORT_LIVED_JVM_OPTS
     yield session
+    if set_here:
+        os.environ.pop("SPARK_SUBMIT_OPTS", None)
     session.stop()
 
 
