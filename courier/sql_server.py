@@ -295,10 +295,12 @@ def format_table(
     def line(texts: list[str]) -> str:
         return "|" + "|".join(pad(t, w) for t, w in zip(texts, widths, strict=False)) + "|"
 
-    lines = [rule, line(header), rule, *map(line, cells), rule]
+    # Spark's showString ends each table line with a newline and adds the footer without one;
+    # show() prints it with one more: a blank line after a whole table, none after the footer.
+    shown = "".join(f"{text}\n" for text in [rule, line(header), rule, *map(line, cells), rule])
     if more:
-        lines.append(f"only showing top {len(rows)} row{'s' if len(rows) != 1 else ''}")
-    return "\n".join(lines) + "\n\n"
+        shown += f"only showing top {len(rows)} row{'s' if len(rows) != 1 else ''}"
+    return shown + "\n"
 
 
 # --- start, stop, status --------------------------------------------------------------------------

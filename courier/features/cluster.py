@@ -105,11 +105,13 @@ def latest_model_version(spark: SparkSession, table: str) -> str:
     """The model version of the newest embeddings in ``table``; ClusteringError if it holds none."""
     if not spark.catalog.tableExists(table):
         raise ClusteringError(f"table {table} does not exist: run `courier embed` first")
-    row = one_row(
+    # One row per model version, none for an empty table (not a global aggregate: no one_row).
+    row = (
         spark.table(table)
         .groupBy("model_version")
         .agg(F.max("computed_at").alias("at"))
         .orderBy(F.col("at").desc())
+        .first()
     )
     if row is None:
         raise ClusteringError(f"table {table} holds no embeddings: run `courier embed` first")
