@@ -30,7 +30,7 @@ from torch import nn
 from courier import tracking
 from courier.config import CourierConfig, Objective
 from courier.train.errors import TrainingDataError
-from courier.train.outputs import TrainResult, embedding_model
+from courier.train.outputs import TrainResult, embedding_model, register_encoder
 
 log = logging.getLogger(__name__)
 IMAGE_OBJECTIVES = tuple(o for o in Objective if o != Objective.COURIER)
@@ -202,17 +202,7 @@ def train_image_baseline(
             )
             history = _fit(cfg, wrapped, images, labels, run_id, tracking_uri)
         exported = embedding_model(model.encoder, cfg.samples.image_size)
-        version = tracking.log_encoder(
-            tracking_uri,
-            run_id,
-            exported,
-            exported.spec,
-            embedding_dim=cfg.model.embedding_dim,
-            registered_model=cfg.mlflow.registered_model or None,
-            alias=cfg.mlflow.alias,
-        )
-        if version is not None:
-            mlc.set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
+        version = register_encoder(cfg, tracking_uri, run_id, exported)
         mlc.set_terminated(run_id, "FINISHED")
     except BaseException:
         mlc.set_terminated(run_id, "FAILED")

@@ -27,7 +27,7 @@ from courier.tables import RunRecord, utc_now
 from courier.train.checkpoint import load_checkpoint, read_json
 from courier.train.errors import CheckpointError, ResumeError, TrainingDataError
 from courier.train.job import MlflowTarget, TrainJob, TrainProcessResult
-from courier.train.outputs import TrainResult, embedding_model
+from courier.train.outputs import TrainResult, embedding_model, register_encoder
 from courier.train.rundir import RESULT, RunManifest, frozen_config_differences, new_run_name
 
 STAGE = "train"
@@ -352,24 +352,7 @@ def _register_encoder(
         return None
     run_id = manifest.mlflow_run_id
     exported = _export_encoder(cfg, result.final_checkpoint, manifest.snapshot["image_size"])
-    version = tracking.log_encoder(
-        tracking_uri,
-        run_id,
-        exported,
-        exported.spec,
-        embedding_dim=cfg.model.embedding_dim,
-        registered_model=cfg.mlflow.registered_model or None,
-        alias=cfg.mlflow.alias,
-    )
-    if version is not None:
-        tracking.client(tracking_uri).set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
-        log.info(
-            "registered %s version %s, alias %r",
-            cfg.mlflow.registered_model,
-            version,
-            cfg.mlflow.alias,
-        )
-    return version
+    return register_encoder(cfg, tracking_uri, run_id, exported)
 
 
 def run_training(

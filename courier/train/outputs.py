@@ -5,9 +5,17 @@ Shared by ``launch.py`` (COURIER) and ``baselines.py`` (the image-only objective
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from courier import tracking
+
+if TYPE_CHECKING:
+    from courier.config import CourierConfig
+
+log = logging.getLogger("courier.train")
 
 
 @dataclass
@@ -86,3 +94,28 @@ def embedding_model(encoder: Any, image_size: int) -> Any:
         image_size, tuple(map(float, IMAGENET_MEAN)), tuple(map(float, IMAGENET_STD))
     )
     return EmbeddingModel(encoder, spec).eval()
+
+
+def register_encoder(
+    cfg: CourierConfig, tracking_uri: str, run_id: str, exported: Any
+) -> str | None:
+    """Log ``exported`` (an ``embedding_model``) to the run, register it as ``cfg.mlflow`` says and
+    tag the run with the version; returns the version, or None when nothing was registered."""
+    version = tracking.log_encoder(
+        tracking_uri,
+        run_id,
+        exported,
+        exported.spec,
+        embedding_dim=cfg.model.embedding_dim,
+        registered_model=cfg.mlflow.registered_model or None,
+        alias=cfg.mlflow.alias,
+    )
+    if version is not None:
+        tracking.client(tracking_uri).set_tag(run_id, tracking.TAG_MODEL_VERSION, version)
+        log.info(
+            "registered %s version %s, alias %r",
+            cfg.mlflow.registered_model,
+            version,
+            cfg.mlflow.alias,
+        )
+    return version
