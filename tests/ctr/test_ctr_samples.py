@@ -51,7 +51,8 @@ def test_history_is_the_latest_clicks_strictly_before_the_page_view(spark, cfg, 
         .toPandas()
     )
     clicks = raw.sort_values(["event_ts", "request_id", "position"])
-    by_user = dict(clicks.groupby("user_id"))
+    # iter(): a GroupBy has a `keys` attribute, so dict() would take it for a mapping
+    by_user = dict(iter(clicks.groupby("user_id")))
     pages = samples.drop_duplicates("request_id")
     # a third keeps the Python check short
     pages = pages[(pages.index % 3 == 0) | (pages["request_id"] == "planted-same-instant")]
