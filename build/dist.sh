@@ -42,7 +42,7 @@ done
 case $FORMAT in tar.gz|tar) ;; *) die "--format must be tar.gz or tar, got $FORMAT" ;; esac
 [ -x "$VENV/bin/python" ] || die "$VENV/bin/python not found: run \`make setup\` first"
 mkdir -p "$OUT"
-VENV=$(cd "$VENV" && pwd)
+VENV=$(cd "$VENV" && pwd -P)  # the folder itself: cp -a would copy a link to it as a link
 OUT=$(cd "$OUT" && pwd)
 # Hard links cannot cross file systems; a plain copy would be ~8 GB of writes instead.
 [ "$(stat -c %d "$VENV")" = "$(stat -c %d "$OUT")" ] \

@@ -161,6 +161,10 @@ def build_spark_session(cfg: SparkConfig, database: str | None = None) -> SparkS
             resolve_path(cfg.warehouse_dir), derby_jars(cfg), cfg.catalog_idle_s
         )
     conf = spark_conf(cfg, catalog)
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        # Started by spark-submit, whose --name (the DAGs': courier-<task>) or application file
+        # already names the run in the UI and the event log: keep that name.
+        conf.pop("spark.app.name")
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)

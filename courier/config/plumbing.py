@@ -26,7 +26,7 @@ class SparkConfig:
     """How to build the SparkSession (see courier.spark)."""
 
     master: str | None = "local[*]"  # None: leave it to spark-submit --master
-    app_name: str = "courier"
+    app_name: str = "courier"  # under spark-submit, its --name (or application file) wins
     # Root of the embedded warehouse: Delta tables and the Derby metastore live here.
     warehouse_dir: str = "warehouse"
     # "derby": a persistent Hive metastore on Derby inside warehouse_dir (embedded default), served

@@ -116,12 +116,16 @@ class Deployment:
         COURIER_PROFILE     the courier profile YAML (default <home>/conf/cluster.yaml)
         COURIER_PYTHON      the driver's Python, with courier installed
                             (default <home>/.venv/bin/python)
+        COURIER_EXECUTOR_PYTHON  the executors' Python when no archive is shipped: an
+                            environment installed at this path on every node, such as the
+                            packed one unpacked there once (default COURIER_PYTHON)
         COURIER_ENV_ARCHIVE the packed environment for the executors (`make dist` writes
                             dist/courier-env.tar.gz; a path or a URI such as hdfs://, s3a://),
                             shipped with --archives and run as ./environment/bin/python. Empty
-                            (the default) = the executors use COURIER_PYTHON: a local master
-                            needs that, since its Python workers do not start where Spark
-                            unpacks archives (docs/PRODUCTION.md)
+                            (the default) = the executors use COURIER_EXECUTOR_PYTHON: a local
+                            master needs that, since its Python workers do not start where
+                            Spark unpacks archives, and so does an environment too large to copy
+                            to every executor of every application (docs/PRODUCTION.md)
         COURIER_JARS        comma-separated JARs for --jars (default: <home>/.jars/*.jar)
         COURIER_PACKAGES    Maven coordinates for --packages when there are no JARs
         COURIER_DRIVER_CLASS_PATH  --driver-class-path (default: <home>/.jars/derbyclient-*.jar,
@@ -134,6 +138,7 @@ class Deployment:
     home: str
     profile: str
     python: str
+    executor_python: str
     env_archive: str
     jars: str
     packages: str
@@ -145,6 +150,7 @@ class Deployment:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Deployment:
         env = os.environ if environ is None else environ
         home = env.get("COURIER_HOME") or str(Path(__file__).resolve().parents[2])
+        python = env.get("COURIER_PYTHON") or f"{home}/.venv/bin/python"
         local_jars = ",".join(sorted(str(p) for p in (Path(home) / ".jars").glob("*.jar")))
         jars = env.get("COURIER_JARS", local_jars)
         derby_client = ":".join(
@@ -153,7 +159,8 @@ class Deployment:
         return cls(
             home=home,
             profile=env.get("COURIER_PROFILE") or f"{home}/conf/cluster.yaml",
-            python=env.get("COURIER_PYTHON") or f"{home}/.venv/bin/python",
+            python=python,
+            executor_python=env.get("COURIER_EXECUTOR_PYTHON") or python,
             env_archive=checked_env_archive(env.get("COURIER_ENV_ARCHIVE", "")),
             jars=jars,
             packages=env.get("COURIER_PACKAGES", "" if jars else "io.delta:delta-spark_2.13:4.0.1"),
@@ -175,7 +182,7 @@ class Deployment:
         Not the archive: the operator does not template --archives, so it is fixed when the
         DAG file is parsed.
         """
-        executor_python = "./environment/bin/python" if self.env_archive else self.python
+        executor_python = "./environment/bin/python" if self.env_archive else self.executor_python
         return {
             "profile": self.profile,
             "courier_home": self.home,

@@ -27,7 +27,6 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,6 +136,20 @@ class TrainingBackend(ABC):
             self.comm.barrier()
 
 
+def _executor_python() -> str:
+    """The interpreter of the executors' Python workers, which Horovod's tasks start the training
+    processes with: ``spark.pyspark.python`` (``./environment/bin/python`` when the packed
+    environment is shipped with --archives), else PYSPARK_PYTHON, else this driver's own.
+
+    Not the driver's ``sys.executable`` on a cluster: that path exists on the driver's node only.
+    """
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    conf = context.getConf().get("spark.pyspark.python") if context is not None else None
+    return conf or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
 class SingleProcessBackend(TrainingBackend):
     """``--no-spark``: rank 0 of 1, whatever the environment says."""
 
@@ -218,19 +231,13 @@ class HorovodBackend(TrainingBackend):
                 "train.backend=horovod needs Horovod built into this environment: run "
                 "build/horovod/install.sh (part of `make setup`)"
             ) from exc
-        env = dict(os.environ)
-        # The Spark tasks start the processes with this interpreter; they must import courier.
-        env.setdefault("PYSPARK_PYTHON", sys.executable)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")) if p
-        )
         horovod.spark.run(
             fn,
             args=(job,),
             num_proc=train.num_processes,
             use_gloo=True,
-            env=env,
-            executable=sys.executable,
+            env=dict(os.environ),
+            executable=_executor_python(),
             verbose=0,
             start_timeout=train.start_timeout_s,
         )

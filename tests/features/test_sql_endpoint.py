@@ -426,6 +426,16 @@ def test_a_commit_is_seen_by_the_next_query_and_does_not_break_a_running_one(
         cursor.execute(f"SELECT count(*) FROM {fresh_table}")
         assert cursor.fetchall()[0][0] == 3
 
+        # A commit that adds a column: the next query's plan is built on the new version. The
+        # check above can pass on a stale snapshot too (a stale one starts a background refresh
+        # that may land before the scan), but the columns are fixed when the query is analysed:
+        # with a snapshot allowed to be stale (stalenessLimit 1h), `w` does not exist yet.
+        spark.range(0, 5).selectExpr("id AS v", "id AS w").write.format("delta").mode(
+            "append"
+        ).option("mergeSchema", "true").saveAsTable(fresh_table)
+        cursor.execute(f"SELECT count(w) FROM {fresh_table}")
+        assert cursor.fetchall()[0][0] == 5
+
 
 def _run(endpoint, query: str):
     with endpoint.connect() as connection:

@@ -119,6 +119,10 @@ def copy_checkout(dest: Path) -> None:
     for rel in LINKED:
         if (ROOT / rel).exists():
             (dest / rel).symlink_to(ROOT / rel)
+    # A git index of those files: build/dist.sh (the packed environment of the deployment tests)
+    # packs the conf/ and sql/ files git lists.
+    for git in (["init", "-q"], ["add", "-A"]):
+        subprocess.run(["git", *git], cwd=dest, check=True, capture_output=True)
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], log: Path) -> tuple[int, float]:

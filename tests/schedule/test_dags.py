@@ -12,11 +12,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from pyspark.sql import DataFrame, functions as F
+import yaml
+from pyspark.sql import DataFrame, functions as F, types as T
 
 from courier.config import PROJECT_ROOT, CourierConfig
 from courier.schedule import (
@@ -31,6 +32,13 @@ from courier.schedule import (
     python_command,
 )
 from jobs.cli import build_parser
+from tests.schedule.conftest import (
+    PackedEnvironment,
+    StandaloneCluster,
+    application_name,
+    probe_records,
+    task_executors,
+)
 
 AIRFLOW_BIN = PROJECT_ROOT / ".venv-airflow" / "bin"
 DAGS = PROJECT_ROOT / "dags"
@@ -173,6 +181,12 @@ def test_the_deployment_defaults_come_from_the_environment(tmp_path):
         tmp_path / ".jars" / "derbyclient-10.16.1.1.jar"
     )
     assert local.archives is None and local.params()["executor_python"] == local.python
+    # An environment installed at one path on every node runs the executors' Python workers.
+    installed = Deployment.from_env(
+        {"COURIER_HOME": str(tmp_path), "COURIER_EXECUTOR_PYTHON": "/opt/env/bin/python"}
+    )
+    assert installed.params()["executor_python"] == "/opt/env/bin/python"
+    assert installed.params()["python"] == f"{tmp_path}/.venv/bin/python"
     packed = Deployment.from_env(
         {
             "COURIER_HOME": "/opt/courier",
@@ -236,6 +250,10 @@ class DeployedCourier:
     cfg: CourierConfig
     env: dict[str, str]
     home: Path
+    cluster: StandaloneCluster
+    environment: PackedEnvironment
+    # Each DAG run's applications on the cluster (event logs), by DAG id.
+    applications: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
 
     def table(self, spark, name: str):
         """The warehouse table ``name`` (a courier.tables name), as the DAG's jobs left it."""
@@ -252,6 +270,7 @@ class DeployedCourier:
         The states come from Airflow's metadata database (SQLite): one query, where each
         `airflow` CLI call would cost seconds of imports on 2 cores.
         """
+        seen = set(self.cluster.applications())
         out = _run(
             [str(AIRFLOW_BIN / "airflow"), "dags", "test", dag_id, logical_date],
             self.env,
@@ -259,6 +278,9 @@ class DeployedCourier:
             900,
             f"airflow dags test {dag_id}",
         )
+        self.applications[dag_id] = {
+            app: events for app, events in self.cluster.applications().items() if app not in seen
+        }
         with sqlite3.connect(self.home / "airflow.db") as db:
             runs = db.execute(
                 "SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = ?", (dag_id,)
@@ -280,10 +302,24 @@ class DeployedCourier:
 
 
 @pytest.fixture(scope="module")
-def deployed(spark, feature_db, encoder_config, tmp_path_factory) -> DeployedCourier:
+def deployed(
+    spark,
+    feature_db,
+    encoder_config,
+    tmp_path_factory,
+    standalone_cluster: StandaloneCluster,
+    packed_environment: PackedEnvironment,
+) -> DeployedCourier:
     """A copy of the test shop with its training rows
     before DAY and no model, embeddings or clusters
-    yet; its profile as the DAGs read it (COURIER_PROFILE), and a migrated Airflow home."""
+    yet; its profile as the DAGs read it (COURIER_PROFILE), and a migrated Airflow home whose
+    Spark connection is the standalone cluster (tests/schedule/conftest.py).
+
+    Every spark-submit of the DAGs runs on that cluster: the drivers on this machine (Airflow's
+    worker, with this checkout and its venv), the executors in the cluster's workers, their Python
+    from the packed environment installed on the "nodes" (COURIER_EXECUTOR_PYTHON). Training runs
+    TorchDistributor with local_mode=False: its two processes are tasks on the two executors.
+    """
     from courier.tables import replace_where
 
     cfg = feature_db(DATABASE).replace(
@@ -312,25 +348,35 @@ def deployed(spark, feature_db, encoder_config, tmp_path_factory) -> DeployedCou
     home = tmp_path_factory.mktemp("airflow")
     profile = home / "profile.yaml"
     # spark-submit gives the master and the JARs (--jars); the profile leaves both to it.
-    profile.write_text(
-        cfg.replace(
-            ["spark.master=null", "spark.jars_dir=null", "spark.driver_memory=2g"]
-        ).to_yaml()
-    )
+    submitted = cfg.replace(
+        [
+            "spark.master=null",
+            "spark.jars_dir=null",
+            "spark.driver_memory=2g",
+            "train.local_mode=false",
+            "train.num_processes=2",
+        ]
+    ).to_dict()
+    submitted["spark"]["conf"].update(standalone_cluster.spark_conf())
+    profile.write_text(yaml.safe_dump(submitted, sort_keys=False))
+    host, port = standalone_cluster.master_url.rsplit(":", 1)
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
+            {"conn_type": "spark", "host": host, "port": int(port)}
+        ),
         "COURIER_PROFILE": str(profile),
         "COURIER_PYTHON": sys.executable,
+        "COURIER_EXECUTOR_PYTHON": str(packed_environment.python),
         "COURIER_RETRIES": "0",
         # spark-submit comes from the project's venv (pyspark); Airflow's venv has none.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     _run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], env, home, 300, "airflow db migrate")
-    return DeployedCourier(cfg, env, home)
+    return DeployedCourier(cfg, env, home, standalone_cluster, packed_environment)
 
 
 def _registry(cfg: CourierConfig):
@@ -353,6 +399,36 @@ def _last_run_end(spark, deployed: DeployedCourier) -> dt.datetime | None:
     if not deployed.exists(spark, "pipeline_runs"):
         return None
     return deployed.table(spark, "pipeline_runs").agg(F.max("finished_at")).first()[0]
+
+
+def _assert_ran_on_the_cluster(deployed: DeployedCourier, dag_id: str, tasks: list[str]) -> None:
+    """The DAG's run started one Spark application on the standalone cluster per task of
+    ``tasks`` (its spark-submit steps that open a Spark session: evaluate reads MLflow only),
+    named by the operator, and every task of each ran in one of the cluster's executors, none on
+    the driver."""
+    apps = deployed.applications[dag_id]
+    names = sorted(application_name(events) for events in apps.values())
+    assert names == sorted(f"courier-{task}" for task in tasks), (dag_id, names)
+    for app, events in apps.items():
+        name = f"{application_name(events)} ({app})"
+        properties = next(e for e in events if e["Event"] == "SparkListenerEnvironmentUpdate")
+        assert properties["Spark Properties"]["spark.master"] == deployed.cluster.master_url, name
+        added = {e["Executor ID"] for e in events if e["Event"] == "SparkListenerExecutorAdded"}
+        ran = task_executors(events)
+        assert ran and set(ran) <= added and "driver" not in added, (name, ran, added)
+
+
+def _python_from_the_environment(deployed: DeployedCourier, marker: str) -> list[dict]:
+    """The processes started from the packed environment in the cluster's workers whose command
+    line holds ``marker``; each ran that environment's Python."""
+    found = [
+        p
+        for p in probe_records(deployed.cluster.probe_log)
+        if any(marker in arg for arg in p["argv"])
+    ]
+    for process in found:
+        assert Path(process["prefix"]) == deployed.environment.environment, process
+    return found
 
 
 # Each DAG's fixture records what its run left before the next DAG runs, so the tests pass in any
@@ -404,6 +480,52 @@ def test_the_retraining_dag_registers_evaluates_and_promotes_a_model(deployed, r
         "courier_training_rows"
     )
     assert int(run.data.tags[tracking.TAG_ROWS]) == retraining["training_rows"]
+    # TorchDistributor(local_mode=False) ran its two training processes as tasks of both
+    # executors, each started from the packed environment.
+    _assert_ran_on_the_cluster(deployed, "courier_retraining", ["train"])
+    training = [
+        ran
+        for events in deployed.applications["courier_retraining"].values()
+        if (ran := task_executors(events, stage_from="courier/train/backends.py"))
+    ]
+    assert [len(ran) for ran in training] == [2] and len(set(training[0])) == 2, training
+    assert len(_python_from_the_environment(deployed, "torch_run_process_wrapper")) >= 2
+
+
+HOROVOD_MODEL = "courier-airflow-horovod-encoder"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DAG_TEST_TIMEOUT)
+def test_horovod_trains_on_the_cluster_and_registers_its_model(deployed):
+    """`courier train` with train.backend=horovod, spark-submitted to the standalone cluster with
+    the DAGs' settings: horovod.spark.run starts its two processes from tasks on both executors,
+    with the executors' Python (not the driver's path), and the model is registered as usual."""
+    params = Deployment.from_env(deployed.env).params()
+    seen = set(deployed.cluster.applications())
+    before = len(_python_from_the_environment(deployed, "horovod.spark"))
+    submit = [
+        *(str(Path(sys.executable).parent / "spark-submit"), "--master"),
+        *(deployed.cluster.master_url, "--name", "courier-train-horovod"),
+        *("--jars", params["jars"], "--driver-class-path", params["driver_class_path"]),
+        *("--conf", f"spark.pyspark.driver.python={params['python']}"),
+        *("--conf", f"spark.pyspark.python={params['executor_python']}"),
+        *(str(PROJECT_ROOT / "jobs" / "train.py"), "--profile", params["profile"]),
+        *("--run-name", "horovod-on-the-cluster", "--set", "train.backend=horovod"),
+        *("--set", "train.max_steps=10", "--set", f"mlflow.registered_model={HOROVOD_MODEL}"),
+    ]
+    _run(submit, deployed.env, deployed.home, 900, "spark-submit jobs/train.py (horovod)")
+
+    version = _registry(deployed.cfg).get_model_version_by_alias(HOROVOD_MODEL, "candidate")
+    run = _registry(deployed.cfg).get_run(version.run_id)
+    assert run.info.run_name == "horovod-on-the-cluster" and run.info.status == "FINISHED"
+    assert run.data.params["train.backend"] == "horovod", run.data.params
+    (events,) = [e for app, e in deployed.cluster.applications().items() if app not in seen]
+    assert application_name(events) == "courier-train-horovod"
+    ran = task_executors(events)
+    assert len(set(ran)) == 2 and "driver" not in ran, ran
+    # Both processes ran the environment's Python, started by Horovod's tasks on the executors.
+    assert len(_python_from_the_environment(deployed, "horovod.spark")) - before >= 2
 
 
 def _production_version(cfg: CourierConfig) -> str:
@@ -464,6 +586,7 @@ def test_the_refit_dag_embeds_clusters_and_assigns_every_item_with_the_new_model
         (1, production)
     }
     assert {r["image_cluster_id"] for r in current.values()} <= {r["cluster_id"] for r in centroids}
+    _assert_ran_on_the_cluster(deployed, "courier_refit", ["embed", "cluster", "assign"])
 
 
 def _list_new_items(spark, deployed: DeployedCourier) -> None:
@@ -501,22 +624,88 @@ def nightly(spark, deployed: DeployedCourier, refit) -> dict:
         )
     assert not deployed.exists(spark, "courier_samples")
     training_rows, runs_end = _training_rows_by_day(spark, deployed), _last_run_end(spark, deployed)
+    twin = _local_twin(spark, deployed)
     states = deployed.dags_test("courier_nightly", NIGHTLY_AT)
     samples = {
         r["dt"] for r in deployed.table(spark, "courier_samples").select("dt").distinct().collect()
     }
+    _run_the_chain_in_local_mode(spark, twin)
     return {
         "states": states,
         "runs": _runs_after(spark, deployed, runs_end),
         "samples": samples,
         "training_rows": (training_rows, _training_rows_by_day(spark, deployed)),
+        "local_twin": twin,
         **_features(spark, deployed),
     }
 
 
+# The nightly chain's tables, compared between the cluster's run and the local-mode run; columns
+# that say when or by which run a row was written differ by construction and are left out.
+CHAIN_TABLES = (
+    "item_images",
+    "courier_samples",
+    "courier_training_rows",
+    "item_embeddings",
+    "item_image_features",
+)
+RUN_COLUMNS = frozenset(
+    {"run_id", "prepared_at", "computed_at", "published_at", "updated_at", "valid_from", "valid_to"}
+)
+
+
+def _local_twin(spark, deployed: DeployedCourier) -> CourierConfig:
+    """A shallow clone of every table of the DAGs' warehouse (views are the assign stage's to
+    make), under its own database: where the nightly chain runs a second time, in local mode."""
+    twin = deployed.cfg.replace([f"tables.database={DATABASE}_local"])
+    spark.sql(f"DROP DATABASE IF EXISTS {twin.tables.database} CASCADE")
+    spark.sql(f"CREATE DATABASE {twin.tables.database}")
+    for table in spark.catalog.listTables(DATABASE):
+        if not table.isTemporary and table.tableType != "VIEW":
+            spark.sql(
+                f"CREATE TABLE {twin.tables.database}.{table.name} "
+                f"SHALLOW CLONE {DATABASE}.{table.name}"
+            )
+    return twin
+
+
+def _run_the_chain_in_local_mode(spark, cfg: CourierConfig) -> None:
+    """build-samples -> embed -> assign for DAY in this session (local[2,2]), as the DAG's steps
+    call them."""
+    from courier.features.assign import assign_items
+    from courier.features.embed import embed_items
+    from courier.samples.build import build_samples
+
+    build_samples(spark, cfg, DAY, DAY)
+    embed_items(spark, cfg)
+    assign_items(spark, cfg)
+
+
+def _chain_rows(spark, cfg: CourierConfig, name: str) -> tuple[list[str], list[list]]:
+    """A chain table's rows without RUN_COLUMNS, sorted: their exact columns as text, and apart,
+    in the same order, their floating-point ones (embeddings, similarities) to compare within
+    1e-4: one core per executor against two in local mode may sum in another order."""
+    table = spark.table(cfg.tables.qualified(name))
+    kept = [f for f in table.schema.fields if f.name not in RUN_COLUMNS]
+    floats = [f.name for f in kept if _is_float(f.dataType)]
+    exact = [f.name for f in kept if f.name not in floats]
+    collected = table.select(*exact, *floats).collect()
+    rows = sorted(
+        ((str({c: r[c] for c in exact}), [r[c] for c in floats]) for r in collected),
+        key=lambda row: row[0],
+    )
+    return [text for text, _ in rows], [values for _, values in rows]
+
+
+def _is_float(data_type: T.DataType) -> bool:
+    if isinstance(data_type, T.ArrayType):
+        return _is_float(data_type.elementType)
+    return isinstance(data_type, (T.FloatType, T.DoubleType))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(DAG_TEST_TIMEOUT)
-def test_the_nightly_dag_embeds_and_assigns_the_days_new_items(nightly):
+def test_the_nightly_dag_embeds_and_assigns_the_days_new_items(spark, deployed, nightly):
     assert nightly["states"] == {
         "build_samples": "success",
         "embed": "success",
@@ -557,3 +746,20 @@ def test_the_nightly_dag_embeds_and_assigns_the_days_new_items(nightly):
         )
     # Every item is embedded by the production model and carries a current Cluster-ID.
     assert set(embedded) == set(current) == nightly["items"]
+
+    # On the standalone cluster, each step's tasks in its executors, the Python workers from the
+    # packed environment; its tables equal, row for row, the same chain's in local mode.
+    _assert_ran_on_the_cluster(deployed, "courier_nightly", ["build_samples", "embed", "assign"])
+    assert _python_from_the_environment(deployed, "pyspark.daemon")
+    differ = {}
+    for name in CHAIN_TABLES:
+        cluster_rows, cluster_floats = _chain_rows(spark, deployed.cfg, name)
+        local_rows, local_floats = _chain_rows(spark, nightly["local_twin"], name)
+        if cluster_rows != local_rows:
+            only = sorted(set(cluster_rows) ^ set(local_rows))
+            differ[name] = (len(cluster_rows), len(local_rows), [r[:300] for r in only[:2]])
+            continue
+        for row, values, expected in zip(cluster_rows, cluster_floats, local_floats, strict=True):
+            for value, local in zip(values, expected, strict=True):
+                assert value == pytest.approx(local, abs=1e-4), (name, row[:200])
+    assert not differ, differ
