@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,11 +51,16 @@ WORKERS, WORKER_CORES, WORKER_MEMORY = 2, 1, "2g"
 CLUSTER_START_TIMEOUT_S = 180
 
 
-def check_run(out: subprocess.CompletedProcess, what: str) -> None:
-    """Fail with the command's last output unless it exited 0."""
+def run_checked(
+    cmd: list[str], what: str, *, timeout: int = 600, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    """``cmd`` run to its end (``kwargs``: cwd, env);
+    fails with its last output unless it exits 0."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert out.returncode == 0, (
         f"{what} failed ({out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}"
     )
+    return out
 
 
 def assert_spark_can_unpack(archive: Path, dest: Path) -> None:
@@ -109,20 +115,8 @@ def packed_environment() -> Iterator[PackedEnvironment]:
     (PROJECT_ROOT / "dist").mkdir(exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="test-packed-env-", dir=PROJECT_ROOT / "dist"))
     try:
-        check_run(
-            subprocess.run(
-                [
-                    "bash",
-                    str(PROJECT_ROOT / "build" / "dist.sh"),
-                    "--format",
-                    "tar",
-                    "--out",
-                    str(out),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            ),
+        run_checked(
+            ["bash", str(PROJECT_ROOT / "build" / "dist.sh"), "--format", "tar", "--out", str(out)],
             "build/dist.sh --format tar",
         )
         archive = out / "courier-env.tar"
@@ -130,14 +124,8 @@ def packed_environment() -> Iterator[PackedEnvironment]:
         packed = PackedEnvironment(archive, wheel, out / "node")
         packed.environment.mkdir(parents=True)
         assert_spark_can_unpack(archive, packed.environment)
-        check_run(
-            subprocess.run(
-                ["tar", "-xf", str(archive), "-C", str(packed.environment)],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            ),
-            "unpacking the archive",
+        run_checked(
+            ["tar", "-xf", str(archive), "-C", str(packed.environment)], "unpacking the archive"
         )
         archive.unlink()
         (packed.site_packages / "courier_test_probe.pth").write_text(PROBE_PTH)

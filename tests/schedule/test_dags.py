@@ -37,6 +37,7 @@ from tests.schedule.conftest import (
     StandaloneCluster,
     application_name,
     probe_records,
+    run_checked,
     task_executors,
 )
 
@@ -232,16 +233,6 @@ DAG_STEPS = {
 }
 
 
-def _run(
-    cmd: list[str], env: dict, cwd: Path, timeout: int, what: str
-) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, (
-        f"{what} failed ({out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}"
-    )
-    return out
-
-
 @dataclass(frozen=True)
 class DeployedCourier:
     """The module's warehouse (``cfg``, the DAGs' profile)
@@ -271,12 +262,12 @@ class DeployedCourier:
         `airflow` CLI call would cost seconds of imports on 2 cores.
         """
         seen = set(self.cluster.applications())
-        out = _run(
+        out = run_checked(
             [str(AIRFLOW_BIN / "airflow"), "dags", "test", dag_id, logical_date],
-            self.env,
-            self.home,
-            900,
             f"airflow dags test {dag_id}",
+            env=self.env,
+            cwd=self.home,
+            timeout=900,
         )
         self.applications[dag_id] = {
             app: events for app, events in self.cluster.applications().items() if app not in seen
@@ -375,7 +366,13 @@ def deployed(
         # spark-submit comes from the project's venv (pyspark); Airflow's venv has none.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    _run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], env, home, 300, "airflow db migrate")
+    run_checked(
+        [str(AIRFLOW_BIN / "airflow"), "db", "migrate"],
+        "airflow db migrate",
+        env=env,
+        cwd=home,
+        timeout=300,
+    )
     return DeployedCourier(cfg, env, home, standalone_cluster, packed_environment)
 
 
@@ -514,7 +511,13 @@ def test_horovod_trains_on_the_cluster_and_registers_its_model(deployed):
         *("--run-name", "horovod-on-the-cluster", "--set", "train.backend=horovod"),
         *("--set", "train.max_steps=10", "--set", f"mlflow.registered_model={HOROVOD_MODEL}"),
     ]
-    _run(submit, deployed.env, deployed.home, 900, "spark-submit jobs/train.py (horovod)")
+    run_checked(
+        submit,
+        "spark-submit jobs/train.py (horovod)",
+        env=deployed.env,
+        cwd=deployed.home,
+        timeout=900,
+    )
 
     version = _registry(deployed.cfg).get_model_version_by_alias(HOROVOD_MODEL, "candidate")
     run = _registry(deployed.cfg).get_run(version.run_id)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +36,7 @@ from courier.schedule import (
     application as application_of,
     spark_submit_conf,
 )
-from tests.schedule.conftest import PackedEnvironment, check_run, node_environment, probe_records
+from tests.schedule.conftest import PackedEnvironment, node_environment, probe_records, run_checked
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -88,7 +87,7 @@ def test_a_stage_runs_under_spark_submit_from_the_packed_environment(
         str(p) for p in (PROJECT_ROOT / ".jars").glob("*.jar") if not p.name.startswith("derby")
     )
     # The shop is set-up, not what is tested: written by the dev venv.
-    world = subprocess.run(
+    run_checked(
         [
             str(PROJECT_ROOT / ".venv" / "bin" / "python"),
             "-m",
@@ -101,13 +100,10 @@ def test_a_stage_runs_under_spark_submit_from_the_packed_environment(
             "--set",
             f"spark.jars_dir={PROJECT_ROOT / '.jars'}",
         ],
+        "courier generate-world",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         env={**os.environ, "TZ": "UTC"},
-        timeout=600,
     )
-    check_run(world, "courier generate-world")
 
     # The Python settings of the DAGs, for a deployment that ships this archive.
     # COURIER_HOME is the wheel's install folder (it holds jobs/): no checkout on the node.
@@ -142,16 +138,11 @@ def test_a_stage_runs_under_spark_submit_from_the_packed_environment(
         "--end",
         LAST_DAY.isoformat(),
     ]
-    check_run(
-        subprocess.run(
-            submit,
-            cwd=packed_environment.node,
-            env=node_environment(packed_environment, COURIER_PROBE_LOG=str(probe_log)),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        ),
+    run_checked(
+        submit,
         "spark-submit jobs/build_samples.py from the packed environment",
+        cwd=packed_environment.node,
+        env=node_environment(packed_environment, COURIER_PROBE_LOG=str(probe_log)),
     )
 
     processes = probe_records(probe_log)
