@@ -71,8 +71,10 @@ setup-gpu: setup
 demo: setup
 	$(VENV)/bin/courier demo
 
+# Two workers: CI's 2 cores (tests/conftest.py: how the work is split). TEST_WORKERS=0 runs one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Zero findings expected: every remaining noqa / type: ignore names its code and says why.
 lint: $(STAMP)
