@@ -84,9 +84,11 @@ lint: $(STAMP)
 
 # One-line mutants of courier/ and sql/ (tests/mutants/*.toml), each against the tests that must
 # catch it, in a temporary copy of the checkout: every one must be killed. Slow (tens of minutes),
-# so not part of `make test`; `$(PY) tests/mutants/run.py --only NAME` runs some.
+# so not part of `make test`; `$(PY) tests/mutants/run.py --only NAME` runs some. Two mutants at
+# once (MUTANT_JOBS), each in its own copy, as make test runs two workers.
+MUTANT_JOBS ?= 2
 mutants: setup
-	$(PY) tests/mutants/run.py
+	$(PY) tests/mutants/run.py --jobs $(MUTANT_JOBS)
 
 bench: setup
 	$(PY) bench/sample_build.py

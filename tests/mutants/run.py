@@ -16,6 +16,7 @@ error, no test selected, interrupted) is reported as an error, never as killed: 
 id must not pass for a strong test. The exit status is 0 only when every mutant was killed.
 
     .venv/bin/python tests/mutants/run.py                  # every mutant
+    .venv/bin/python tests/mutants/run.py --jobs 2         # two at once, each in its own copy
     .venv/bin/python tests/mutants/run.py --only NAME ...  # some of them
     .venv/bin/python tests/mutants/run.py --list
 """
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,14 +128,15 @@ def copy_checkout(dest: Path) -> None:
         subprocess.run(["git", *git], cwd=dest, check=True, capture_output=True)
 
 
-def run_tests(copy: Path, tests: tuple[str, ...], log: Path) -> tuple[int, float]:
-    """pytest on ``tests`` inside ``copy``
-    (its courier first on the path): (exit status, seconds)."""
+def run_tests(copy: Path, tests: tuple[str, ...], log: Path, workers: int = 0) -> tuple[int, float]:
+    """pytest on ``tests`` inside ``copy`` (its courier first on the path), in ``workers``
+    pytest-xdist processes (0: pytest's own): (exit status, seconds)."""
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.monotonic()
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
     with log.open("w") as out:
         rc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            [*pytest, "-n", str(workers), *tests],
             cwd=copy,
             env=env,
             stdout=out,
@@ -159,6 +163,23 @@ def run_mutant(copy: Path, mutant: Mutant, logs: Path) -> str:
     return verdict
 
 
+def run_mutants(copies: list[Path], mutants: list[Mutant], logs: Path) -> list[str]:
+    """Every mutant's verdict, ``len(copies)`` at a time: each running mutant holds one copy."""
+    free: queue.Queue[Path] = queue.Queue()
+    for copy in copies:
+        free.put(copy)
+
+    def run_in_free_copy(mutant: Mutant) -> str:
+        copy = free.get()
+        try:
+            return run_mutant(copy, mutant, logs)
+        finally:
+            free.put(copy)
+
+    with ThreadPoolExecutor(max_workers=len(copies)) as pool:
+        return list(pool.map(run_in_free_copy, mutants))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
@@ -166,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the unmutated run of the tests"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="mutants run at once, each in its own copy (default 1)"
+    )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
     mutants = load_mutants()
     if args.only:
         unknown = sorted(set(args.only) - {m.name for m in mutants})
@@ -180,13 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     logs = LOGS / time.strftime("%Y%m%d-%H%M%S")
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="courier-mutants-") as tmp:
-        copy = Path(tmp)
-        copy_checkout(copy)
+        copies = [Path(tmp) / f"copy-{i}" for i in range(args.jobs)]
+        for copy in copies:
+            copy.mkdir()
+            copy_checkout(copy)
         for m in mutants:  # every mutant applies to the code as it is, before anything runs
-            m.apply((copy / m.file).read_text())
+            m.apply((copies[0] / m.file).read_text())
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
-            rc, seconds = run_tests(copy, tests, logs / "baseline.log")
+            # the same number of processes as the mutants will use: xdist workers
+            workers = args.jobs if args.jobs > 1 else 0
+            rc, seconds = run_tests(copies[0], tests, logs / "baseline.log", workers)
             if rc != 0:
                 print((logs / "baseline.log").read_text()[-4000:])
                 print(
@@ -197,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"baseline: the tests of {len(mutants)} mutants pass unmutated ({seconds:.0f} s)",
                 flush=True,
             )
-        verdicts = [run_mutant(copy, m, logs) for m in mutants]
+        verdicts = run_mutants(copies, mutants, logs)
     print(
         f"killed: {verdicts.count('killed')}, survived: {verdicts.count('survived')}"
         + (f", errors: {verdicts.count('error')}" if "error" in verdicts else "")
