@@ -21,7 +21,10 @@
 # - Console scripts get `#!/usr/bin/env python...` (the environment's bin/ first on PATH),
 #   activate scripts are dropped (they name the build machine's path).
 # - tar entries carry no "./" prefix: Spark's (Hadoop's) Java unpacker rejects it.
-# --format tar skips compression (the test uses it: same environment, same code path).
+# --format tar skips compression (the test uses it: same environment, same code path), for
+#   unpacking with tar on each node (COURIER_EXECUTOR_PYTHON), never for --archives: Spark unpacks
+#   a plain .tar with its own Java code, which drops the files' modes (SPARK-38632), so
+#   ./environment/bin/python would not be executable. The tar.gz goes through the system's tar.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -146,4 +149,8 @@ python_home=$(sed -n 's/^home *= *//p' "$stage/pyvenv.cfg")
 echo "wheel:       $wheel"
 echo "environment: $archive ($(du -h "$archive" | cut -f1), $(du -sh "$stage" | cut -f1) unpacked, $(( $(date +%s) - started )) s)"
 echo "needs on every node: $python_home/python3.11 (the same Python at the same path)"
-echo "ship with:   spark-submit --archives $archive#environment --conf spark.pyspark.python=./environment/bin/python ..."
+if [ "$FORMAT" = tar ]; then
+    echo "install with: tar -xf $archive -C <env> on every node, then COURIER_EXECUTOR_PYTHON=<env>/bin/python (not for --archives: Spark drops a plain .tar's file modes)"
+else
+    echo "ship with:   spark-submit --archives $archive#environment --conf spark.pyspark.python=./environment/bin/python ..."
+fi

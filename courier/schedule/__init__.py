@@ -194,20 +194,28 @@ class Deployment:
         }
 
 
-# What spark-submit --archives unpacks; any other file would reach the executors as a plain file.
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# What spark-submit --archives unpacks with the files' modes kept: Spark 4.0 hands a .tar.gz to
+# Hadoop's FileUtil.unTar (the system's tar), but unpacks a plain .tar with its own Java code,
+# which drops them (SPARK-38632): ./environment/bin/python is then not executable and every
+# Python task fails with "error=13, Permission denied" (seen on the tests' standalone cluster).
+# A .zip keeps them only since HADOOP-18145 and was never run here. Any other file would reach the
+# executors as a plain file.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
 def checked_env_archive(archive: str) -> str:
-    """COURIER_ENV_ARCHIVE as given, or a ValueError naming it when Spark could not unpack it.
+    """COURIER_ENV_ARCHIVE as given, or a ValueError naming it when Spark could not unpack it
+    into a runnable environment.
 
     Checks only the name: the DAG files may be parsed on a machine that does not hold the file.
     """
     if archive and (not archive.endswith(ARCHIVE_SUFFIXES) or "#" in archive):
+        plain_tar = " (Spark unpacks a plain .tar without file modes, SPARK-38632)"
         raise ValueError(
-            f"COURIER_ENV_ARCHIVE={archive}: want an archive ending in "
-            f"{', '.join(ARCHIVE_SUFFIXES)}, without a #alias (it is unpacked as #environment), "
-            "e.g. the dist/courier-env.tar.gz that `make dist` writes"
+            f"COURIER_ENV_ARCHIVE={archive}: want a gzipped tar ending in "
+            f"{' or '.join(ARCHIVE_SUFFIXES)}{plain_tar if archive.endswith('.tar') else ''}, "
+            "without a #alias (it is unpacked as #environment), e.g. the "
+            "dist/courier-env.tar.gz that `make dist` writes"
         )
     return archive
 

@@ -7,12 +7,13 @@ as `make dist`'s tar.gz without minutes of gzip on 2 cores) is unpacked as a nod
 member against the unpacking rule Spark applies (entries and links stay inside the folder).
 
 The cluster runs from that environment: its Spark (the wheel-installed pyspark), its Python for
-the executors' workers. Why not ship the archive with --archives to the cluster: the CUDA build
-of torch makes it 8.4 GB, and every application copies it four times (the driver unpacks it;
-each executor fetches it, copies it out of the fetch cache and unpacks it): tried with two
-executors, the disk ran out (~58 GB free; docs/PRODUCTION.md). Here the environment is
-installed once at one path, which the executors use (COURIER_EXECUTOR_PYTHON), as on nodes
-whose image holds it.
+the executors' workers. What the applications ship with --archives is a launcher archive
+(write_launcher_archive): a .tar.gz whose bin/python runs that installed environment, so every
+executor unpacks an archive and starts its Python as ./environment/bin/python, as with `make
+dist`'s own archive. Why not ship that one: the CUDA build of torch makes it 8.4 GB, and every
+application copies it four times (the driver unpacks it; each executor fetches it, copies it out
+of the fetch cache and unpacks it): tried with two executors, the disk ran out (~58 GB free;
+docs/PRODUCTION.md).
 
 A .pth file added to the unpacked environment records the sys.prefix and command line of every
 Python process started from it (while COURIER_PROBE_LOG names a file): the proof that a stage's
@@ -21,6 +22,7 @@ Python workers ran from the environment.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -45,7 +47,8 @@ from tests.conftest import SHORT_LIVED_JVM_OPTS
 PROBE_PTH = (
     "import os, sys, json; p = os.environ.get('COURIER_PROBE_LOG'); p and open(p, "
     "'a').write(json.dumps({'pid': os.getpid(), 'prefix': sys.prefix, 'executable': "
-    "sys.executable, 'argv': sys.orig_argv}) + '\\n')\n"
+    "sys.executable, 'argv': sys.orig_argv, 'launcher': os.environ.get('COURIER_PROBE_LAUNCHER')"
+    "}) + '\\n')\n"
 )
 WORKERS, WORKER_CORES, WORKER_MEMORY = 2, 1, "2g"
 CLUSTER_START_TIMEOUT_S = 180
@@ -132,6 +135,32 @@ def packed_environment() -> Iterator[PackedEnvironment]:
         yield packed
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+# bin/python of the launcher archive: records where Spark unpacked it, then runs the environment
+# installed on the node. `export`, not `VAR=... exec`: dash keeps such a variable from the program.
+LAUNCHER = """#!/bin/sh
+COURIER_PROBE_LAUNCHER="$(cd "$(dirname "$0")" && pwd -P)/$(basename "$0")"
+export COURIER_PROBE_LAUNCHER
+exec {python} "$@"
+"""
+
+
+def write_launcher_archive(packed: PackedEnvironment, archive: Path) -> Path:
+    """A .tar.gz holding only ``bin/python``, which runs ``packed``'s Python: shipped with
+    ``--archives archive#environment`` in place of the 8 GB environment itself
+    (docs/PRODUCTION.md, "What was tested"), so that each executor fetches and unpacks an archive
+    and its Python workers start as ``./environment/bin/python`` from the executor's folder."""
+    script = LAUNCHER.format(python=packed.python).encode()
+    with tarfile.open(archive, "w:gz") as tar:
+        folder = tarfile.TarInfo("bin")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        info = tarfile.TarInfo("bin/python")
+        info.size, info.mode = len(script), 0o755
+        tar.addfile(info, io.BytesIO(script))
+    assert_spark_can_unpack(archive, archive.parent / "environment")
+    return archive
 
 
 def node_environment(packed: PackedEnvironment, **extra: str) -> dict[str, str]:

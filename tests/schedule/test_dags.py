@@ -39,6 +39,7 @@ from tests.schedule.conftest import (
     probe_records,
     run_checked,
     task_executors,
+    write_launcher_archive,
 )
 
 AIRFLOW_BIN = PROJECT_ROOT / ".venv-airflow" / "bin"
@@ -201,6 +202,9 @@ def test_the_deployment_defaults_come_from_the_environment(tmp_path):
     for unpackable in ("/opt/courier-env.whl", "/opt/courier-env.tar.gz#env"):
         with pytest.raises(ValueError, match="COURIER_ENV_ARCHIVE=/opt/courier-env"):
             Deployment.from_env({"COURIER_ENV_ARCHIVE": unpackable})
+    # Spark unpacks a plain .tar without the files' modes: bin/python would not run.
+    with pytest.raises(ValueError, match=r"courier-env\.tar: .*SPARK-38632"):
+        Deployment.from_env({"COURIER_ENV_ARCHIVE": "/opt/courier-env.tar"})
 
 
 # ---------------------------------------------------------------- the three DAGs, end to end
@@ -307,9 +311,12 @@ def deployed(
     Spark connection is the standalone cluster (tests/schedule/conftest.py).
 
     Every spark-submit of the DAGs runs on that cluster: the drivers on this machine (Airflow's
-    worker, with this checkout and its venv), the executors in the cluster's workers, their Python
-    from the packed environment installed on the "nodes" (COURIER_EXECUTOR_PYTHON). Training runs
-    TorchDistributor with local_mode=False: its two processes are tasks on the two executors.
+    worker, with this checkout and its venv), the executors in the cluster's workers. Their Python
+    comes with each application (COURIER_ENV_ARCHIVE, shipped with --archives and unpacked by
+    every executor as ./environment): a launcher archive, whose bin/python runs the packed
+    environment installed on the "nodes" (tests/schedule/conftest.py says why not the 8 GB
+    archive itself). Training runs TorchDistributor with local_mode=False: its two processes are
+    tasks on the two executors.
     """
     from courier.tables import replace_where
 
@@ -337,6 +344,7 @@ def deployed(
     )
 
     home = tmp_path_factory.mktemp("airflow")
+    archive = write_launcher_archive(packed_environment, home / "courier-env-launcher.tar.gz")
     profile = home / "profile.yaml"
     # spark-submit gives the master and the JARs (--jars); the profile leaves both to it.
     submitted = cfg.replace(
@@ -361,7 +369,7 @@ def deployed(
         ),
         "COURIER_PROFILE": str(profile),
         "COURIER_PYTHON": sys.executable,
-        "COURIER_EXECUTOR_PYTHON": str(packed_environment.python),
+        "COURIER_ENV_ARCHIVE": str(archive),
         "COURIER_RETRIES": "0",
         # spark-submit comes from the project's venv (pyspark); Airflow's venv has none.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -417,7 +425,8 @@ def _assert_ran_on_the_cluster(deployed: DeployedCourier, dag_id: str, tasks: li
 
 def _python_from_the_environment(deployed: DeployedCourier, marker: str) -> list[dict]:
     """The processes started from the packed environment in the cluster's workers whose command
-    line holds ``marker``; each ran that environment's Python."""
+    line holds ``marker``; each ran that environment's Python, through the archive that an
+    executor unpacked in its own folder: <work dir>/<worker>/<app id>/<executor id>/environment."""
     found = [
         p
         for p in probe_records(deployed.cluster.probe_log)
@@ -425,6 +434,10 @@ def _python_from_the_environment(deployed: DeployedCourier, marker: str) -> list
     ]
     for process in found:
         assert Path(process["prefix"]) == deployed.environment.environment, process
+        launcher = Path(process["launcher"] or "").relative_to(deployed.cluster.work_dir.resolve())
+        _worker, app, executor, *unpacked = launcher.parts
+        assert app.startswith("app-") and executor.isdigit(), process
+        assert unpacked == ["environment", "bin", "python"], process
     return found
 
 
@@ -498,13 +511,15 @@ def test_horovod_trains_on_the_cluster_and_registers_its_model(deployed):
     """`courier train` with train.backend=horovod, spark-submitted to the standalone cluster with
     the DAGs' settings: horovod.spark.run starts its two processes from tasks on both executors,
     with the executors' Python (not the driver's path), and the model is registered as usual."""
-    params = Deployment.from_env(deployed.env).params()
+    deployment = Deployment.from_env(deployed.env)
+    params = deployment.params()
     seen = set(deployed.cluster.applications())
     before = len(_python_from_the_environment(deployed, "horovod.spark"))
     submit = [
         *(str(Path(sys.executable).parent / "spark-submit"), "--master"),
         *(deployed.cluster.master_url, "--name", "courier-train-horovod"),
         *("--jars", params["jars"], "--driver-class-path", params["driver_class_path"]),
+        *("--archives", str(deployment.archives)),
         *("--conf", f"spark.pyspark.driver.python={params['python']}"),
         *("--conf", f"spark.pyspark.python={params['executor_python']}"),
         *(str(PROJECT_ROOT / "jobs" / "train.py"), "--profile", params["profile"]),

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from courier.catalog import stop_catalog_server
 from courier.config import PROJECT_ROOT, CourierConfig
 from courier.tracking import resolve_tracking_uri
 from courier.train import run_training
@@ -148,8 +150,19 @@ def _cli(config_path: Path, snapshot_path: Path, warehouse: Path) -> subprocess.
     )
 
 
+@pytest.fixture
+def cli_warehouse(tmp_path: Path) -> Iterator[Path]:
+    """The CLI runs' own warehouse; the catalog server they start there is stopped afterwards
+    (the killed run cannot sign off, so it would wait out spark.catalog_idle_s, 300 s)."""
+    warehouse = tmp_path / "warehouse"
+    yield warehouse
+    stop_catalog_server(warehouse)
+
+
 @pytest.mark.slow
-def test_a_killed_horovod_run_resumes_to_the_same_weights(horovod_run, snapshot, tmp_path: Path):
+def test_a_killed_horovod_run_resumes_to_the_same_weights(
+    horovod_run, snapshot, tmp_path: Path, cli_warehouse: Path
+):
     cfg, reference = horovod_run
     config_path = tmp_path / "config.yaml"
     config_path.write_text(cfg.to_yaml())
@@ -157,7 +170,7 @@ def test_a_killed_horovod_run_resumes_to_the_same_weights(horovod_run, snapshot,
     snapshot_path.write_text(json.dumps(snapshot.to_dict()))
     run_dir = Path(cfg.train.checkpoint_dir) / "horovod-resumable"
 
-    proc = _cli(config_path, snapshot_path, tmp_path / "warehouse")
+    proc = _cli(config_path, snapshot_path, cli_warehouse)
     deadline = time.monotonic() + 300
     while not list_checkpoints(run_dir):
         if proc.poll() is not None:
@@ -176,7 +189,7 @@ def test_a_killed_horovod_run_resumes_to_the_same_weights(horovod_run, snapshot,
         f"the run was not interrupted: checkpoints {killed_at}"
     )
 
-    proc = _cli(config_path, snapshot_path, tmp_path / "warehouse")
+    proc = _cli(config_path, snapshot_path, cli_warehouse)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-5000:]
 
