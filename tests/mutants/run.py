@@ -128,6 +128,22 @@ def copy_checkout(dest: Path) -> None:
         subprocess.run(["git", *git], cwd=dest, check=True, capture_output=True)
 
 
+def in_file_order(tests: tuple[str, ...], root: Path) -> tuple[str, ...]:
+    """``tests`` (pytest node ids) with each file's tests in the order the file defines them.
+
+    pytest runs node ids in the order they are given, and some test modules build on what their
+    earlier tests left (tests/features/test_cluster_assign.py: cluster, assign, then a re-fit).
+    The union of many mutants' tests lists a file's tests in the mutants' order, not the file's.
+    """
+
+    def position(test: str) -> tuple[str, int]:
+        path, _, name = test.partition("::")
+        function = name.rsplit("::", 1)[-1].split("[", 1)[0]
+        return path, (root / path).read_text().find(f"def {function}(") if function else -1
+
+    return tuple(sorted(tests, key=position))  # stable: a parametrised test's ids keep their order
+
+
 def run_tests(copy: Path, tests: tuple[str, ...], log: Path, workers: int = 0) -> tuple[int, float]:
     """pytest on ``tests`` inside ``copy`` (its courier first on the path), in ``workers``
     pytest-xdist processes (0: pytest's own): (exit status, seconds)."""
@@ -136,7 +152,7 @@ def run_tests(copy: Path, tests: tuple[str, ...], log: Path, workers: int = 0) -
     pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
     with log.open("w") as out:
         rc = subprocess.run(
-            [*pytest, "-n", str(workers), *tests],
+            [*pytest, "-n", str(workers), *in_file_order(tests, copy)],
             cwd=copy,
             env=env,
             stdout=out,

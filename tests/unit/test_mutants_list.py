@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mutants.run import ROOT, Mutant, MutantError, load_mutants
+from tests.mutants.run import ROOT, Mutant, MutantError, in_file_order, load_mutants
 
 MUTANTS = load_mutants()
 
@@ -49,3 +49,20 @@ def test_a_mutant_whose_line_is_gone_is_an_error_naming_it():
         MutantError, match=r"mutant gone: courier/config/__init__.py holds 'no such line' 0 times"
     ):
         gone.apply((ROOT / gone.file).read_text())
+
+
+def test_tests_run_in_the_order_their_file_defines_them():
+    # test_cluster_assign.py's tests build on one another: the re-fit of the last must not run first
+    cluster = "tests/features/test_cluster_assign.py::"
+    given = (
+        f"{cluster}test_ids_follow_the_centroids_of_a_version_numbered_otherwise",
+        "tests/unit/test_config.py",
+        f"{cluster}test_new_items_go_to_the_existing_centroids_without_a_refit",
+        f"{cluster}test_assignment_equals_brute_force_nearest_centroid",
+    )
+    assert in_file_order(given, ROOT) == (
+        given[3],
+        given[2],
+        given[0],
+        "tests/unit/test_config.py",
+    )
