@@ -136,10 +136,12 @@ def in_file_order(tests: tuple[str, ...], root: Path) -> tuple[str, ...]:
     The union of many mutants' tests lists a file's tests in the mutants' order, not the file's.
     """
 
+    sources = {path: (root / path).read_text() for path in {t.partition("::")[0] for t in tests}}
+
     def position(test: str) -> tuple[str, int]:
         path, _, name = test.partition("::")
         function = name.rsplit("::", 1)[-1].split("[", 1)[0]
-        return path, (root / path).read_text().find(f"def {function}(") if function else -1
+        return path, sources[path].find(f"def {function}(") if function else -1
 
     return tuple(sorted(tests, key=position))  # stable: a parametrised test's ids keep their order
 

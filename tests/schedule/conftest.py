@@ -15,9 +15,10 @@ application copies it four times (the driver unpacks it; each executor fetches i
 of the fetch cache and unpacks it): tried with two executors, the disk ran out (~58 GB free;
 docs/PRODUCTION.md).
 
-A .pth file added to the unpacked environment records the sys.prefix and command line of every
-Python process started from it (while COURIER_PROBE_LOG names a file): the proof that a stage's
-Python workers ran from the environment.
+A .pth file added to the unpacked environment records the sys.prefix, command line and launcher
+(the archive's bin/python it was started through, if any) of every Python process started from
+it (while COURIER_PROBE_LOG names a file): the proof that a stage's Python workers ran from the
+environment.
 """
 
 from __future__ import annotations
@@ -148,8 +149,8 @@ exec {python} "$@"
 
 def write_launcher_archive(packed: PackedEnvironment, archive: Path) -> Path:
     """A .tar.gz holding only ``bin/python``, which runs ``packed``'s Python: shipped with
-    ``--archives archive#environment`` in place of the 8 GB environment itself
-    (docs/PRODUCTION.md, "What was tested"), so that each executor fetches and unpacks an archive
+    ``--archives archive#environment`` in place of the 8 GB environment itself (docs/PRODUCTION.md,
+    "What the tests ship with --archives"), so that each executor fetches and unpacks an archive
     and its Python workers start as ``./environment/bin/python`` from the executor's folder."""
     script = LAUNCHER.format(python=packed.python).encode()
     with tarfile.open(archive, "w:gz") as tar:
