@@ -107,7 +107,10 @@ def test_a_stage_runs_under_spark_submit_from_the_packed_environment(
 
     # The Python settings of the DAGs, for a deployment that ships this archive.
     # COURIER_HOME is the wheel's install folder (it holds jobs/): no checkout on the node.
-    archive, environment = packed_environment.archive, packed_environment.environment
+    # --archives takes the tar.gz of `make dist` (Spark drops a plain .tar's file modes); the test
+    # built the same environment as a .tar to skip gzip, and Deployment reads only the name.
+    archive = packed_environment.archive.with_name("courier-env.tar.gz")
+    environment = packed_environment.environment
     deployment = Deployment.from_env(
         {
             "COURIER_HOME": str(packed_environment.site_packages),
